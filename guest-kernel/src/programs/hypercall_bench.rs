@@ -1,0 +1,32 @@
+//! `hypercall`: the round trip of an empty hypercall, measured from inside the guest.
+//! Prints and reports the median over batches of nanoseconds per call.
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use crate::cmdline::{Command, Error};
+use crate::{clock, hypercall, println};
+
+pub fn run(command: &Command<'_>) -> Result<i64, Error> {
+    command.check_keys(&["batches", "calls"])?;
+    let batches = command.u64("batches", 21)?.max(1);
+    let calls = command.u64("calls", 200)?.max(1);
+    let mut per_call_ns: Vec<u64> = (0..batches)
+        .map(|_| {
+            let start = clock::tsc();
+            for _ in 0..calls {
+                hypercall::nop();
+            }
+            clock::ticks_to_ns(clock::tsc() - start) / calls
+        })
+        .collect();
+    per_call_ns.sort_unstable();
+    let median = per_call_ns[per_call_ns.len() / 2];
+    let (min, max) = (per_call_ns[0], per_call_ns[per_call_ns.len() - 1]);
+    println!("nop hypercall round trip: median {median} ns (min {min}, max {max}) over {batches} batches of {calls}");
+    let record = format!(
+        r#"{{"workload":"hypercall","batches":{batches},"calls":{calls},"median_ns":{median},"min_ns":{min},"max_ns":{max}}}"#
+    );
+    hypercall::report(record.as_bytes()).expect("report refused");
+    Ok(0)
+}

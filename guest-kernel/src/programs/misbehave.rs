@@ -1,0 +1,116 @@
+//! Programs that misbehave on purpose, so that tests can check that the monitor reports each
+//! failure clearly, ends the VM, and stays well itself.
+
+use alloc::string::ToString;
+
+use pv_abi::hypercall::{
+    BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, REPORT_MAX, decode,
+};
+
+use crate::cmdline::{Command, Error};
+use crate::{boot, hypercall, percpu, println, smp};
+
+/// `fault kind=page|gp|ud|div [vcpu=N]`: raises a CPU exception, on VCPU N (default 0).
+pub fn fault(command: &Command<'_>) -> Result<i64, Error> {
+    command.check_keys(&["kind", "vcpu"])?;
+    let kind = command.str("kind", "page");
+    let raise: fn(u32) = match kind {
+        "page" => |_| {
+            // SAFETY: none; this read of the unmapped null page is meant to fault.
+            let value = unsafe { core::ptr::read_volatile(core::ptr::without_provenance::<u64>(8)) };
+            println!("read {value} from the null page");
+        },
+        // SAFETY (all three): these instructions are meant to fault.
+        "gp" => |_| unsafe { core::arch::asm!("hlt") },
+        "ud" => |_| unsafe { core::arch::asm!("ud2") },
+        "div" => |_| unsafe { core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _) },
+        other => return Err(Error::BadValue { key: "kind".into(), value: other.into() }),
+    };
+    on_vcpu(command, raise)
+}
+
+/// `panic [vcpu=N]`: panics, on VCPU N (default 0).
+pub fn panic(command: &Command<'_>) -> Result<i64, Error> {
+    command.check_keys(&["vcpu"])?;
+    on_vcpu(command, |vcpu| panic!("deliberate panic on VCPU {vcpu}"))
+}
+
+/// `hang [mode=spin|block]`: never finishes; spins on the CPU or blocks with no deadline.
+pub fn hang(command: &Command<'_>) -> Result<i64, Error> {
+    command.check_keys(&["mode"])?;
+    match command.str("mode", "spin") {
+        "spin" => loop {
+            core::hint::spin_loop();
+        },
+        "block" => loop {
+            hypercall::block(pv_abi::hypercall::NO_DEADLINE);
+        },
+        other => Err(Error::BadValue { key: "mode".into(), value: other.into() }),
+    }
+}
+
+/// Runs `action` on the VCPU the `vcpu` argument names, and waits there if it is not 0.
+fn on_vcpu(command: &Command<'_>, action: fn(u32)) -> Result<i64, Error> {
+    let vcpu = command.u64("vcpu", 0)? as u32;
+    if vcpu == 0 {
+        action(0);
+    } else {
+        smp::start(vcpu, action).map_err(|_| Error::BadValue { key: "vcpu".into(), value: vcpu.to_string() })?;
+        loop {
+            hypercall::block(pv_abi::hypercall::NO_DEADLINE);
+        }
+    }
+    println!("VCPU {} survived what should have ended the VM", percpu::vcpu_id());
+    Ok(1)
+}
+
+/// `badcall`: makes hypercalls with bad arguments and checks that each is refused with the
+/// right error, then makes one whose argument block lies outside guest memory, which the
+/// monitor must answer by ending the VM with a fault.
+pub fn badcall(command: &Command<'_>) -> Result<i64, Error> {
+    command.check_keys(&[])?;
+    let mem_size = boot::info().mem_size;
+    let nr_vcpus = boot::nr_vcpus();
+    let text = b"never printed";
+    let buffer = |addr: u64, len: u64| BufferArgs { ret: 0, addr, len };
+    let cases: [(&str, Result<u64, HcError>, HcError); 14] = [
+        ("unknown call number", raw_call(HYPERCALL_PORT_BASE + 200, &mut buffer(0, 0)), HcError::UnknownCall),
+        ("console buffer past memory", raw_call(Hypercall::ConsoleWrite.port(), &mut buffer(mem_size - 4, 8)), HcError::BadAddress),
+        ("console buffer wrapping around", raw_call(Hypercall::ConsoleWrite.port(), &mut buffer(u64::MAX - 2, 8)), HcError::BadAddress),
+        ("console write too long", raw_call(Hypercall::ConsoleWrite.port(), &mut buffer(text.as_ptr() as u64, CONSOLE_MAX + 1)), HcError::BadLength),
+        ("report too long", raw_call(Hypercall::Report.port(), &mut buffer(text.as_ptr() as u64, REPORT_MAX + 1)), HcError::BadLength),
+        ("empty report", raw_call(Hypercall::Report.port(), &mut buffer(text.as_ptr() as u64, 0)), HcError::BadLength),
+        ("vcpu_up of a VCPU that does not exist", hypercall::vcpu_up(nr_vcpus, 0x200000, 0x300000, 0), HcError::BadVcpu),
+        ("vcpu_up of the running VCPU", hypercall::vcpu_up(0, 0x200000, 0x300000, 0), HcError::BadState),
+        ("vcpu_up with the entry outside memory", hypercall::vcpu_up(nr_vcpus - 1, mem_size, 0x300000, 0), HcError::BadAddress),
+        ("vcpu_up with a misaligned stack", hypercall::vcpu_up(nr_vcpus - 1, 0x200000, 0x300008, 0), HcError::BadAlignment),
+        ("kick of a VCPU that does not exist", hypercall::kick(nr_vcpus + 7), HcError::BadVcpu),
+        ("yield to a VCPU that does not exist", hypercall::yield_to(Some(nr_vcpus)), HcError::BadVcpu),
+        ("trap table outside memory", hypercall::set_trap_table(mem_size, 15), HcError::BadAddress),
+        ("trap table too large", hypercall::set_trap_table(0x200000, 4096), HcError::BadLength),
+    ];
+    let mut wrong = 0;
+    for (what, got, expected) in cases {
+        if got != Err(expected) {
+            println!("{what}: expected {expected}, got {got:?}");
+            wrong += 1;
+        }
+    }
+    if wrong > 0 {
+        return Ok(1);
+    }
+    println!("all {} bad hypercalls were refused with the right error", cases.len());
+    // SAFETY: the block address lies outside guest memory, so the monitor writes nothing.
+    unsafe { hypercall::raw(Hypercall::ConsoleWrite.port(), mem_size + 0x1000) };
+    println!("the monitor let a hypercall with its argument block outside memory pass");
+    Ok(1)
+}
+
+fn raw_call(port: u16, args: &mut BufferArgs) -> Result<u64, HcError> {
+    let addr = core::ptr::from_mut(args);
+    // SAFETY: `args` is a live, exclusively borrowed block that starts with `ret`.
+    unsafe {
+        hypercall::raw(port, addr as u64);
+        decode(core::ptr::read_volatile(addr.cast::<i64>()))
+    }
+}

@@ -1,0 +1,40 @@
+//! The programs a guest can run, chosen by the first word of the boot command line.
+
+mod hello;
+mod hypercall_bench;
+mod misbehave;
+
+use crate::cmdline::Command;
+
+struct Program {
+    name: &'static str,
+    run: fn(&Command<'_>) -> Result<i64, crate::cmdline::Error>,
+}
+
+const PROGRAMS: &[Program] = &[
+    Program { name: "hello", run: hello::run },
+    Program { name: "hypercall", run: hypercall_bench::run },
+    Program { name: "fault", run: misbehave::fault },
+    Program { name: "panic", run: misbehave::panic },
+    Program { name: "hang", run: misbehave::hang },
+    Program { name: "badcall", run: misbehave::badcall },
+];
+
+/// Runs the program the command names; returns the exit code.
+pub fn run(command: &Command<'_>) -> i64 {
+    let Some(program) = PROGRAMS.iter().find(|p| p.name == command.program) else {
+        crate::print!("unknown program {:?}; the guest has:", command.program);
+        for program in PROGRAMS {
+            crate::print!(" {}", program.name);
+        }
+        crate::println!();
+        return crate::EXIT_USAGE;
+    };
+    match (program.run)(command) {
+        Ok(code) => code,
+        Err(error) => {
+            crate::println!("{}: {error}", program.name);
+            crate::EXIT_USAGE
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Guest console output: split into lines, each shown with the VM's name and the VCPU that
+//! wrote it, e.g. `[hello vcpu2] hello from VCPU 2 of 4`.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+#[derive(Debug)]
+pub struct Console {
+    vm: String,
+    /// The unfinished line of each VCPU.
+    partial: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Console {
+    pub fn new(vm: &str, vcpus: u32) -> Console {
+        Console { vm: vm.to_owned(), partial: Mutex::new(vec![Vec::new(); vcpus as usize]) }
+    }
+
+    /// Takes bytes written by `vcpu`; prints every line they complete.
+    pub fn write(&self, vcpu: u32, bytes: &[u8]) {
+        let mut partial = self.partial.lock().expect("console lock");
+        let line = &mut partial[vcpu as usize];
+        line.extend_from_slice(bytes);
+        if let Some(end) = line.iter().rposition(|&b| b == b'\n') {
+            let complete: Vec<u8> = line.drain(..=end).collect();
+            self.emit(vcpu, &complete);
+        }
+    }
+
+    /// Prints what is left of unfinished lines (at VM exit).
+    pub fn flush(&self) {
+        let mut partial = self.partial.lock().expect("console lock");
+        for (vcpu, line) in partial.iter_mut().enumerate() {
+            if !line.is_empty() {
+                line.push(b'\n');
+                self.emit(vcpu as u32, line);
+                line.clear();
+            }
+        }
+    }
+
+    fn emit(&self, vcpu: u32, lines: &[u8]) {
+        let text = String::from_utf8_lossy(lines);
+        let mut out = std::io::stdout().lock();
+        for line in text.lines() {
+            let _ = writeln!(out, "[{} vcpu{vcpu}] {line}", self.vm);
+        }
+        let _ = out.flush();
+    }
+}

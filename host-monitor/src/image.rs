@@ -1,0 +1,158 @@
+//! Guest images: checking an ELF file before anything trusts it, then loading it with
+//! hermit-entry's loader.
+
+use std::mem::MaybeUninit;
+use std::path::Path;
+
+use goblin::elf::{Elf, header, program_header::PT_LOAD};
+use hermit_entry::elf::KernelObject;
+use zerocopy::IntoBytes;
+
+use crate::layout;
+
+/// The guest kernel built by build.rs, used when `--kernel` is not given.
+pub static DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tandem-guest.elf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read kernel image {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("not a usable guest kernel: {0}")]
+    Invalid(String),
+    #[error("the guest image needs {needed} MiB of memory, more than the {mem_mib} MiB given (--mem)")]
+    TooLarge { needed: u64, mem_mib: u64 },
+}
+
+fn invalid(what: impl Into<String>) -> ImageError {
+    ImageError::Invalid(what.into())
+}
+
+/// Reads an image file.
+pub fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
+    std::fs::read(path).map_err(|source| ImageError::Read { path: path.display().to_string(), source })
+}
+
+/// A checked image: where it goes and where it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// First byte of the image in guest memory.
+    pub start: u64,
+    /// One past its last byte.
+    pub end: u64,
+    /// Where VCPU 0 starts.
+    pub entry: u64,
+}
+
+/// Checks everything hermit-entry's loader would otherwise assume (its parser panics on
+/// malformed input): a 64-bit x86-64 executable whose segments lie in the file, in order,
+/// at or above `layout::IMAGE_START`, with its entry in a segment and the entry-version note.
+pub fn check(elf: &[u8]) -> Result<Placement, ImageError> {
+    if elf.get(..4) != Some(b"\x7fELF".as_slice()) {
+        return Err(invalid("not an ELF file (no ELF magic)"));
+    }
+    let parsed = Elf::parse(elf).map_err(|e| invalid(format!("malformed ELF: {e}")))?;
+    if !parsed.is_64 || !parsed.little_endian || parsed.header.e_machine != header::EM_X86_64 {
+        return Err(invalid("not a 64-bit little-endian x86-64 ELF"));
+    }
+    if parsed.header.e_type != header::ET_EXEC {
+        return Err(invalid("not a statically linked executable (ET_EXEC)"));
+    }
+    let loads: Vec<_> = parsed.program_headers.iter().filter(|ph| ph.p_type == PT_LOAD).collect();
+    let (Some(first), Some(last)) = (loads.first(), loads.last()) else {
+        return Err(invalid("no loadable segment"));
+    };
+    let mut previous_end = layout::IMAGE_START;
+    for ph in &loads {
+        let in_file = ph.p_offset.checked_add(ph.p_filesz).is_some_and(|end| end <= elf.len() as u64);
+        let end = ph.p_vaddr.checked_add(ph.p_memsz);
+        if !in_file || ph.p_filesz > ph.p_memsz {
+            return Err(invalid(format!("segment at {:#x} lies outside the file", ph.p_vaddr)));
+        }
+        if ph.p_vaddr < previous_end || end.is_none_or(|end| end > layout::MAX_MEM) {
+            return Err(invalid(format!(
+                "segment at {:#x} overlaps another, lies below {:#x} or beyond {} MiB",
+                ph.p_vaddr,
+                layout::IMAGE_START,
+                layout::MAX_MEM >> 20
+            )));
+        }
+        previous_end = end.unwrap_or(u64::MAX);
+    }
+    let placement = Placement { start: first.p_vaddr, end: last.p_vaddr + last.p_memsz, entry: parsed.entry };
+    if !loads.iter().any(|ph| (ph.p_vaddr..ph.p_vaddr + ph.p_memsz).contains(&placement.entry)) {
+        return Err(invalid(format!("entry point {:#x} is not in a loadable segment", placement.entry)));
+    }
+    let has_entry_note = parsed
+        .iter_note_headers(elf)
+        .into_iter()
+        .flatten()
+        .any(|note| note.is_ok_and(|n| n.name == "HERMIT" && n.n_type == 0x5a00 && !n.desc.is_empty()));
+    if !has_entry_note {
+        return Err(invalid("no hermit-entry version note (is this a tandem guest?)"));
+    }
+    Ok(placement)
+}
+
+/// Loads a checked image into `memory` (guest memory seen from the host, starting at guest
+/// address 0) and returns where it starts.
+pub fn load(elf: &[u8], memory: &mut [MaybeUninit<u8>]) -> Result<Placement, ImageError> {
+    let placement = check(elf)?;
+    let mem_mib = memory.len() as u64 >> 20;
+    let needed = placement.end + layout::MIN_HEAP + layout::BOOT_STACK_SIZE;
+    if needed > memory.len() as u64 {
+        return Err(ImageError::TooLarge { needed: needed.div_ceil(1 << 20), mem_mib });
+    }
+    // hermit-entry reads the headers in place and needs them 8-byte aligned.
+    let mut aligned = vec![0u64; elf.len().div_ceil(8)];
+    aligned.as_mut_bytes()[..elf.len()].copy_from_slice(elf);
+    let elf = &aligned.as_bytes()[..elf.len()];
+    let object = KernelObject::parse(elf).map_err(|e| invalid(e.to_string()))?;
+    let target = &mut memory[placement.start as usize..placement.end as usize];
+    let loaded = object.load_kernel(target, placement.start);
+    debug_assert_eq!(loaded.entry_point, placement.entry);
+    Ok(placement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_guest_is_accepted() {
+        let placement = check(DEFAULT_GUEST).expect("the embedded guest passes its own checks");
+        assert_eq!(placement.start, layout::IMAGE_START);
+        assert!(placement.entry >= placement.start && placement.entry < placement.end);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for bytes in [&b""[..], b"hello", b"#!/bin/sh\necho hi\n", &[0x7f, b'E', b'L', b'F']] {
+            assert!(matches!(check(bytes), Err(ImageError::Invalid(_))));
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_corruption_is_refused_without_panicking() {
+        let parsed = Elf::parse(DEFAULT_GUEST).unwrap();
+        let data_end = parsed.program_headers.iter().map(|ph| ph.p_offset + ph.p_filesz).max().unwrap();
+        for len in (0..data_end as usize).step_by(997) {
+            assert!(check(&DEFAULT_GUEST[..len]).is_err(), "truncated to {len} bytes");
+        }
+        // Flip each byte of the headers in turn: the checker must answer, never panic, and
+        // whatever it accepts must still load.
+        let mut memory = vec![MaybeUninit::new(0u8); 32 << 20];
+        for at in 0..0x200 {
+            let mut elf = DEFAULT_GUEST.to_vec();
+            elf[at] ^= 0xa5;
+            if check(&elf).is_ok() {
+                let _ = load(&elf, &mut memory);
+            }
+        }
+    }
+
+    #[test]
+    fn memory_too_small_is_reported() {
+        let mut memory = vec![MaybeUninit::new(0u8); 2 << 20];
+        assert!(matches!(load(DEFAULT_GUEST, &mut memory), Err(ImageError::TooLarge { .. })));
+    }
+}

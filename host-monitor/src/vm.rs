@@ -1,0 +1,359 @@
+//! A VM: KVM VM and memory, the loaded guest, its boot structures, and one host thread per
+//! VCPU. [`Vm::new`] builds it; [`Vm::run`] runs it to an [`Outcome`].
+
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use pv_abi::boot::{BOOT_MAGIC, BootInfo, CMDLINE_MAX};
+use pv_abi::hypercall::HcError;
+use pv_abi::shared::{SharedPage, VcpuState};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
+
+use crate::console::Console;
+use crate::image;
+use crate::layout::{self, LARGE_PAGE_SIZE};
+use crate::vcpu::{self, ExitCounters, Start, VcpuControl};
+use crate::x86;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Shown in console prefixes and messages.
+    pub name: String,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    /// The guest's command line: program name and `key=value` arguments.
+    pub cmdline: String,
+    /// The VM is stopped with [`Outcome::TimedOut`] if it runs longer.
+    pub timeout: Duration,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest called exit with this code.
+    Exited(i64),
+    /// The guest panicked.
+    Panicked { vcpu: u32, message: String },
+    /// A VCPU faulted, or made a hypercall the monitor could not answer.
+    Faulted { vcpu: u32, what: String },
+    /// The guest ran past its timeout.
+    TimedOut(Duration),
+}
+
+/// Process status of a guest panic.
+pub const STATUS_PANIC: u8 = 101;
+/// Process status of a guest fault.
+pub const STATUS_FAULT: u8 = 102;
+/// Process status of a timeout (as timeout(1)).
+pub const STATUS_TIMEOUT: u8 = 124;
+
+impl Outcome {
+    /// The process status `tandem run` exits with: the guest's code if it is in 0..=255
+    /// (else 1), or one of the `STATUS_*` values.
+    pub fn status(&self) -> u8 {
+        match self {
+            Outcome::Exited(code) => u8::try_from(*code).unwrap_or(1),
+            Outcome::Panicked { .. } => STATUS_PANIC,
+            Outcome::Faulted { .. } => STATUS_FAULT,
+            Outcome::TimedOut(_) => STATUS_TIMEOUT,
+        }
+    }
+
+    /// One line for the user.
+    pub fn describe(&self, vm: &str) -> String {
+        match self {
+            Outcome::Exited(code) => format!("VM {vm} exited with code {code}"),
+            Outcome::Panicked { vcpu, message } => format!("VM {vm}: guest panicked on VCPU {vcpu}: {message}"),
+            Outcome::Faulted { vcpu, what } => format!("VM {vm}: VCPU {vcpu} faulted: {what}"),
+            Outcome::TimedOut(after) => format!("VM {vm} timed out after {:.1} s and was stopped", after.as_secs_f64()),
+        }
+    }
+}
+
+/// Everything a finished run produced.
+#[derive(Debug)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    /// Result records the guest reported, in order.
+    pub reports: Vec<String>,
+    /// Exits of each VCPU, by kind.
+    pub exits: Vec<ExitCounters>,
+    /// From the start of VCPU 0 to the outcome.
+    pub elapsed: Duration,
+}
+
+/// The state VCPU threads share.
+#[derive(Debug)]
+pub(crate) struct VmShared {
+    pub name: String,
+    memory: GuestMemoryMmap,
+    pub mem_size: u64,
+    pub nr_vcpus: u32,
+    pub vcpus: Vec<VcpuControl>,
+    pub console: Console,
+    pub tsc_khz: u64,
+    reports: Mutex<Vec<String>>,
+    /// The guest's IDT (base, limit) and a generation that VCPU threads compare with theirs.
+    trap_table: Mutex<Option<(u64, u16)>>,
+    trap_table_generation: AtomicU64,
+    outcome: Mutex<Option<Outcome>>,
+    finished: Condvar,
+    stopping: AtomicBool,
+}
+
+impl VmShared {
+    /// Whether `len` bytes at guest address `addr` lie wholly in guest memory.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        addr.checked_add(len).is_some_and(|end| end <= self.mem_size)
+    }
+
+    /// Reads a `T` at `addr`; `BadAddress` unless it lies wholly in guest memory.
+    pub fn read_obj<T: FromBytes + KnownLayout + Immutable>(&self, addr: u64) -> Result<T, HcError> {
+        let mut buf = vec![0; size_of::<T>()];
+        if !self.contains(addr, buf.len() as u64) {
+            return Err(HcError::BadAddress);
+        }
+        self.memory.read_slice(&mut buf, GuestAddress(addr)).map_err(|_| HcError::BadAddress)?;
+        T::read_from_bytes(&buf).map_err(|_| HcError::Invalid)
+    }
+
+    /// Copies a guest buffer of at most `max` bytes.
+    pub fn read_buffer(&self, addr: u64, len: u64, max: u64) -> Result<Vec<u8>, HcError> {
+        if len > max {
+            return Err(HcError::BadLength);
+        }
+        if !self.contains(addr, len) {
+            return Err(HcError::BadAddress);
+        }
+        let mut buf = vec![0; len as usize];
+        self.memory.read_slice(&mut buf, GuestAddress(addr)).map_err(|_| HcError::BadAddress)?;
+        Ok(buf)
+    }
+
+    /// Writes a hypercall's `ret` at the start of its argument block.
+    pub fn write_ret(&self, block: u64, ret: i64) {
+        // The block's first 8 bytes were checked to be in memory before the call was decoded.
+        let _ = self.memory.write_slice(&ret.to_le_bytes(), GuestAddress(block));
+    }
+
+    fn write_bytes(&self, addr: u64, bytes: &[u8]) -> anyhow::Result<()> {
+        self.memory.write_slice(bytes, GuestAddress(addr)).with_context(|| format!("writing guest memory at {addr:#x}"))
+    }
+
+    pub fn shared_page(&self) -> &SharedPage {
+        let ptr = self.memory.get_host_address(GuestAddress(layout::SHARED_PAGE)).expect("the shared page is in memory");
+        // SAFETY: the shared page lies in guest memory, which lives as long as `self`; it is
+        // page aligned and made only of atomics and plain integers, valid for any bytes.
+        unsafe { &*ptr.cast::<SharedPage>() }
+    }
+
+    /// Publishes `vcpu`'s state in the shared page.
+    pub fn publish_state(&self, vcpu: u32, state: VcpuState) {
+        self.shared_page().vcpus[vcpu as usize].state.store(state as u32, Ordering::Release);
+    }
+
+    pub fn add_report(&self, record: String) {
+        self.reports.lock().expect("reports lock").push(record);
+    }
+
+    pub fn set_trap_table(&self, base: u64, limit: u16) {
+        *self.trap_table.lock().expect("trap table lock") = Some((base, limit));
+        self.trap_table_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The trap table and its generation.
+    pub fn trap_table(&self) -> (Option<(u64, u16)>, u64) {
+        let table = self.trap_table.lock().expect("trap table lock");
+        (*table, self.trap_table_generation.load(Ordering::Acquire))
+    }
+
+    pub fn trap_table_generation(&self) -> u64 {
+        self.trap_table_generation.load(Ordering::Acquire)
+    }
+
+    /// Records how the VM ended (the first outcome wins) and stops every VCPU.
+    pub fn finish(&self, outcome: Outcome) {
+        {
+            let mut slot = self.outcome.lock().expect("outcome lock");
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(outcome);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        self.finished.notify_all();
+        for vcpu in &self.vcpus {
+            vcpu.stop();
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn wait_outcome(&self, timeout: Duration) -> Option<Outcome> {
+        let slot = self.outcome.lock().expect("outcome lock");
+        let (slot, _) = self.finished.wait_timeout_while(slot, timeout, |slot| slot.is_none()).expect("outcome lock");
+        slot.clone()
+    }
+}
+
+/// A VM ready to run.
+#[derive(Debug)]
+pub struct Vm {
+    shared: Arc<VmShared>,
+    vcpu_fds: Vec<VcpuFd>,
+    entry: u64,
+    timeout: Duration,
+    // Kept open for the VM's lifetime.
+    _vm_fd: VmFd,
+}
+
+impl Vm {
+    /// Creates the KVM VM, loads `image` and writes the boot structures.
+    pub fn new(kvm: &Kvm, config: &VmConfig, image: &[u8]) -> anyhow::Result<Vm> {
+        if config.vcpus == 0 || config.vcpus as usize > pv_abi::MAX_VCPUS {
+            bail!("a VM has 1 to {} VCPUs, not {}", pv_abi::MAX_VCPUS, config.vcpus);
+        }
+        let mem_size = config.mem_mib << 20;
+        if !(layout::MIN_MEM..=layout::MAX_MEM).contains(&mem_size) || mem_size % LARGE_PAGE_SIZE != 0 {
+            bail!(
+                "guest memory must be an even number of MiB from {} to {}, not {}",
+                layout::MIN_MEM >> 20,
+                layout::MAX_MEM >> 20,
+                config.mem_mib
+            );
+        }
+        if config.cmdline.len() > CMDLINE_MAX {
+            bail!("the guest command line is {} bytes long; at most {CMDLINE_MAX} fit", config.cmdline.len());
+        }
+
+        let vm_fd = kvm.create_vm().context("KVM_CREATE_VM failed")?;
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+            .context("cannot allocate guest memory")?;
+        let host = memory.get_host_address(GuestAddress(0)).context("guest memory has no host mapping")?;
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem_size,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is memory that `memory` owns; it stays mapped while any VCPU can
+        // run, since `Vm::run` joins every VCPU thread before the memory is dropped.
+        unsafe { vm_fd.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION failed")?;
+        vm_fd.set_tss_address(layout::TSS_ADDR).context("KVM_SET_TSS_ADDR failed")?;
+
+        // SAFETY: the mapping is `mem_size` bytes long, freshly allocated, and nothing else
+        // (no VCPU runs yet) accesses it while this slice lives.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(host.cast::<MaybeUninit<u8>>(), mem_size as usize) };
+        let placement = image::load(image, bytes)?;
+
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).context("KVM_GET_SUPPORTED_CPUID failed")?;
+        let mut vcpu_fds = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let fd = vm_fd.create_vcpu(u64::from(id)).with_context(|| format!("KVM_CREATE_VCPU {id} failed"))?;
+            fd.set_cpuid2(&cpuid_for(&supported, id)).context("KVM_SET_CPUID2 failed")?;
+            vcpu_fds.push(fd);
+        }
+        let tsc_khz = u64::from(vcpu_fds[0].get_tsc_khz().context("KVM_GET_TSC_KHZ failed")?);
+
+        let shared = Arc::new(VmShared {
+            name: config.name.clone(),
+            memory,
+            mem_size,
+            nr_vcpus: config.vcpus,
+            vcpus: (0..config.vcpus).map(|_| VcpuControl::default()).collect(),
+            console: Console::new(&config.name, config.vcpus),
+            tsc_khz,
+            reports: Mutex::default(),
+            trap_table: Mutex::default(),
+            trap_table_generation: AtomicU64::new(0),
+            outcome: Mutex::default(),
+            finished: Condvar::new(),
+            stopping: AtomicBool::new(false),
+        });
+        write_boot_structures(&shared, config, placement.end, tsc_khz)?;
+        Ok(Vm { shared, vcpu_fds, entry: placement.entry, timeout: config.timeout, _vm_fd: vm_fd })
+    }
+
+    /// Starts VCPU 0 at the entry and runs until the guest exits, fails, or times out.
+    pub fn run(self) -> anyhow::Result<RunReport> {
+        let Vm { shared, vcpu_fds, entry, timeout, _vm_fd } = self;
+        let started = Instant::now();
+        shared.vcpus[0]
+            .request_start(Start { entry, stack_top: shared.mem_size, arg: 0 })
+            .expect("VCPU 0 is offline before the start");
+        let threads: Vec<_> = vcpu_fds
+            .into_iter()
+            .enumerate()
+            .map(|(id, fd)| vcpu::spawn(Arc::clone(&shared), id as u32, fd))
+            .collect::<Result<_, _>>()?;
+        let outcome = shared.wait_outcome(timeout).unwrap_or_else(|| {
+            shared.finish(Outcome::TimedOut(timeout));
+            shared.wait_outcome(Duration::ZERO).expect("finish records an outcome")
+        });
+        let elapsed = started.elapsed();
+        let exits = threads.into_iter().map(|t| t.join().unwrap_or_default()).collect();
+        shared.console.flush();
+        let reports = std::mem::take(&mut *shared.reports.lock().expect("reports lock"));
+        Ok(RunReport { outcome, reports, exits, elapsed })
+    }
+}
+
+/// The supported CPUID with this VCPU's APIC id in leaf 1.
+fn cpuid_for(supported: &CpuId, id: u32) -> CpuId {
+    let mut cpuid = supported.clone();
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 1 {
+            entry.ebx = (entry.ebx & 0x00ff_ffff) | (id << 24);
+        }
+    }
+    cpuid
+}
+
+/// Boot info, shared page, page tables, and each VCPU's GDT and TSS.
+fn write_boot_structures(vm: &VmShared, config: &VmConfig, image_end: u64, tsc_khz: u64) -> anyhow::Result<()> {
+    let mut info = BootInfo::new_zeroed();
+    info.magic = BOOT_MAGIC;
+    info.abi_version = pv_abi::ABI_VERSION;
+    info.nr_vcpus = config.vcpus;
+    info.mem_size = vm.mem_size;
+    info.heap_start = image_end.next_multiple_of(layout::PAGE_SIZE);
+    info.heap_end = vm.mem_size - layout::BOOT_STACK_SIZE;
+    info.tsc_khz = tsc_khz;
+    info.shared_page = layout::SHARED_PAGE;
+    info.cmdline_len = config.cmdline.len() as u32;
+    info.cmdline[..config.cmdline.len()].copy_from_slice(config.cmdline.as_bytes());
+    for (id, slot) in info.vcpu_info.iter_mut().enumerate() {
+        slot.id = id as u32;
+    }
+    vm.write_bytes(layout::BOOT_INFO, info.as_bytes())?;
+
+    let page = vm.shared_page();
+    page.grant_vcpus.store(config.vcpus, Ordering::Release);
+
+    for table in x86::page_tables(vm.mem_size) {
+        vm.write_bytes(table.addr, table.entries.as_bytes())?;
+    }
+    for id in 0..config.vcpus {
+        let area = layout::vcpu_area(id);
+        vm.write_bytes(area + layout::GDT_OFFSET, x86::gdt(area + layout::TSS_OFFSET).as_bytes())?;
+        vm.write_bytes(area + layout::TSS_OFFSET, &x86::tss(layout::trap_stack_top(id)))?;
+    }
+    Ok(())
+}
+
+/// Address of `BootInfo::vcpu_info[id]`, where GS base points.
+pub(crate) fn vcpu_info_addr(id: u32) -> u64 {
+    layout::BOOT_INFO
+        + std::mem::offset_of!(BootInfo, vcpu_info) as u64
+        + u64::from(id) * size_of::<pv_abi::boot::VcpuInfo>() as u64
+}
