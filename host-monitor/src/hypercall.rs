@@ -19,8 +19,9 @@ pub(crate) enum Action {
     Continue,
     /// Park until kicked or the deadline, then write the result at `ret_at`.
     Block { deadline_tsc: u64, ret_at: u64 },
-    /// Give up the physical CPU, to a VCPU of the same VM or (None) to anyone.
-    Yield { to: Option<u32> },
+    /// Give up the physical CPU. Directed yields (to a VCPU of the same VM) are checked but
+    /// treated as undirected: under Linux scheduling there is no way to run a given thread.
+    Yield,
     /// Go offline.
     Down,
     /// The guest's trap stub reported an exception.
@@ -91,14 +92,14 @@ pub(crate) fn handle(vm: &VmShared, vcpu: u32, port: u16, data: &[u8]) -> Action
             Ok(0)
         })),
         Hypercall::Yield => {
-            let to = vm.read_obj::<VcpuArgs>(block).and_then(|args| match args.vcpu {
-                ANY_VCPU => Ok(None),
-                id => vcpu_id(vm, id).map(Some),
+            let target = vm.read_obj::<VcpuArgs>(block).and_then(|args| match args.vcpu {
+                ANY_VCPU => Ok(0),
+                id => vcpu_id(vm, id).map(u64::from),
             });
-            match to {
-                Ok(to) => {
+            match target {
+                Ok(_) => {
                     answer(Ok(0));
-                    Action::Yield { to }
+                    Action::Yield
                 }
                 Err(error) => answer(Err(error)),
             }

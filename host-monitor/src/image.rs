@@ -1,12 +1,14 @@
-//! Guest images: checking an ELF file before anything trusts it, then loading it with
-//! hermit-entry's loader.
+//! Guest images: checking an ELF file before anything trusts it, then loading it.
+//!
+//! The guest marks itself with hermit-entry's entry-version note. The image is loaded here
+//! rather than by hermit-entry's loader, whose parser panics on malformed files (a monitor
+//! must answer a bad image with an error); a static executable needs nothing but its
+//! segments copied.
 
 use std::mem::MaybeUninit;
 use std::path::Path;
 
 use goblin::elf::{Elf, header, program_header::PT_LOAD};
-use hermit_entry::elf::KernelObject;
-use zerocopy::IntoBytes;
 
 use crate::layout;
 
@@ -43,9 +45,13 @@ pub struct Placement {
     pub entry: u64,
 }
 
-/// Checks everything hermit-entry's loader would otherwise assume (its parser panics on
-/// malformed input): a 64-bit x86-64 executable whose segments lie in the file, in order,
-/// at or above `layout::IMAGE_START`, with its entry in a segment and the entry-version note.
+/// Note type and version of hermit-entry's entry-version note (name "HERMIT").
+const NT_HERMIT_ENTRY_VERSION: u32 = 0x5a00;
+const HERMIT_ENTRY_VERSION: u8 = 4;
+
+/// Checks that `elf` is a 64-bit x86-64 static executable whose segments lie in the file, in
+/// order, at or above `layout::IMAGE_START`, with its entry in a segment and hermit-entry's
+/// entry-version note.
 pub fn check(elf: &[u8]) -> Result<Placement, ImageError> {
     if elf.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Err(invalid("not an ELF file (no ELF magic)"));
@@ -86,7 +92,9 @@ pub fn check(elf: &[u8]) -> Result<Placement, ImageError> {
         .iter_note_headers(elf)
         .into_iter()
         .flatten()
-        .any(|note| note.is_ok_and(|n| n.name == "HERMIT" && n.n_type == 0x5a00 && !n.desc.is_empty()));
+        .any(|note| {
+            note.is_ok_and(|n| n.name == "HERMIT" && n.n_type == NT_HERMIT_ENTRY_VERSION && n.desc.first() == Some(&HERMIT_ENTRY_VERSION))
+        });
     if !has_entry_note {
         return Err(invalid("no hermit-entry version note (is this a tandem guest?)"));
     }
@@ -94,22 +102,24 @@ pub fn check(elf: &[u8]) -> Result<Placement, ImageError> {
 }
 
 /// Loads a checked image into `memory` (guest memory seen from the host, starting at guest
-/// address 0) and returns where it starts.
+/// address 0): copies each loadable segment's file bytes and zeroes the rest of it.
 pub fn load(elf: &[u8], memory: &mut [MaybeUninit<u8>]) -> Result<Placement, ImageError> {
     let placement = check(elf)?;
-    let mem_mib = memory.len() as u64 >> 20;
     let needed = placement.end + layout::MIN_HEAP + layout::BOOT_STACK_SIZE;
     if needed > memory.len() as u64 {
-        return Err(ImageError::TooLarge { needed: needed.div_ceil(1 << 20), mem_mib });
+        return Err(ImageError::TooLarge { needed: needed.div_ceil(1 << 20), mem_mib: memory.len() as u64 >> 20 });
     }
-    // hermit-entry reads the headers in place and needs them 8-byte aligned.
-    let mut aligned = vec![0u64; elf.len().div_ceil(8)];
-    aligned.as_mut_bytes()[..elf.len()].copy_from_slice(elf);
-    let elf = &aligned.as_bytes()[..elf.len()];
-    let object = KernelObject::parse(elf).map_err(|e| invalid(e.to_string()))?;
-    let target = &mut memory[placement.start as usize..placement.end as usize];
-    let loaded = object.load_kernel(target, placement.start);
-    debug_assert_eq!(loaded.entry_point, placement.entry);
+    let parsed = Elf::parse(elf).map_err(|e| invalid(format!("malformed ELF: {e}")))?;
+    for ph in parsed.program_headers.iter().filter(|ph| ph.p_type == PT_LOAD) {
+        // `check` proved both ranges in bounds.
+        let file = &elf[ph.p_offset as usize..][..ph.p_filesz as usize];
+        let target = &mut memory[ph.p_vaddr as usize..][..ph.p_memsz as usize];
+        let (data, bss) = target.split_at_mut(file.len());
+        for (dst, &src) in data.iter_mut().zip(file) {
+            dst.write(src);
+        }
+        bss.fill(MaybeUninit::new(0));
+    }
     Ok(placement)
 }
 

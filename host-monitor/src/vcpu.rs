@@ -250,7 +250,7 @@ impl VcpuThread {
                     let ret = self.block(deadline_tsc);
                     self.vm.write_ret(ret_at, ret);
                 }
-                Action::Yield { .. } => std::thread::yield_now(),
+                Action::Yield => std::thread::yield_now(),
                 Action::Down => return Leave::Down,
                 Action::Fault(frame) => {
                     let what = self.describe_fault(&frame);

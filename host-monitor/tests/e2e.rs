@@ -1,0 +1,208 @@
+//! End-to-end tests: real guests booted by the real `tandem` binary under KVM.
+//!
+//! They need /dev/kvm and fail loudly without it, unless TANDEM_SKIP_KVM=1 says to skip them.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Run {
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Whether KVM tests should run; panics if /dev/kvm is missing and skipping was not asked for.
+fn kvm_available() -> bool {
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
+        return true;
+    }
+    if std::env::var("TANDEM_SKIP_KVM").as_deref() == Ok("1") {
+        eprintln!("skipping: /dev/kvm is not usable and TANDEM_SKIP_KVM=1");
+        return false;
+    }
+    panic!("/dev/kvm is missing or not accessible; set TANDEM_SKIP_KVM=1 to skip the KVM tests");
+}
+
+/// Runs `tandem ARGS`, killing it if it outlives `limit` (which fails the test).
+fn tandem(args: &[&str], limit: Duration) -> Run {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start tandem");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).map(|_| text)
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tandem") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            child.kill().expect("kill tandem");
+            panic!("tandem {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let run = Run {
+        status: status.code(),
+        stdout: out_reader.join().unwrap().unwrap(),
+        stderr: err_reader.join().unwrap().unwrap(),
+        elapsed: started.elapsed(),
+    };
+    // The monitor itself must never crash, whatever the guest did.
+    assert!(run.status.is_some(), "tandem {args:?} was killed by a signal; stderr:\n{}", run.stderr);
+    assert!(!run.stderr.contains("thread '"), "the monitor panicked on {args:?}:\n{}", run.stderr);
+    run
+}
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn hello_brings_every_vcpu_online() {
+    if !kvm_available() {
+        return;
+    }
+    for vcpus in [1, 2, 4, 8] {
+        let run = tandem(&["run", "hello", "--vcpus", &vcpus.to_string()], LIMIT);
+        assert_eq!(run.status, Some(0), "{vcpus} VCPUs: {}", run.stderr);
+        for id in 0..vcpus {
+            let line = format!("[hello vcpu{id}] hello from VCPU {id} of {vcpus}\n");
+            assert_eq!(run.stdout.matches(&line).count(), 1, "{vcpus} VCPUs, missing {line:?} in:\n{}", run.stdout);
+        }
+        assert!(run.stdout.contains(&format!("all {vcpus} VCPUs online")));
+    }
+}
+
+#[test]
+fn faults_are_reported_with_vector_and_address() {
+    if !kvm_available() {
+        return;
+    }
+    let cases: [(&[&str], &str); 5] = [
+        (&["kind=page"], "VCPU 0 faulted: page fault (#PF) at rip 0x"),
+        (&["kind=gp"], "VCPU 0 faulted: general protection (#GP) at rip 0x"),
+        (&["kind=ud"], "VCPU 0 faulted: invalid opcode (#UD) at rip 0x"),
+        (&["kind=div"], "VCPU 0 faulted: divide error (#DE) at rip 0x"),
+        (&["kind=page", "vcpu=1"], "VCPU 1 faulted: page fault (#PF) at rip 0x"),
+    ];
+    for (args, expected) in cases {
+        let mut argv = vec!["run", "fault", "--vcpus", "2", "--"];
+        argv.extend_from_slice(args);
+        let run = tandem(&argv, LIMIT);
+        assert_eq!(run.status, Some(102), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{args:?}: expected {expected:?} in {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "one clear line: {}", run.stderr);
+    }
+    let run = tandem(&["run", "fault"], LIMIT);
+    assert!(run.stderr.contains("error code 0x4, address 0x8"), "user read of the null page: {}", run.stderr);
+}
+
+#[test]
+fn panic_reports_location_and_message() {
+    if !kvm_available() {
+        return;
+    }
+    for (vcpus, on) in [("1", "0"), ("3", "2")] {
+        let run = tandem(&["run", "panic", "--vcpus", vcpus, "--", &format!("vcpu={on}")], LIMIT);
+        assert_eq!(run.status, Some(101), "{}", run.stderr);
+        let expected = format!("guest panicked on VCPU {on}: src/programs/misbehave.rs:");
+        assert!(run.stderr.contains(&expected), "{}", run.stderr);
+        assert!(run.stderr.contains(&format!("deliberate panic on VCPU {on}")), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn hangs_end_at_the_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    for mode in ["spin", "block"] {
+        let run = tandem(&["run", "hang", "--vcpus", "2", "--timeout", "1", "--", &format!("mode={mode}")], LIMIT);
+        assert_eq!(run.status, Some(124), "{mode}: {}", run.stderr);
+        assert!(run.stderr.contains("timed out after 1.0 s"), "{mode}: {}", run.stderr);
+        assert!(run.elapsed < Duration::from_secs(10), "{mode}: stopping took {:?}", run.elapsed);
+    }
+}
+
+#[test]
+fn bad_hypercalls_are_refused_then_the_unanswerable_one_ends_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let run = tandem(&["run", "badcall", "--vcpus", "2"], LIMIT);
+    assert!(run.stdout.contains("all 14 bad hypercalls were refused with the right error"), "{}", run.stdout);
+    assert_eq!(run.status, Some(102), "{}", run.stderr);
+    assert!(run.stderr.contains("argument block at 0x8001000, outside guest memory"), "{}", run.stderr);
+}
+
+#[test]
+fn guest_usage_errors_exit_64() {
+    if !kvm_available() {
+        return;
+    }
+    let run = tandem(&["run", "nosuch"], LIMIT);
+    assert_eq!(run.status, Some(64));
+    assert!(run.stdout.contains("unknown program \"nosuch\"; the guest has: hello"), "{}", run.stdout);
+    let run = tandem(&["run", "hello", "--", "bogus=1"], LIMIT);
+    assert_eq!(run.status, Some(64));
+    assert!(run.stdout.contains("unknown argument \"bogus\""), "{}", run.stdout);
+}
+
+#[test]
+fn bad_kernel_images_are_refused_clearly() {
+    let dir = std::env::temp_dir().join(format!("tandem-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_elf = dir.join("not-an-elf");
+    std::fs::write(&not_elf, b"#!/bin/sh\necho hello\n").unwrap();
+    let missing = dir.join("missing.elf");
+    let host_elf = "/bin/true";
+    let cases = [
+        (not_elf.to_str().unwrap(), "not a usable guest kernel: not an ELF file"),
+        (missing.to_str().unwrap(), "cannot read kernel image"),
+        (host_elf, "not a usable guest kernel"),
+    ];
+    for (path, expected) in cases {
+        let run = tandem(&["run", "hello", "--kernel", path], LIMIT);
+        assert_eq!(run.status, Some(1), "{path}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{path}: expected {expected:?} in {}", run.stderr);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_command_lines_are_refused_clearly() {
+    let cases: [(&[&str], i32, &str); 6] = [
+        (&["run", "hello", "--vcpus", "0"], 2, "--vcpus"),
+        (&["run", "hello", "--vcpus", "65"], 2, "--vcpus"),
+        (&["run", "hello", "--timeout", "0"], 2, "not a positive number of seconds"),
+        (&["run"], 2, "<PROGRAM>"),
+        (&["run", "hello", "--mem", "3"], 1, "even number of MiB"),
+        (&["run", "hello", "--", "novalue"], 1, "is not key=value"),
+    ];
+    for (args, status, expected) in cases {
+        let run = tandem(args, LIMIT);
+        assert_eq!(run.status, Some(status), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{args:?}: expected {expected:?} in {}", run.stderr);
+    }
+}
+
+#[test]
+fn run_help_documents_the_exit_statuses() {
+    let run = tandem(&["run", "--help"], LIMIT);
+    assert_eq!(run.status, Some(0));
+    for text in ["--vcpus", "--mem", "--kernel", "--timeout", "101", "102", "124"] {
+        assert!(run.stdout.contains(text), "help lacks {text:?}:\n{}", run.stdout);
+    }
+}
