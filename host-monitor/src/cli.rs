@@ -126,7 +126,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_exit_counters(report: &RunReport) {
-    println!("{:<6} {:>8} {}", "vcpu", "exits", "by kind");
+    println!("{:<6} {:>8} by kind", "vcpu", "exits");
     for (id, counters) in report.exits.iter().enumerate() {
         let kinds: Vec<String> = pv_abi::hypercall::Hypercall::ALL
             .iter()

@@ -206,11 +206,11 @@ impl VcpuThread {
             if self.vm.stopping() {
                 return Leave::Stop;
             }
-            if self.vm.trap_table_generation() != self.trap_table_generation {
-                if let Err(error) = self.reload_trap_table() {
-                    self.fault(format!("cannot load the trap table: {error}"));
-                    return Leave::Stop;
-                }
+            if self.vm.trap_table_generation() != self.trap_table_generation
+                && let Err(error) = self.reload_trap_table()
+            {
+                self.fault(format!("cannot load the trap table: {error}"));
+                return Leave::Stop;
             }
             let action = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -325,10 +325,10 @@ impl VcpuThread {
         if pv_abi::hypercall::has_error_code(frame.vector) {
             what += &format!(", error code {:#x}", frame.error_code);
         }
-        if frame.vector == 14 {
-            if let Ok(sregs) = self.fd.get_sregs() {
-                what += &format!(", address {:#x}", sregs.cr2);
-            }
+        if frame.vector == 14
+            && let Ok(sregs) = self.fd.get_sregs()
+        {
+            what += &format!(", address {:#x}", sregs.cr2);
         }
         what
     }

@@ -223,7 +223,7 @@ impl Vm {
             bail!("a VM has 1 to {} VCPUs, not {}", pv_abi::MAX_VCPUS, config.vcpus);
         }
         let mem_size = config.mem_mib << 20;
-        if !(layout::MIN_MEM..=layout::MAX_MEM).contains(&mem_size) || mem_size % LARGE_PAGE_SIZE != 0 {
+        if !(layout::MIN_MEM..=layout::MAX_MEM).contains(&mem_size) || !mem_size.is_multiple_of(LARGE_PAGE_SIZE) {
             bail!(
                 "guest memory must be an even number of MiB from {} to {}, not {}",
                 layout::MIN_MEM >> 20,

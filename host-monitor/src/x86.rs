@@ -51,7 +51,7 @@ pub struct Table {
 /// Identity page tables for `mem_size` bytes (a multiple of 2 MiB, at most 3 GiB): 2 MiB pages
 /// except the first 2 MiB, mapped with 4 KiB pages so that page 0 can be left out.
 pub fn page_tables(mem_size: u64) -> Vec<Table> {
-    assert!(mem_size % LARGE_PAGE_SIZE == 0 && mem_size <= layout::MAX_MEM);
+    assert!(mem_size.is_multiple_of(LARGE_PAGE_SIZE) && mem_size <= layout::MAX_MEM);
     let mut pml4 = [0; 512];
     pml4[0] = layout::PDPT | PTE_TABLE;
     let mut pdpt = [0; 512];
@@ -64,14 +64,14 @@ pub fn page_tables(mem_size: u64) -> Vec<Table> {
         for &page in chunk {
             pd[page as usize % 512] = match page {
                 0 => layout::PT_LOW | PTE_TABLE,
-                _ => page * LARGE_PAGE_SIZE | PTE_TABLE | PTE_LARGE,
+                _ => (page * LARGE_PAGE_SIZE) | PTE_TABLE | PTE_LARGE,
             };
         }
         tables.push(Table { addr: pd_addr, entries: pd });
     }
     let mut low = [0; 512];
     for (page, entry) in low.iter_mut().enumerate().skip(1) {
-        *entry = page as u64 * PAGE_SIZE | PTE_TABLE;
+        *entry = (page as u64 * PAGE_SIZE) | PTE_TABLE;
     }
     tables.push(Table { addr: layout::PT_LOW, entries: low });
     tables.push(Table { addr: layout::PDPT, entries: pdpt });

@@ -20,10 +20,14 @@ pub fn fault(command: &Command<'_>) -> Result<i64, Error> {
             let value = unsafe { core::ptr::read_volatile(core::ptr::without_provenance::<u64>(8)) };
             println!("read {value} from the null page");
         },
-        // SAFETY (all three): these instructions are meant to fault.
+        // SAFETY: `hlt` at ring 3 is meant to raise #GP.
         "gp" => |_| unsafe { core::arch::asm!("hlt") },
+        // SAFETY: `ud2` is meant to raise #UD.
         "ud" => |_| unsafe { core::arch::asm!("ud2") },
-        "div" => |_| unsafe { core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _) },
+        // SAFETY: dividing by zero is meant to raise #DE.
+        "div" => |_| unsafe {
+            core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _)
+        },
         other => return Err(Error::BadValue { key: "kind".into(), value: other.into() }),
     };
     on_vcpu(command, raise)
