@@ -29,3 +29,10 @@ pub fn info() -> &'static BootInfo {
 pub fn nr_vcpus() -> u32 {
     info().nr_vcpus
 }
+
+/// The page the monitor and the guest share.
+pub fn shared_page() -> &'static pv_abi::shared::SharedPage {
+    // SAFETY: the monitor reserves the page at this address for the VM's lifetime; it is
+    // aligned and made of atomics and plain integers, valid for any bytes.
+    unsafe { &*(info().shared_page as *const pv_abi::shared::SharedPage) }
+}

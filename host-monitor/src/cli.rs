@@ -31,8 +31,8 @@ enum Command {
 #[derive(Debug, Args)]
 #[command(after_help = exit_status_help())]
 pub struct RunArgs {
-    /// The guest program to run (the embedded guest has hello, hypercall, fault, panic, hang,
-    /// badcall)
+    /// The guest program to run (the embedded guest has hello, hypercall, updown, fault, panic,
+    /// hang, badcall)
     pub program: String,
     /// Number of VCPUs (1 to 64)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=pv_abi::MAX_VCPUS as i64))]

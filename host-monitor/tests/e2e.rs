@@ -86,6 +86,19 @@ fn hello_brings_every_vcpu_online() {
 }
 
 #[test]
+fn vcpus_go_down_and_come_back_up() {
+    if !kvm_available() {
+        return;
+    }
+    for vcpus in [2, 4, 8] {
+        let run = tandem(&["run", "updown", "--vcpus", &vcpus.to_string(), "--", "rounds=100"], LIMIT);
+        assert_eq!(run.status, Some(0), "{vcpus} VCPUs: {}{}", run.stdout, run.stderr);
+        let expected = format!("100 rounds: {} VCPU(s) started and stopped {} times in all", vcpus - 1, 100 * (vcpus - 1));
+        assert!(run.stdout.contains(&expected), "{vcpus} VCPUs: {}", run.stdout);
+    }
+}
+
+#[test]
 fn faults_are_reported_with_vector_and_address() {
     if !kvm_available() {
         return;
