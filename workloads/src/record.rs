@@ -1,0 +1,92 @@
+//! The result record a workload run produces, reported as JSON.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+/// Counters of one lock (or of all locks of a kind, added up).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockStats {
+    pub acquisitions: u64,
+    /// Acquisitions that found the lock held.
+    pub contended: u64,
+    /// TSC cycles spent waiting for the lock.
+    pub spin_cycles: u64,
+}
+
+impl LockStats {
+    pub fn add(&mut self, other: LockStats) {
+        self.acquisitions += other.acquisitions;
+        self.contended += other.contended;
+        self.spin_cycles += other.spin_cycles;
+    }
+}
+
+/// What one run of a workload did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub workload: String,
+    /// "guest" or "native".
+    pub runtime: String,
+    /// Spinlock family: "spin" or "pv".
+    pub locks: String,
+    /// CPUs (VCPUs) the runtime had.
+    pub cpus: u32,
+    /// Every parameter, defaults included.
+    pub params: BTreeMap<String, String>,
+    pub elapsed_ns: u64,
+    /// Units of work done (see `unit`).
+    pub ops: u64,
+    /// What one op is: "tasks", "timesteps", "ops", "items".
+    pub unit: String,
+    /// Digest of the result; equal across runs that did the same work.
+    pub checksum: u64,
+    /// Ops done by each thread.
+    pub per_thread: Vec<u64>,
+    /// The workload's locks, added up, if it uses any.
+    pub lock_stats: Option<LockStats>,
+}
+
+impl Record {
+    /// Ops per second.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 * 1e9 / self.elapsed_ns.max(1) as f64
+    }
+
+    /// One line for people, e.g. `cpu: 1234.5 tasks/s (400 tasks in 0.324 s, 2 threads, ...)`.
+    pub fn summary(&self) -> String {
+        let mut line = alloc::format!(
+            "{}: {:.1} {}/s ({} {} in {:.3} s, {} threads on {} {} CPUs, checksum {:#018x})",
+            self.workload,
+            self.rate(),
+            self.unit,
+            self.ops,
+            self.unit,
+            self.elapsed_ns as f64 / 1e9,
+            self.per_thread.len(),
+            self.cpus,
+            self.runtime,
+            self.checksum,
+        );
+        if let Some(stats) = self.lock_stats {
+            line += &alloc::format!(
+                "; {} locks: {} acquisitions, {} contended, {} spin cycles",
+                self.locks,
+                stats.acquisitions,
+                stats.contended,
+                stats.spin_cycles
+            );
+        }
+        line
+    }
+}
+
+/// FNV-1a, for checksums that must not depend on the platform.
+pub fn fnv1a(hash: u64, value: u64) -> u64 {
+    value.to_le_bytes().iter().fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// FNV-1a's starting value.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

@@ -1,0 +1,207 @@
+//! Synchronization that is pure atomics and so is the same code in every runtime: the ticket
+//! spinlock (the non-PV family) and the spinning barrier.
+
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use crate::record::LockStats;
+use crate::runtime::{Barrier, Lock};
+
+/// The TSC: cheap, monotonic enough on one machine for counting spin cycles.
+#[inline]
+pub fn tsc() -> u64 {
+    // SAFETY: `rdtsc` has no preconditions and is allowed at every privilege level here.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// A FIFO ticket spinlock that only spins. Counts acquisitions, contended acquisitions and
+/// spin cycles; the counters are updated by the holder, so they cost no extra atomics.
+pub struct TicketLock<T> {
+    next: AtomicU32,
+    serving: AtomicU32,
+    stats: UnsafeCell<LockStats>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out `&mut T` to one holder at a time (ticket order), and `stats`
+// is only touched by the holder.
+unsafe impl<T: Send> Sync for TicketLock<T> {}
+// SAFETY: owning the lock owns the `T`.
+unsafe impl<T: Send> Send for TicketLock<T> {}
+
+impl<T> TicketLock<T> {
+    pub const fn new(value: T) -> Self {
+        TicketLock {
+            next: AtomicU32::new(0),
+            serving: AtomicU32::new(0),
+            stats: UnsafeCell::new(LockStats { acquisitions: 0, contended: 0, spin_cycles: 0 }),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// The ticket now being served and the next one to hand out; the lock is held by the
+    /// ticket being served whenever they differ.
+    pub fn tickets(&self) -> (u32, u32) {
+        (self.serving.load(Ordering::Relaxed), self.next.load(Ordering::Relaxed))
+    }
+
+    #[cold]
+    fn wait_for_turn(&self, ticket: u32) -> u64 {
+        let start = tsc();
+        while self.serving.load(Ordering::Acquire) != ticket {
+            core::hint::spin_loop();
+        }
+        tsc() - start
+    }
+}
+
+/// Holds a [`TicketLock`]; unlocks when dropped.
+pub struct TicketGuard<'a, T> {
+    lock: &'a TicketLock<T>,
+}
+
+impl<T: Send> Lock<T> for TicketLock<T> {
+    type Guard<'a>
+        = TicketGuard<'a, T>
+    where
+        Self: 'a;
+
+    fn lock(&self) -> TicketGuard<'_, T> {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let spun = if self.serving.load(Ordering::Acquire) == ticket { 0 } else { self.wait_for_turn(ticket) };
+        // SAFETY: this thread holds the lock.
+        let stats = unsafe { &mut *self.stats.get() };
+        stats.acquisitions += 1;
+        if spun > 0 {
+            stats.contended += 1;
+            stats.spin_cycles += spun;
+        }
+        TicketGuard { lock: self }
+    }
+
+    fn stats(&self) -> LockStats {
+        // Read under the lock: the holder is the only writer.
+        let guard = self.lock();
+        // SAFETY: held.
+        let mut stats = unsafe { *guard.lock.stats.get() };
+        // Not this read's own acquisition.
+        stats.acquisitions -= 1;
+        stats
+    }
+}
+
+impl<T> Deref for TicketGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for TicketGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the lock exclusively.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for TicketGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.serving.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A sense-reversing barrier whose waiters spin: the CPU never blocks. `relax` is called in
+/// every spin iteration; a runtime with cooperative threads passes one that yields to other
+/// runnable threads of the same CPU, since the laggard may be among them.
+pub struct SpinBarrier {
+    parties: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    relax: fn(),
+}
+
+impl SpinBarrier {
+    pub fn new(parties: usize, relax: fn()) -> Self {
+        assert!(parties > 0, "a barrier needs at least one party");
+        SpinBarrier { parties, arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), relax }
+    }
+
+    /// Generations completed so far.
+    pub fn generation(&self) -> usize {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl Barrier for SpinBarrier {
+    fn wait(&self) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.store(generation.wrapping_add(1), Ordering::Release);
+            return true;
+        }
+        while self.generation.load(Ordering::Acquire) == generation {
+            (self.relax)();
+        }
+        false
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use std::sync::Arc;
+    use std::vec::Vec;
+
+    use super::*;
+
+    #[test]
+    fn ticket_lock_counts_exactly() {
+        let lock = Arc::new(TicketLock::new(0u64));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = Arc::clone(&lock);
+                std::thread::spawn(move || {
+                    for _ in 0..50_000 {
+                        *lock.lock() += 1;
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(*lock.lock(), 200_000);
+        let stats = lock.stats();
+        assert_eq!(stats.acquisitions, 200_001);
+        assert!(stats.contended <= stats.acquisitions);
+        let (serving, next) = lock.tickets();
+        assert_eq!(serving, next);
+    }
+
+    #[test]
+    fn barrier_generations_never_mix() {
+        const PARTIES: usize = 4;
+        const ROUNDS: usize = 2_000;
+        let barrier = Arc::new(SpinBarrier::new(PARTIES, std::thread::yield_now));
+        let counter = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..PARTIES)
+            .map(|_| {
+                let (barrier, counter) = (Arc::clone(&barrier), Arc::clone(&counter));
+                std::thread::spawn(move || {
+                    let mut leaders = 0;
+                    for round in 0..ROUNDS {
+                        counter.fetch_add(1, Ordering::AcqRel);
+                        barrier.wait();
+                        // Everyone of this round has arrived, nobody of the next one yet.
+                        assert_eq!(counter.load(Ordering::Acquire), (round + 1) * PARTIES);
+                        leaders += usize::from(barrier.wait());
+                    }
+                    leaders
+                })
+            })
+            .collect();
+        let leaders: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(leaders, ROUNDS);
+        assert_eq!(barrier.generation(), 2 * ROUNDS);
+    }
+}
