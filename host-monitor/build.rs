@@ -39,7 +39,7 @@ fn main() {
     fs::copy(&elf, &out).unwrap_or_else(|e| panic!("cannot copy {}: {e}", elf.display()));
 
     for input in ["guest-kernel/src", "guest-kernel/Cargo.toml", "guest-kernel/build.rs", "guest-kernel/link.ld",
-        "guest-kernel/.cargo/config.toml", "pv-abi/src", "pv-abi/Cargo.toml"]
+        "guest-kernel/.cargo/config.toml", "pv-abi/src", "pv-abi/Cargo.toml", "workloads/src", "workloads/Cargo.toml"]
     {
         println!("cargo:rerun-if-changed={}", Path::new(root).join(input).display());
     }

@@ -18,7 +18,10 @@ mod hypercall;
 mod lang;
 mod percpu;
 mod programs;
+mod runtime;
+mod sched;
 mod smp;
+mod sync;
 mod trap;
 
 use pv_abi::boot::BootInfo;

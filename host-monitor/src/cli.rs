@@ -11,7 +11,7 @@ use kvm_ioctls::Kvm;
 
 use crate::bench::{self, BenchArgs};
 use crate::image;
-use crate::vm::{self, RunReport, Vm, VmConfig};
+use crate::vm::{self, Outcome, RunReport, Vm, VmConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "tandem", version, about = "Runs paravirtual SMP unikernels under KVM")]
@@ -122,6 +122,10 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         print_exit_counters(&report);
     }
     eprintln!("tandem: {} ({:.1} ms)", report.outcome.describe(&args.program), report.elapsed.as_secs_f64() * 1e3);
+    if let Outcome::TimedOut(_) = report.outcome {
+        let states: Vec<String> = report.exits.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();
+        eprintln!("tandem: when stopped: {}", states.join(", "));
+    }
     Ok(ExitCode::from(report.outcome.status()))
 }
 

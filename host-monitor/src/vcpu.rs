@@ -34,6 +34,31 @@ pub struct ExitCounters {
     pub hypercalls: [u64; Hypercall::ALL.len()],
     /// Everything else: interruptions by kicks, unknown ports, faults.
     pub other: u64,
+    /// Where the VCPU was when the VM stopped: offline, blocked, or running at an address.
+    pub stopped: Stopped,
+}
+
+/// What a VCPU was doing when the VM stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stopped {
+    #[default]
+    Offline,
+    Blocked,
+    /// Running guest code at this `rip`.
+    Running(u64),
+    /// It ended the VM itself (exit, panic, fault).
+    Ending,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::Offline => write!(f, "offline"),
+            Stopped::Blocked => write!(f, "blocked"),
+            Stopped::Running(rip) => write!(f, "running at rip {rip:#x}"),
+            Stopped::Ending => write!(f, "ending the VM"),
+        }
+    }
 }
 
 impl ExitCounters {
@@ -104,7 +129,15 @@ impl VcpuControl {
 /// Starts the thread of VCPU `id`.
 pub(crate) fn spawn(vm: Arc<VmShared>, id: u32, fd: VcpuFd) -> std::io::Result<JoinHandle<ExitCounters>> {
     std::thread::Builder::new().name(format!("{}-vcpu{id}", vm.name)).spawn(move || {
-        let mut thread = VcpuThread { vm, id, fd, counters: ExitCounters::default(), tsc_offset: 0, trap_table_generation: 0 };
+        let mut thread = VcpuThread {
+            vm,
+            id,
+            fd,
+            counters: ExitCounters::default(),
+            tsc_offset: 0,
+            trap_table_generation: 0,
+            ended_vm: false,
+        };
         thread.main();
         thread.counters
     })
@@ -119,12 +152,16 @@ struct VcpuThread {
     tsc_offset: i64,
     /// The trap table generation loaded into this VCPU.
     trap_table_generation: u64,
+    /// Whether this VCPU's own exit, panic or fault ended the VM.
+    ended_vm: bool,
 }
 
 /// Why a VCPU left its run loop.
 enum Leave {
     Down,
     Stop,
+    /// The VM stopped while this VCPU was blocked.
+    Blocked,
 }
 
 impl VcpuThread {
@@ -141,14 +178,21 @@ impl VcpuThread {
                 break;
             }
             self.vm.publish_state(self.id, VcpuState::Running);
-            match self.run_loop() {
+            let leave = self.run_loop();
+            self.counters.stopped = match leave {
+                Leave::Stop if self.ended_vm => Stopped::Ending,
+                Leave::Stop => self.fd.get_regs().map_or(Stopped::Ending, |regs| Stopped::Running(regs.rip)),
+                Leave::Blocked => Stopped::Blocked,
+                Leave::Down => Stopped::Offline,
+            };
+            match leave {
                 Leave::Down => {
                     self.vm.publish_state(self.id, VcpuState::Offline);
                     let mut control = self.control().lock();
                     control.phase = Phase::Offline;
                     control.kick_pending = false;
                 }
-                Leave::Stop => break,
+                Leave::Stop | Leave::Blocked => break,
             }
         }
         self.control().kicker.withdraw();
@@ -248,6 +292,9 @@ impl VcpuThread {
                 Action::Continue => {}
                 Action::Block { deadline_tsc, ret_at } => {
                     let ret = self.block(deadline_tsc);
+                    if self.vm.stopping() {
+                        return Leave::Blocked;
+                    }
                     self.vm.write_ret(ret_at, ret);
                 }
                 Action::Yield => std::thread::yield_now(),
@@ -261,7 +308,10 @@ impl VcpuThread {
                     self.fault(what);
                     return Leave::Stop;
                 }
-                Action::Stop => return Leave::Stop,
+                Action::Stop => {
+                    self.ended_vm = true;
+                    return Leave::Stop;
+                }
             }
         }
     }
@@ -333,7 +383,8 @@ impl VcpuThread {
         what
     }
 
-    fn fault(&self, what: String) {
+    fn fault(&mut self, what: String) {
+        self.ended_vm = true;
         self.vm.finish(Outcome::Faulted { vcpu: self.id, what });
     }
 }

@@ -86,6 +86,19 @@ fn hello_brings_every_vcpu_online() {
 }
 
 #[test]
+fn thread_runtime_selftest_passes() {
+    if !kvm_available() {
+        return;
+    }
+    for vcpus in [1, 2, 4, 8] {
+        let run = tandem(&["run", "selftest", "--vcpus", &vcpus.to_string()], Duration::from_secs(120));
+        assert_eq!(run.status, Some(0), "{vcpus} VCPUs: {}{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains("counters: 800000 under the mutex"), "{vcpus} VCPUs: {}", run.stdout);
+        assert!(run.stdout.contains(&format!("all 8 checks passed on {vcpus} VCPUs")), "{vcpus} VCPUs: {}", run.stdout);
+    }
+}
+
+#[test]
 fn vcpus_go_down_and_come_back_up() {
     if !kvm_available() {
         return;

@@ -3,6 +3,7 @@
 mod hello;
 mod hypercall_bench;
 mod misbehave;
+mod selftest;
 mod updown;
 
 use crate::cmdline::Command;
@@ -16,6 +17,7 @@ const PROGRAMS: &[Program] = &[
     Program { name: "hello", run: hello::run },
     Program { name: "hypercall", run: hypercall_bench::run },
     Program { name: "updown", run: updown::run },
+    Program { name: "selftest", run: selftest::run },
     Program { name: "fault", run: misbehave::fault },
     Program { name: "panic", run: misbehave::panic },
     Program { name: "hang", run: misbehave::hang },

@@ -1,0 +1,397 @@
+//! Cooperative threads on per-VCPU run queues with work stealing.
+//!
+//! Every online VCPU runs [`scheduler_loop`] on its own stack. It takes the next thread from
+//! its queue (or steals one from another VCPU's), switches to it, and when the thread switches
+//! back (it yielded, blocked, slept or exited) files it accordingly. A VCPU with nothing to run
+//! blocks in the monitor until kicked or until its next timer; whoever queues work for an idle
+//! VCPU kicks it. Each VCPU keeps its demand (queued + running threads) current in the
+//! shared page.
+//!
+//! Blocking is race-free through a per-thread state: a thread that is about to block marks
+//! itself `BLOCKING` *before* it publishes itself on a wait queue; a waker that finds it still
+//! `BLOCKING` marks it `WOKEN`, and the scheduler, once the thread is off its stack, requeues
+//! it instead of parking it.
+
+mod context;
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use pv_abi::MAX_VCPUS;
+use pv_abi::hypercall::NO_DEADLINE;
+use spinning_top::Spinlock;
+
+use crate::{boot, clock, hypercall, percpu, smp};
+
+/// Stack of every thread.
+const STACK_SIZE: usize = 64 * 1024;
+
+const RUNNABLE: u8 = 0;
+const RUNNING: u8 = 1;
+const BLOCKING: u8 = 2;
+const BLOCKED: u8 = 3;
+const WOKEN: u8 = 4;
+const EXITED: u8 = 5;
+
+/// A guest thread.
+pub struct Thread {
+    state: AtomicU8,
+    /// Saved stack pointer while switched out; touched only by the VCPU switching it.
+    sp: UnsafeCell<usize>,
+    _stack: Box<[u8]>,
+    entry: UnsafeCell<Option<Box<dyn FnOnce() -> u64 + Send>>>,
+    result: AtomicU64,
+    done: AtomicBool,
+    joiner: Spinlock<Option<Arc<Thread>>>,
+    /// The VCPU it runs or last ran on; wake-ups queue it there.
+    cpu: AtomicU32,
+}
+
+// SAFETY: `sp` and `entry` are only accessed by the one VCPU that runs or switches the
+// thread at a time (ownership passes through the run queues' locks); the rest is atomic.
+unsafe impl Sync for Thread {}
+// SAFETY: as above; the entry closure is `Send`.
+unsafe impl Send for Thread {}
+
+/// Why a thread switched to its scheduler.
+#[derive(Clone, Copy)]
+enum Reason {
+    Yield,
+    Block,
+    Sleep(u64),
+    Exit,
+}
+
+struct PerCpu {
+    queue: Spinlock<VecDeque<Arc<Thread>>>,
+    /// Length of `queue`, readable without its lock.
+    queued: AtomicU32,
+    /// Set while the VCPU has nothing to run and is about to block or blocked.
+    idle: AtomicBool,
+    /// The scheduler's saved stack pointer, and the running thread; this VCPU's only.
+    scheduler_sp: UnsafeCell<usize>,
+    current: UnsafeCell<Option<Arc<Thread>>>,
+    reason: UnsafeCell<Reason>,
+    timers: Spinlock<Vec<(u64, Arc<Thread>)>>,
+    /// Earliest timer deadline (TSC), or `NO_DEADLINE`.
+    next_timer: AtomicU64,
+}
+
+// SAFETY: the `UnsafeCell` fields are only accessed by the VCPU that owns this entry.
+unsafe impl Sync for PerCpu {}
+
+impl PerCpu {
+    const fn new() -> Self {
+        PerCpu {
+            queue: Spinlock::new(VecDeque::new()),
+            queued: AtomicU32::new(0),
+            idle: AtomicBool::new(false),
+            scheduler_sp: UnsafeCell::new(0),
+            current: UnsafeCell::new(None),
+            reason: UnsafeCell::new(Reason::Yield),
+            timers: Spinlock::new(Vec::new()),
+            next_timer: AtomicU64::new(NO_DEADLINE),
+        }
+    }
+
+    fn push(&self, thread: Arc<Thread>) {
+        let mut queue = self.queue.lock();
+        queue.push_back(thread);
+        self.queued.store(queue.len() as u32, Ordering::SeqCst);
+    }
+
+    fn pop(&self) -> Option<Arc<Thread>> {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let mut queue = self.queue.lock();
+        let thread = queue.pop_front();
+        self.queued.store(queue.len() as u32, Ordering::SeqCst);
+        thread
+    }
+
+    fn current(&self) -> Option<&Arc<Thread>> {
+        // SAFETY: only this VCPU touches `current`, and not concurrently with this borrow.
+        unsafe { (*self.current.get()).as_ref() }
+    }
+}
+
+static CPUS: [PerCpu; MAX_VCPUS] = [const { PerCpu::new() }; MAX_VCPUS];
+/// VCPUs running a scheduler: ids `0..ONLINE`.
+static ONLINE: AtomicU32 = AtomicU32::new(0);
+static NEXT_SPAWN_CPU: AtomicU32 = AtomicU32::new(0);
+
+fn this_cpu() -> &'static PerCpu {
+    &CPUS[percpu::vcpu_id() as usize]
+}
+
+fn online() -> u32 {
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// Publishes this VCPU's demand (queued + running threads) in the shared page.
+fn publish_demand(id: u32, cpu: &PerCpu) {
+    let demand = cpu.queued.load(Ordering::Relaxed) + u32::from(cpu.current().is_some());
+    boot::shared_page().vcpus[id as usize].demand.store(demand, Ordering::Relaxed);
+}
+
+/// Brings every VCPU up as a scheduler, runs `main` in a thread and exits the VM with its
+/// result.
+pub fn start(main: fn() -> i64) -> ! {
+    let vcpus = boot::nr_vcpus();
+    ONLINE.store(vcpus, Ordering::Release);
+    for vcpu in 1..vcpus {
+        smp::start(vcpu, enter_scheduler).expect("vcpu_up failed");
+    }
+    spawn(move || hypercall::exit(main()));
+    scheduler_loop()
+}
+
+fn enter_scheduler(_vcpu: u32) {
+    scheduler_loop()
+}
+
+fn scheduler_loop() -> ! {
+    let id = percpu::vcpu_id();
+    let cpu = &CPUS[id as usize];
+    loop {
+        fire_timers(cpu);
+        match cpu.pop().or_else(|| steal(id)) {
+            Some(thread) => run(id, cpu, thread),
+            None => idle(cpu),
+        }
+    }
+}
+
+fn run(id: u32, cpu: &PerCpu, thread: Arc<Thread>) {
+    thread.state.store(RUNNING, Ordering::Release);
+    thread.cpu.store(id, Ordering::Relaxed);
+    // SAFETY: the thread was switched out (or never ran), so its saved sp is stable.
+    let sp = unsafe { *thread.sp.get() };
+    // SAFETY: this VCPU's own field.
+    unsafe { *cpu.current.get() = Some(thread) };
+    publish_demand(id, cpu);
+    // SAFETY: `sp` was saved by `switch` or prepared by `prepare_stack`, and only this VCPU
+    // runs the thread now.
+    unsafe { context::switch(cpu.scheduler_sp.get(), sp) };
+    // SAFETY: this VCPU's own fields; the thread is off its stack now.
+    let (thread, reason) = unsafe { ((*cpu.current.get()).take().expect("a thread ran"), *cpu.reason.get()) };
+    match reason {
+        Reason::Yield => {
+            thread.state.store(RUNNABLE, Ordering::Release);
+            cpu.push(thread);
+        }
+        Reason::Block => park(cpu, thread),
+        Reason::Sleep(deadline) => {
+            add_timer(cpu, deadline, Arc::clone(&thread));
+            park(cpu, thread);
+        }
+        Reason::Exit => finish(thread),
+    }
+    publish_demand(id, cpu);
+}
+
+/// Files a thread that blocked: parked until woken, or requeued if it was woken already.
+fn park(cpu: &PerCpu, thread: Arc<Thread>) {
+    if thread.state.compare_exchange(BLOCKING, BLOCKED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        thread.state.store(RUNNABLE, Ordering::Release);
+        cpu.push(thread);
+    }
+}
+
+fn finish(thread: Arc<Thread>) {
+    thread.state.store(EXITED, Ordering::Release);
+    thread.done.store(true, Ordering::Release);
+    let joiner = thread.joiner.lock().take();
+    if let Some(joiner) = joiner {
+        wake(&joiner);
+    }
+}
+
+/// Takes the oldest queued thread of another VCPU.
+fn steal(id: u32) -> Option<Arc<Thread>> {
+    let n = online();
+    (1..n).map(|offset| (id + offset) % n).find_map(|victim| CPUS[victim as usize].pop())
+}
+
+fn idle(cpu: &PerCpu) {
+    cpu.idle.store(true, Ordering::SeqCst);
+    let work_appeared = (0..online()).any(|other| CPUS[other as usize].queued.load(Ordering::SeqCst) > 0);
+    if !work_appeared {
+        hypercall::block(cpu.next_timer.load(Ordering::Acquire));
+    }
+    cpu.idle.store(false, Ordering::SeqCst);
+}
+
+fn add_timer(cpu: &PerCpu, deadline: u64, thread: Arc<Thread>) {
+    let mut timers = cpu.timers.lock();
+    timers.push((deadline, thread));
+    cpu.next_timer.fetch_min(deadline, Ordering::AcqRel);
+}
+
+fn fire_timers(cpu: &PerCpu) {
+    if clock::tsc() < cpu.next_timer.load(Ordering::Acquire) {
+        return;
+    }
+    let now = clock::tsc();
+    let expired: Vec<Arc<Thread>> = {
+        let mut timers = cpu.timers.lock();
+        let (due, pending): (Vec<_>, Vec<_>) = timers.drain(..).partition(|(deadline, _)| *deadline <= now);
+        *timers = pending;
+        let next = timers.iter().map(|(deadline, _)| *deadline).min().unwrap_or(NO_DEADLINE);
+        cpu.next_timer.store(next, Ordering::Release);
+        due.into_iter().map(|(_, thread)| thread).collect()
+    };
+    for thread in expired {
+        wake(&thread);
+    }
+}
+
+/// Queues a runnable thread on VCPU `target` and makes sure some VCPU will run it: kicks the
+/// target if it is idle, or else another idle VCPU, which will steal it.
+fn enqueue(target: u32, thread: Arc<Thread>) {
+    CPUS[target as usize].push(thread);
+    let me = percpu::vcpu_id();
+    let n = online();
+    let candidates = core::iter::once(target).chain((0..n).filter(|&other| other != target));
+    if let Some(idle) = candidates.filter(|&cpu| cpu != me).find(|&cpu| CPUS[cpu as usize].idle.load(Ordering::SeqCst)) {
+        let _ = hypercall::kick(idle);
+    }
+}
+
+/// Makes a blocked or blocking thread runnable; does nothing to one that is awake.
+pub fn wake(thread: &Arc<Thread>) {
+    loop {
+        match thread.state.load(Ordering::Acquire) {
+            BLOCKED => {
+                if thread.state.compare_exchange(BLOCKED, RUNNABLE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    let target = thread.cpu.load(Ordering::Relaxed).min(online() - 1);
+                    enqueue(target, Arc::clone(thread));
+                    return;
+                }
+            }
+            BLOCKING => {
+                if thread.state.compare_exchange(BLOCKING, WOKEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The running thread.
+pub fn current() -> Arc<Thread> {
+    Arc::clone(this_cpu().current().expect("not called from a thread"))
+}
+
+/// Marks the running thread as about to block. Call before publishing it on a wait queue;
+/// then either [`block`] or, if it turned out not to be needed, [`cancel_block`].
+pub fn prepare_block(thread: &Thread) {
+    thread.state.store(BLOCKING, Ordering::Release);
+}
+
+/// Undoes [`prepare_block`] for a thread that was not published anywhere.
+pub fn cancel_block(thread: &Thread) {
+    thread.state.store(RUNNING, Ordering::Release);
+}
+
+/// Switches to the scheduler until the thread is woken.
+pub fn block() {
+    switch_to_scheduler(Reason::Block);
+}
+
+fn switch_to_scheduler(reason: Reason) {
+    let cpu = this_cpu();
+    let thread = cpu.current().expect("not called from a thread");
+    let save = thread.sp.get();
+    // SAFETY: this VCPU's own fields; `save` points into a thread kept alive by `current`
+    // until the scheduler files it, and the scheduler's sp was saved when it switched here.
+    unsafe {
+        *cpu.reason.get() = reason;
+        context::switch(save, *cpu.scheduler_sp.get());
+    }
+    // Resumed, possibly on another VCPU: `cpu` is stale from here on.
+}
+
+/// Lets other runnable threads of this VCPU run (or due timers fire).
+pub fn yield_now() {
+    let cpu = this_cpu();
+    if cpu.current().is_some() && (cpu.queued.load(Ordering::Relaxed) > 0 || clock::tsc() >= cpu.next_timer.load(Ordering::Relaxed)) {
+        switch_to_scheduler(Reason::Yield);
+    }
+}
+
+/// Whether other threads wait for this VCPU (a spinning thread should yield to them).
+pub fn others_waiting() -> bool {
+    this_cpu().queued.load(Ordering::Relaxed) > 0
+}
+
+/// Blocks the running thread for at least `ns` nanoseconds.
+pub fn sleep(ns: u64) {
+    let deadline = clock::deadline_after_ns(ns);
+    prepare_block(&current());
+    switch_to_scheduler(Reason::Sleep(deadline));
+}
+
+/// A spawned thread; [`JoinHandle::join`] waits for it and returns its result.
+pub struct JoinHandle(Arc<Thread>);
+
+/// Starts a thread running `body`, queued round-robin on the online VCPUs.
+pub fn spawn(body: impl FnOnce() -> u64 + Send + 'static) -> JoinHandle {
+    let mut stack = vec![0u8; STACK_SIZE].into_boxed_slice();
+    let sp = context::prepare_stack(&mut stack, thread_start, 0);
+    let cpu = NEXT_SPAWN_CPU.fetch_add(1, Ordering::Relaxed) % online();
+    let thread = Arc::new(Thread {
+        state: AtomicU8::new(RUNNABLE),
+        sp: UnsafeCell::new(sp),
+        _stack: stack,
+        entry: UnsafeCell::new(Some(Box::new(body))),
+        result: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+        joiner: Spinlock::new(None),
+        cpu: AtomicU32::new(cpu),
+    });
+    enqueue(cpu, Arc::clone(&thread));
+    JoinHandle(thread)
+}
+
+extern "C" fn thread_start(_: usize) -> ! {
+    let entry = {
+        let thread = current();
+        // SAFETY: only the thread itself takes its entry, once, while it runs.
+        unsafe { (*thread.entry.get()).take() }.expect("a thread starts once")
+    };
+    let result = entry();
+    current().result.store(result, Ordering::Release);
+    // Nothing may be left on this stack that needs dropping: it is never unwound.
+    switch_to_scheduler(Reason::Exit);
+    unreachable!("an exited thread was resumed")
+}
+
+impl JoinHandle {
+    /// Waits for the thread to finish and returns its result.
+    pub fn join(self) -> u64 {
+        let thread = self.0;
+        if !thread.done.load(Ordering::Acquire) {
+            let me = current();
+            prepare_block(&me);
+            let mut joiner = thread.joiner.lock();
+            if thread.done.load(Ordering::Acquire) {
+                drop(joiner);
+                cancel_block(&me);
+            } else {
+                *joiner = Some(me);
+                drop(joiner);
+                block();
+            }
+        }
+        debug_assert!(thread.done.load(Ordering::Acquire));
+        thread.result.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,240 @@
+//! Blocking synchronization for guest threads: a wait queue, and on it a mutex (spin, then
+//! block), a condition variable and a spin-then-block barrier. The pure-spinning family
+//! (ticket spinlock, spinning barrier) is shared with the native runtime in
+//! `workloads::sync`.
+
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use spinning_top::Spinlock;
+use workloads::record::LockStats;
+use workloads::sync::tsc;
+
+use crate::clock;
+use crate::sched::{self, Thread};
+
+/// How long a mutex or barrier waiter spins before it blocks: about one exit's cost, the
+/// price of blocking and being kicked.
+const SPIN_NS: u64 = 20_000;
+
+/// Threads blocked until someone wakes them.
+pub struct WaitQueue {
+    waiters: Spinlock<VecDeque<Arc<Thread>>>,
+}
+
+impl WaitQueue {
+    pub const fn new() -> Self {
+        WaitQueue { waiters: Spinlock::new(VecDeque::new()) }
+    }
+
+    /// Blocks the running thread if `still_needed()` holds, checked under the queue's lock, so
+    /// that a waker that changes the condition and then wakes the queue cannot be missed.
+    pub fn wait_if(&self, still_needed: impl FnOnce() -> bool) {
+        self.wait_then(still_needed, || {});
+    }
+
+    /// As [`wait_if`](Self::wait_if), and runs `after_enqueue` once the thread is on the queue,
+    /// before it blocks (a condition variable releases its mutex there).
+    fn wait_then(&self, still_needed: impl FnOnce() -> bool, after_enqueue: impl FnOnce()) {
+        let me = sched::current();
+        sched::prepare_block(&me);
+        let mut waiters = self.waiters.lock();
+        if !still_needed() {
+            drop(waiters);
+            sched::cancel_block(&me);
+            after_enqueue();
+            return;
+        }
+        waiters.push_back(me);
+        drop(waiters);
+        after_enqueue();
+        sched::block();
+    }
+
+    pub fn wake_one(&self) {
+        let thread = self.waiters.lock().pop_front();
+        if let Some(thread) = thread {
+            sched::wake(&thread);
+        }
+    }
+
+    pub fn wake_all(&self) {
+        let threads = core::mem::take(&mut *self.waiters.lock());
+        for thread in threads {
+            sched::wake(&thread);
+        }
+    }
+}
+
+/// Spins for up to [`SPIN_NS`] until `done()`, yielding to this VCPU's other threads.
+fn spin_until(done: impl Fn() -> bool) -> bool {
+    let deadline = clock::deadline_after_ns(SPIN_NS);
+    while !done() {
+        if clock::tsc() >= deadline {
+            return false;
+        }
+        relax();
+    }
+    true
+}
+
+/// One step of a spin-wait: let this VCPU's other threads run if any wait (the one we wait
+/// for may be among them), else pause.
+pub fn relax() {
+    if sched::others_waiting() {
+        sched::yield_now();
+    } else {
+        core::hint::spin_loop();
+    }
+}
+
+/// A mutex whose waiters spin briefly, then block.
+pub struct Mutex<T> {
+    locked: AtomicBool,
+    waiters: WaitQueue,
+    stats: UnsafeCell<LockStats>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: one holder at a time gets `&mut T`; `stats` is touched only by the holder.
+unsafe impl<T: Send> Sync for Mutex<T> {}
+// SAFETY: owning the mutex owns the `T`.
+unsafe impl<T: Send> Send for Mutex<T> {}
+
+pub struct MutexGuard<'a, T> {
+    mutex: &'a Mutex<T>,
+}
+
+impl<T> Mutex<T> {
+    pub const fn new(value: T) -> Self {
+        Mutex {
+            locked: AtomicBool::new(false),
+            waiters: WaitQueue::new(),
+            stats: UnsafeCell::new(LockStats { acquisitions: 0, contended: 0, spin_cycles: 0 }),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    fn try_acquire(&self) -> bool {
+        self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        let waited = if self.try_acquire() { 0 } else { self.lock_contended() };
+        // SAFETY: held.
+        let stats = unsafe { &mut *self.stats.get() };
+        stats.acquisitions += 1;
+        if waited > 0 {
+            stats.contended += 1;
+            stats.spin_cycles += waited;
+        }
+        MutexGuard { mutex: self }
+    }
+
+    #[cold]
+    fn lock_contended(&self) -> u64 {
+        let start = tsc();
+        if !spin_until(|| !self.locked.load(Ordering::Relaxed) && self.try_acquire()) {
+            while !self.try_acquire() {
+                self.waiters.wait_if(|| self.locked.load(Ordering::Acquire));
+            }
+        }
+        (tsc() - start).max(1)
+    }
+
+    fn unlock(&self) {
+        self.locked.store(false, Ordering::Release);
+        self.waiters.wake_one();
+    }
+
+    pub fn stats(&self) -> LockStats {
+        let guard = self.lock();
+        // SAFETY: held.
+        let mut stats = unsafe { *guard.mutex.stats.get() };
+        stats.acquisitions -= 1;
+        stats
+    }
+}
+
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the mutex.
+        unsafe { &*self.mutex.value.get() }
+    }
+}
+
+impl<T> DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the mutex exclusively.
+        unsafe { &mut *self.mutex.value.get() }
+    }
+}
+
+impl<T> Drop for MutexGuard<'_, T> {
+    fn drop(&mut self) {
+        self.mutex.unlock();
+    }
+}
+
+/// A condition variable for [`Mutex`].
+pub struct Condvar {
+    waiters: WaitQueue,
+}
+
+impl Condvar {
+    pub const fn new() -> Self {
+        Condvar { waiters: WaitQueue::new() }
+    }
+
+    /// Releases the guard's mutex, blocks until notified, and locks the mutex again.
+    pub fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        let mutex = guard.mutex;
+        self.waiters.wait_then(|| true, move || drop(guard));
+        mutex.lock()
+    }
+
+    pub fn notify_one(&self) {
+        self.waiters.wake_one();
+    }
+
+    pub fn notify_all(&self) {
+        self.waiters.wake_all();
+    }
+}
+
+/// A barrier whose waiters spin for a while, then block until the last party wakes them.
+pub struct BlockingBarrier {
+    parties: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    waiters: WaitQueue,
+}
+
+impl BlockingBarrier {
+    pub fn new(parties: usize) -> Self {
+        assert!(parties > 0, "a barrier needs at least one party");
+        BlockingBarrier { parties, arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), waiters: WaitQueue::new() }
+    }
+
+    /// Waits for every party; returns true in exactly one per generation.
+    pub fn wait(&self) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.store(generation.wrapping_add(1), Ordering::Release);
+            self.waiters.wake_all();
+            return true;
+        }
+        let passed = || self.generation.load(Ordering::Acquire) != generation;
+        if !spin_until(passed) {
+            while !passed() {
+                self.waiters.wait_if(|| !passed());
+            }
+        }
+        false
+    }
+}
