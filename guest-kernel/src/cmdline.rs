@@ -8,6 +8,7 @@ use core::fmt;
 pub struct Command<'a> {
     pub program: &'a str,
     args: Vec<(&'a str, &'a str)>,
+    words: Vec<&'a str>,
 }
 
 #[derive(Debug)]
@@ -33,10 +34,17 @@ impl<'a> Command<'a> {
     pub fn parse(line: &'a str) -> Result<Self, Error> {
         let mut words = line.split_ascii_whitespace();
         let program = words.next().ok_or(Error::Empty)?;
+        let words: Vec<&str> = words.collect();
         let args = words
+            .iter()
             .map(|word| word.split_once('=').ok_or_else(|| Error::NotKeyValue(word.to_string())))
             .collect::<Result<_, _>>()?;
-        Ok(Command { program, args })
+        Ok(Command { program, args, words })
+    }
+
+    /// The arguments as given, `key=value` words.
+    pub fn words(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.words.iter().copied()
     }
 
     /// Fails on any argument whose key is not in `known`.

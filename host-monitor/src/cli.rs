@@ -1,15 +1,17 @@
 //! The `tandem` command line.
 
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use kvm_ioctls::Kvm;
+use workloads::Record;
+use workloads::native::NativeRuntime;
 
-use crate::bench::{self, BenchArgs};
+use crate::bench::{self, BenchCommand};
 use crate::image;
 use crate::vm::{self, Outcome, RunReport, Vm, VmConfig};
 
@@ -22,18 +24,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Boot a guest and run one of its programs
+    /// Boot a guest and run a workload or another of its programs
     Run(RunArgs),
-    /// Measure boot time and the hypercall round trip
-    Bench(BenchArgs),
+    /// Run a workload on host threads: the bare-metal baseline
+    Native(NativeArgs),
+    /// List the workloads and their parameters
+    Workloads,
+    /// Measure boot time and hypercalls, or workloads in the guest against native
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Debug, Args)]
 #[command(after_help = exit_status_help())]
 pub struct RunArgs {
-    /// The guest program to run (the embedded guest has hello, hypercall, updown, fault, panic,
-    /// hang, badcall)
-    pub program: String,
+    /// The guest program: a workload (see `tandem workloads`) or one of hello, hypercall,
+    /// updown, selftest, fault, panic, hang, badcall
+    #[arg(required_unless_present = "list")]
+    pub program: Option<String>,
+    /// List the workloads and their parameters, and exit
+    #[arg(long)]
+    pub list: bool,
     /// Number of VCPUs (1 to 64)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=pv_abi::MAX_VCPUS as i64))]
     pub vcpus: u32,
@@ -49,16 +60,35 @@ pub struct RunArgs {
     /// Print the exits of each VCPU, by kind, after the run
     #[arg(long)]
     pub stats: bool,
-    /// Arguments for the program, after `--`
+    /// Write the result records the guest reported to FILE, as a JSON array
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Arguments for the program, after `--` (workloads also take locks=spin)
+    #[arg(last = true, value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NativeArgs {
+    /// The workload (see `tandem workloads`)
+    pub workload: String,
+    /// CPUs the workload counts as its own (its default thread count); all host CPUs if unset
+    #[arg(long)]
+    pub cpus: Option<usize>,
+    /// Write the result record to FILE, as a JSON array of one
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// The workload's parameters, after `--`
     #[arg(last = true, value_name = "KEY=VALUE")]
     pub args: Vec<String>,
 }
 
 fn exit_status_help() -> String {
     format!(
-        "Exit status: the guest's exit code (0 = success; codes outside 0-255 give 1); {} if the guest \
-         panicked, {} if it faulted or made a hypercall that cannot be answered, {} if it timed out; \
-         1 for a monitor error (bad kernel image, no KVM), 2 for bad command-line arguments.",
+        "Exit status: the guest's exit code (0 = success, 1 = a workload's self-check failed, 64 = bad \
+         program arguments; codes outside 0-255 give 1); {} if the guest panicked, {} if it faulted or \
+         made a hypercall that cannot be answered, {} if it timed out; 1 for a monitor error (bad \
+         kernel image, no KVM), 2 for bad command-line arguments.",
         vm::STATUS_PANIC,
         vm::STATUS_FAULT,
         vm::STATUS_TIMEOUT
@@ -72,27 +102,62 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Arguments of a workload run in the guest that are the guest runtime's, not the workload's.
+const RUNTIME_PARAMS: &[&str] = &["locks"];
+
+/// Checks a workload's arguments against its parameters before anything boots.
+fn check_workload_args(name: &str, args: &[String]) -> anyhow::Result<()> {
+    let Some(info) = workloads::WORKLOADS.iter().find(|w| w.name == name) else {
+        return Ok(());
+    };
+    let own = args.iter().map(String::as_str).filter(|arg| !RUNTIME_PARAMS.iter().any(|p| arg.starts_with(&format!("{p}="))));
+    workloads::Params::parse(info.params, own).map_err(|error| anyhow::anyhow!("bad arguments for workload {name}: {error}"))?;
+    Ok(())
+}
+
 impl RunArgs {
+    /// Arguments to boot `program` with the defaults of everything else.
+    pub fn new(program: &str, vcpus: u32, args: &[&str]) -> RunArgs {
+        RunArgs {
+            program: Some(program.to_owned()),
+            list: false,
+            vcpus,
+            mem: 128,
+            kernel: None,
+            timeout: 300.0,
+            stats: false,
+            json: None,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+        }
+    }
+
+    fn program(&self) -> &str {
+        self.program.as_deref().expect("clap requires a program unless --list")
+    }
+
     /// The guest command line: the program name and its arguments.
     pub fn cmdline(&self) -> anyhow::Result<String> {
+        let program = self.program();
+        if program.is_empty() || program.contains(char::is_whitespace) {
+            bail!("program name {program:?} must be one word");
+        }
         for arg in &self.args {
             if !arg.contains('=') || arg.starts_with('=') || arg.contains(char::is_whitespace) {
                 bail!("program argument {arg:?} is not key=value");
             }
         }
-        if self.program.is_empty() || self.program.contains(char::is_whitespace) {
-            bail!("program name {:?} must be one word", self.program);
-        }
-        Ok(std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" "))
+        check_workload_args(program, &self.args)?;
+        Ok(std::iter::once(program).chain(self.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" "))
     }
 
-    pub fn config(&self) -> anyhow::Result<VmConfig> {
+    pub fn config(&self, echo_console: bool) -> anyhow::Result<VmConfig> {
         Ok(VmConfig {
-            name: self.program.clone(),
+            name: self.program().to_owned(),
             vcpus: self.vcpus,
             mem_mib: self.mem,
             cmdline: self.cmdline()?,
             timeout: Duration::from_secs_f64(self.timeout),
+            echo_console,
         })
     }
 }
@@ -103,8 +168,8 @@ pub fn open_kvm() -> anyhow::Result<Kvm> {
 }
 
 /// Boots the configured guest and runs it to its outcome.
-pub fn run_vm(args: &RunArgs) -> anyhow::Result<RunReport> {
-    let config = args.config()?;
+pub fn run_vm(args: &RunArgs, echo_console: bool) -> anyhow::Result<RunReport> {
+    let config = args.config(echo_console)?;
     let image: Cow<'_, [u8]> = match &args.kernel {
         Some(path) => Cow::Owned(image::read(path)?),
         None => Cow::Borrowed(image::DEFAULT_GUEST),
@@ -113,20 +178,66 @@ pub fn run_vm(args: &RunArgs) -> anyhow::Result<RunReport> {
     Vm::new(&kvm, &config, &image)?.run()
 }
 
+fn write_json(path: &Path, records: &[Record]) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(records).context("encoding records")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let report = run_vm(args)?;
-    for record in &report.reports {
-        println!("[{} report] {record}", args.program);
+    if args.list {
+        list_workloads();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let program = args.program();
+    let report = run_vm(args, true)?;
+    // Workload records were summarized on the guest console; show other records as they are.
+    let mut records = Vec::new();
+    for text in &report.reports {
+        match Record::from_json(text) {
+            Ok(record) => records.push(record),
+            Err(_) => println!("[{program} report] {text}"),
+        }
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &records)?;
     }
     if args.stats {
         print_exit_counters(&report);
     }
-    eprintln!("tandem: {} ({:.1} ms)", report.outcome.describe(&args.program), report.elapsed.as_secs_f64() * 1e3);
+    eprintln!("tandem: {} ({:.1} ms)", report.outcome.describe(program), report.elapsed.as_secs_f64() * 1e3);
     if let Outcome::TimedOut(_) = report.outcome {
         let states: Vec<String> = report.exits.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();
         eprintln!("tandem: when stopped: {}", states.join(", "));
     }
     Ok(ExitCode::from(report.outcome.status()))
+}
+
+/// Runs a workload on host threads.
+pub fn run_native(workload: &str, cpus: Option<usize>, args: &[String]) -> anyhow::Result<Record> {
+    let runtime = NativeRuntime::new(cpus);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    workloads::run(&runtime, workload, &args).map_err(|error| anyhow::anyhow!("{workload}: {error}"))
+}
+
+fn native(args: &NativeArgs) -> anyhow::Result<ExitCode> {
+    let record = run_native(&args.workload, args.cpus, &args.args)?;
+    println!("{}", record.summary());
+    if let Some(path) = &args.json {
+        write_json(path, std::slice::from_ref(&record))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_workloads() {
+    for info in workloads::WORKLOADS {
+        println!("{:<10} {}", info.name, info.about);
+        for param in info.params {
+            let values = param.choices.map_or_else(|| "N".to_owned(), |choices| choices.join("|"));
+            let syntax = format!("{}={values}", param.name);
+            println!("    {syntax:<20} default {:<8} {}", param.default, param.help);
+        }
+    }
+    println!("In the guest, every workload also takes locks=spin (the spinlock family).");
 }
 
 fn print_exit_counters(report: &RunReport) {
@@ -147,7 +258,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => run(args),
-        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Native(args) => native(args),
+        Command::Workloads => {
+            list_workloads();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(command) => bench::run(command).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {
         eprintln!("tandem: error: {error:#}");

@@ -7,13 +7,15 @@ use std::sync::Mutex;
 #[derive(Debug)]
 pub struct Console {
     vm: String,
+    /// Whether lines are printed; benchmarks run guests quietly.
+    echo: bool,
     /// The unfinished line of each VCPU.
     partial: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Console {
-    pub fn new(vm: &str, vcpus: u32) -> Console {
-        Console { vm: vm.to_owned(), partial: Mutex::new(vec![Vec::new(); vcpus as usize]) }
+    pub fn new(vm: &str, vcpus: u32, echo: bool) -> Console {
+        Console { vm: vm.to_owned(), echo, partial: Mutex::new(vec![Vec::new(); vcpus as usize]) }
     }
 
     /// Takes bytes written by `vcpu`; prints every line they complete.
@@ -40,6 +42,9 @@ impl Console {
     }
 
     fn emit(&self, vcpu: u32, lines: &[u8]) {
+        if !self.echo {
+            return;
+        }
         let text = String::from_utf8_lossy(lines);
         let mut out = std::io::stdout().lock();
         for line in text.lines() {

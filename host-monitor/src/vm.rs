@@ -32,6 +32,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// The VM is stopped with [`Outcome::TimedOut`] if it runs longer.
     pub timeout: Duration,
+    /// Print guest console lines (prefixed with VM and VCPU) on stdout.
+    pub echo_console: bool,
 }
 
 /// How a VM ended.
@@ -271,7 +273,7 @@ impl Vm {
             mem_size,
             nr_vcpus: config.vcpus,
             vcpus: (0..config.vcpus).map(|_| VcpuControl::default()).collect(),
-            console: Console::new(&config.name, config.vcpus),
+            console: Console::new(&config.name, config.vcpus, config.echo_console),
             tsc_khz,
             reports: Mutex::default(),
             trap_table: Mutex::default(),

@@ -180,7 +180,7 @@ fn guest_usage_errors_exit_64() {
     }
     let run = tandem(&["run", "nosuch"], LIMIT);
     assert_eq!(run.status, Some(64));
-    assert!(run.stdout.contains("unknown program \"nosuch\"; the guest has: hello"), "{}", run.stdout);
+    assert!(run.stdout.contains("unknown program \"nosuch\"; the guest has: cpu nbody locks pipeline hello"), "{}", run.stdout);
     let run = tandem(&["run", "hello", "--", "bogus=1"], LIMIT);
     assert_eq!(run.status, Some(64));
     assert!(run.stdout.contains("unknown argument \"bogus\""), "{}", run.stdout);

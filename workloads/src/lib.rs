@@ -14,11 +14,152 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod common;
+pub mod cpu;
+pub mod locks;
+#[cfg(feature = "std")]
+pub mod native;
+pub mod nbody;
 pub mod params;
+pub mod pipeline;
 pub mod record;
 pub mod runtime;
 pub mod sync;
 
+use alloc::string::{String, ToString};
+use core::fmt;
+
 pub use params::{ParamError, ParamSpec, Params};
 pub use record::Record;
 pub use runtime::{Barrier, BarrierKind, Condvar, Lock, Runtime};
+
+/// A workload, for listings and argument checks.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkloadInfo {
+    /// The name [`run`] takes.
+    pub name: &'static str,
+    /// One line on what it does.
+    pub about: &'static str,
+    /// Its `key=value` parameters.
+    pub params: &'static [ParamSpec],
+}
+
+/// Every workload, in the order they are listed.
+pub const WORKLOADS: &[WorkloadInfo] = &[
+    WorkloadInfo { name: "cpu", about: "independent game-tree searches, no sharing (SPEC CPU gobmk)", params: cpu::PARAMS },
+    WorkloadInfo { name: "nbody", about: "barrier-synchronized particle simulation (SPEC OMP ammp)", params: nbody::PARAMS },
+    WorkloadInfo { name: "locks", about: "a shared table under one spinlock (ebizzy, dbench)", params: locks::PARAMS },
+    WorkloadInfo { name: "pipeline", about: "producer/consumer stages over mutex + condvar queues", params: pipeline::PARAMS },
+];
+
+/// Why a workload did not produce a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// No workload has this name.
+    UnknownWorkload(String),
+    /// A bad argument.
+    Param(ParamError),
+    /// The workload ran but its result is wrong.
+    Check(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownWorkload(name) => {
+                write!(f, "unknown workload {name:?} (known: ")?;
+                for (i, workload) in WORKLOADS.iter().enumerate() {
+                    write!(f, "{}{}", if i == 0 { "" } else { ", " }, workload.name)?;
+                }
+                write!(f, ")")
+            }
+            Self::Param(error) => error.fmt(f),
+            Self::Check(why) => write!(f, "self-check failed: {why}"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+impl From<ParamError> for Error {
+    fn from(error: ParamError) -> Self {
+        Error::Param(error)
+    }
+}
+
+/// Runs `workload` on `rt` with `key=value` arguments `args`.
+pub fn run<R: Runtime>(rt: &R, workload: &str, args: &[&str]) -> Result<Record, Error> {
+    let info = WORKLOADS.iter().find(|w| w.name == workload).ok_or_else(|| Error::UnknownWorkload(workload.to_string()))?;
+    let params = Params::parse(info.params, args.iter().copied())?;
+    match info.name {
+        "cpu" => cpu::run(rt, &params),
+        "nbody" => nbody::run(rt, &params),
+        "locks" => locks::run(rt, &params),
+        "pipeline" => pipeline::run(rt, &params),
+        other => unreachable!("workload {other} is listed but not dispatched"),
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use alloc::string::ToString;
+    use alloc::vec::Vec;
+    use alloc::{format, vec};
+
+    use super::*;
+    use crate::native::NativeRuntime;
+
+    /// Small parameters of the workloads that take `threads` (pipeline's `stages` are tested
+    /// in its module).
+    const SMALL: &[(&str, &[&str])] = &[
+        ("cpu", &["tasks=5"]),
+        ("nbody", &["bodies=24", "steps=10"]),
+        ("locks", &["ops=2000", "buckets=16", "cs=10", "think=10"]),
+    ];
+
+    fn run_native(workload: &str, args: &[&str]) -> Result<Record, Error> {
+        run(&NativeRuntime::new(Some(2)), workload, args)
+    }
+
+    #[test]
+    fn every_workload_passes_its_check_on_1_2_and_4_threads() {
+        for &(workload, args) in SMALL {
+            for threads in ["1", "2", "4"] {
+                let threads_arg = format!("threads={threads}");
+                let args: Vec<&str> = args.iter().copied().chain([threads_arg.as_str()]).collect();
+                let record = run_native(workload, &args).unwrap_or_else(|e| panic!("{workload} {args:?}: {e}"));
+                assert_eq!(record.workload, workload);
+                assert_eq!((record.runtime.as_str(), record.locks.as_str(), record.cpus), ("native", "spin", 2));
+                assert_eq!(record.per_thread.len().to_string(), threads);
+                assert_eq!(record.params["threads"], threads);
+                assert!(record.ops > 0 && record.elapsed_ns > 0);
+            }
+        }
+    }
+
+    #[test]
+    fn default_thread_count_is_the_cpu_count() {
+        let record = run(&NativeRuntime::new(Some(3)), "locks", &["ops=10"]).unwrap();
+        assert_eq!(record.per_thread, vec![10; 3]);
+        let record = run(&NativeRuntime::new(Some(1)), "pipeline", &["items=10"]).unwrap();
+        assert_eq!(record.per_thread, vec![10; 2], "a pipeline has at least two stages");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let error = run_native("gobmk", &[]).unwrap_err();
+        assert_eq!(error, Error::UnknownWorkload("gobmk".into()));
+        assert_eq!(format!("{error}"), "unknown workload \"gobmk\" (known: cpu, nbody, locks, pipeline)");
+        assert!(matches!(run_native("cpu", &["tasks=x"]), Err(Error::Param(ParamError::NotInteger { .. }))));
+        assert!(matches!(run_native("nbody", &["barrier=maybe"]), Err(Error::Param(ParamError::NotAChoice { .. }))));
+        assert!(matches!(run_native("locks", &["threads=257"]), Err(Error::Param(ParamError::OutOfRange { .. }))));
+        assert!(matches!(run_native("pipeline", &["stages=1"]), Err(Error::Param(ParamError::OutOfRange { .. }))));
+        assert!(matches!(run_native("pipeline", &["threads=2"]), Err(Error::Param(ParamError::Unknown { .. }))));
+    }
+
+    #[test]
+    fn records_survive_json() {
+        let record = run_native("cpu", &["tasks=1", "threads=1"]).unwrap();
+        assert_eq!(Record::from_json(&record.to_json()).unwrap(), record);
+    }
+}

@@ -55,6 +55,16 @@ impl Record {
         self.ops as f64 * 1e9 / self.elapsed_ns.max(1) as f64
     }
 
+    /// The record as one line of JSON, as the guest reports it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a record is plain data and always serializes")
+    }
+
+    /// Reads a record written by [`to_json`](Self::to_json).
+    pub fn from_json(text: &str) -> Result<Record, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
     /// One line for people, e.g. `cpu: 1234.5 tasks/s (400 tasks in 0.324 s, 2 threads, ...)`.
     pub fn summary(&self) -> String {
         let mut line = alloc::format!(

@@ -1,10 +1,13 @@
-//! The programs a guest can run, chosen by the first word of the boot command line.
+//! The programs a guest can run, chosen by the first word of the boot command line: the
+//! workloads of the `workloads` crate, and the programs below that test the kernel and the
+//! monitor.
 
 mod hello;
 mod hypercall_bench;
 mod misbehave;
 mod selftest;
 mod updown;
+mod workload;
 
 use crate::cmdline::Command;
 
@@ -26,18 +29,22 @@ const PROGRAMS: &[Program] = &[
 
 /// Runs the program the command names; returns the exit code.
 pub fn run(command: &Command<'_>) -> i64 {
-    let Some(program) = PROGRAMS.iter().find(|p| p.name == command.program) else {
-        crate::print!("unknown program {:?}; the guest has:", command.program);
-        for program in PROGRAMS {
-            crate::print!(" {}", program.name);
+    let run = match PROGRAMS.iter().find(|p| p.name == command.program) {
+        Some(program) => program.run,
+        None if workload::exists(command.program) => workload::run,
+        None => {
+            crate::print!("unknown program {:?}; the guest has:", command.program);
+            for name in workloads::WORKLOADS.iter().map(|w| w.name).chain(PROGRAMS.iter().map(|p| p.name)) {
+                crate::print!(" {name}");
+            }
+            crate::println!();
+            return crate::EXIT_USAGE;
         }
-        crate::println!();
-        return crate::EXIT_USAGE;
     };
-    match (program.run)(command) {
+    match run(command) {
         Ok(code) => code,
         Err(error) => {
-            crate::println!("{}: {error}", program.name);
+            crate::println!("{}: {error}", command.program);
             crate::EXIT_USAGE
         }
     }

@@ -142,7 +142,7 @@ fn publish_demand(id: u32, cpu: &PerCpu) {
 
 /// Brings every VCPU up as a scheduler, runs `main` in a thread and exits the VM with its
 /// result.
-pub fn start(main: fn() -> i64) -> ! {
+pub fn start(main: impl FnOnce() -> i64 + Send + 'static) -> ! {
     let vcpus = boot::nr_vcpus();
     ONLINE.store(vcpus, Ordering::Release);
     for vcpu in 1..vcpus {

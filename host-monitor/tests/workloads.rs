@@ -1,0 +1,113 @@
+//! The workloads in real guests on 1, 2 and 4 VCPUs and natively: every self-check passes,
+//! and nbody's checksum is the same everywhere. Needs /dev/kvm (see e2e.rs).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use workloads::Record;
+
+/// Small parameters: these tests check behaviour, not speed.
+const SMALL: &[(&str, &[&str])] = &[
+    ("cpu", &["tasks=8"]),
+    ("nbody", &["bodies=64", "steps=20"]),
+    ("locks", &["ops=2000"]),
+    ("pipeline", &["items=2000"]),
+];
+
+fn kvm_available() -> bool {
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
+        return true;
+    }
+    if std::env::var("TANDEM_SKIP_KVM").as_deref() == Ok("1") {
+        eprintln!("skipping: /dev/kvm is not usable and TANDEM_SKIP_KVM=1");
+        return false;
+    }
+    panic!("/dev/kvm is missing or not accessible; set TANDEM_SKIP_KVM=1 to skip the KVM tests");
+}
+
+/// Runs `tandem ARGS --json FILE` and returns the records it wrote.
+fn records(mut args: Vec<String>, tag: &str) -> Vec<Record> {
+    let json = std::env::temp_dir().join(format!("tandem-workloads-{}-{tag}.json", std::process::id()));
+    let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    args.splice(split..split, ["--json".to_owned(), json.display().to_string()]);
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem")).args(&args).output().expect("cannot start tandem");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "tandem {args:?} failed:\n{stdout}{stderr}");
+    let records: Vec<Record> = serde_json::from_slice(&std::fs::read(&json).expect("no JSON written")).expect("bad JSON");
+    std::fs::remove_file(PathBuf::from(&json)).unwrap();
+    records
+}
+
+fn one(records: Vec<Record>) -> Record {
+    assert_eq!(records.len(), 1, "one record per run");
+    records.into_iter().next().unwrap()
+}
+
+fn argv(words: &[&str], params: &[&str]) -> Vec<String> {
+    words.iter().chain(["--"].iter()).chain(params).map(|w| w.to_string()).collect()
+}
+
+#[test]
+fn every_workload_passes_its_checks_in_the_guest_and_natively() {
+    if !kvm_available() {
+        return;
+    }
+    for (name, params) in SMALL {
+        let native = one(records(argv(&["native", name, "--cpus", "2"], params), &format!("{name}-native")));
+        assert_eq!(native.runtime, "native");
+        for vcpus in ["1", "2", "4"] {
+            let tag = format!("{name}-{vcpus}");
+            let guest = one(records(argv(&["run", name, "--vcpus", vcpus, "--timeout", "120"], params), &tag));
+            assert_eq!((guest.workload.as_str(), guest.runtime.as_str()), (*name, "guest"));
+            assert_eq!(guest.cpus.to_string(), vcpus);
+            // One thread per VCPU by default; a pipeline has at least two stages.
+            let threads = vcpus.parse::<usize>().unwrap().max(if *name == "pipeline" { 2 } else { 1 });
+            assert_eq!(guest.per_thread.len(), threads, "{name} on {vcpus} VCPUs");
+            assert!(guest.ops > 0 && guest.elapsed_ns > 0, "{name}: {guest:?}");
+            // cpu and nbody compute the same result for any thread count; the digests of locks
+            // and pipeline depend on it (per-thread streams, number of stages).
+            if matches!(*name, "cpu" | "nbody") {
+                assert_eq!(guest.checksum, native.checksum, "{name} on {vcpus} VCPUs vs native");
+            }
+        }
+    }
+}
+
+#[test]
+fn nbody_checksum_is_identical_across_thread_counts_barriers_and_places() {
+    if !kvm_available() {
+        return;
+    }
+    let params = ["bodies=48", "steps=10"];
+    let reference = one(records(argv(&["native", "nbody"], &[params[0], params[1], "threads=1"]), "nb-ref")).checksum;
+    for (vcpus, threads, barrier) in [("1", "3", "spin"), ("2", "2", "block"), ("4", "4", "spin"), ("2", "5", "block")] {
+        let (threads_arg, barrier_arg) = (format!("threads={threads}"), format!("barrier={barrier}"));
+        let guest_params = [params[0], params[1], &threads_arg, &barrier_arg];
+        let tag = format!("nb-{vcpus}-{threads}-{barrier}");
+        let guest = one(records(argv(&["run", "nbody", "--vcpus", vcpus, "--timeout", "120"], &guest_params), &tag));
+        assert_eq!(guest.checksum, reference, "{vcpus} VCPUs, {threads} threads, {barrier} barrier");
+    }
+}
+
+#[test]
+fn bad_workload_arguments_are_refused_before_boot() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem")).args(["run", "cpu", "--", "bogus=1"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad arguments for workload cpu") && stderr.contains("bogus"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem")).args(["native", "nosuch"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn workloads_are_listed_with_their_parameters() {
+    for args in [&["workloads"][..], &["run", "--list"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tandem")).args(args).output().unwrap();
+        assert!(output.status.success());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        for text in ["cpu", "nbody", "locks", "pipeline", "threads=", "barrier=spin|block", "locks=spin"] {
+            assert!(stdout.contains(text), "{args:?} lacks {text:?}:\n{stdout}");
+        }
+    }
+}
