@@ -10,9 +10,8 @@ fn main() {
     let root = manifest_dir.parent().expect("host-monitor lives in the workspace root");
     let guest_dir = root.join("guest-kernel");
     // A target dir of its own: sharing the outer build's would deadlock on its lock.
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from)
-        .join("guest-kernel");
+    let target_dir =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("guest-kernel");
 
     let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // The guest's .cargo/config.toml is read from the working directory.
@@ -38,9 +37,17 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("tandem-guest.elf");
     fs::copy(&elf, &out).unwrap_or_else(|e| panic!("cannot copy {}: {e}", elf.display()));
 
-    for input in ["guest-kernel/src", "guest-kernel/Cargo.toml", "guest-kernel/build.rs", "guest-kernel/link.ld",
-        "guest-kernel/.cargo/config.toml", "pv-abi/src", "pv-abi/Cargo.toml", "workloads/src", "workloads/Cargo.toml"]
-    {
+    for input in [
+        "guest-kernel/src",
+        "guest-kernel/Cargo.toml",
+        "guest-kernel/build.rs",
+        "guest-kernel/link.ld",
+        "guest-kernel/.cargo/config.toml",
+        "pv-abi/src",
+        "pv-abi/Cargo.toml",
+        "workloads/src",
+        "workloads/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", Path::new(root).join(input).display());
     }
 }

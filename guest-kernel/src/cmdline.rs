@@ -64,9 +64,9 @@ impl<'a> Command<'a> {
     pub fn u64(&self, key: &str, default: u64) -> Result<u64, Error> {
         match self.args.iter().rev().find(|(k, _)| *k == key) {
             None => Ok(default),
-            Some((_, value)) => value
-                .parse()
-                .map_err(|_| Error::BadValue { key: key.to_string(), value: value.to_string() }),
+            Some((_, value)) => {
+                value.parse().map_err(|_| Error::BadValue { key: key.to_string(), value: value.to_string() })
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 //! or static address fits in 32 bits.
 
 use pv_abi::hypercall::{
-    ANY_VCPU, BLOCK_KICKED, BlockArgs, BufferArgs, ExitArgs, HcError, Hypercall, RetArgs,
-    TrapTableArgs, VcpuArgs, VcpuUpArgs, decode,
+    ANY_VCPU, BLOCK_KICKED, BlockArgs, BufferArgs, ExitArgs, HcError, Hypercall, RetArgs, TrapTableArgs, VcpuArgs,
+    VcpuUpArgs, decode,
 };
 
 /// Issues a hypercall on any port with any block address. Only the misbehaving test program

@@ -28,7 +28,8 @@ struct Gate {
 }
 
 impl Gate {
-    const MISSING: Gate = Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
+    const MISSING: Gate =
+        Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
 
     fn new(handler: u64) -> Gate {
         Gate {

@@ -110,8 +110,10 @@ fn check_workload_args(name: &str, args: &[String]) -> anyhow::Result<()> {
     let Some(info) = workloads::WORKLOADS.iter().find(|w| w.name == name) else {
         return Ok(());
     };
-    let own = args.iter().map(String::as_str).filter(|arg| !RUNTIME_PARAMS.iter().any(|p| arg.starts_with(&format!("{p}="))));
-    workloads::Params::parse(info.params, own).map_err(|error| anyhow::anyhow!("bad arguments for workload {name}: {error}"))?;
+    let own =
+        args.iter().map(String::as_str).filter(|arg| !RUNTIME_PARAMS.iter().any(|p| arg.starts_with(&format!("{p}="))));
+    workloads::Params::parse(info.params, own)
+        .map_err(|error| anyhow::anyhow!("bad arguments for workload {name}: {error}"))?;
     Ok(())
 }
 
@@ -164,7 +166,8 @@ impl RunArgs {
 
 /// Opens /dev/kvm with an error that says what to check.
 pub fn open_kvm() -> anyhow::Result<Kvm> {
-    Kvm::new().context("cannot open /dev/kvm (tandem needs KVM: check that /dev/kvm exists and is readable and writable)")
+    Kvm::new()
+        .context("cannot open /dev/kvm (tandem needs KVM: check that /dev/kvm exists and is readable and writable)")
 }
 
 /// Boots the configured guest and runs it to its outcome.
@@ -206,7 +209,8 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("tandem: {} ({:.1} ms)", report.outcome.describe(program), report.elapsed.as_secs_f64() * 1e3);
     if let Outcome::TimedOut(_) = report.outcome {
-        let states: Vec<String> = report.exits.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();
+        let states: Vec<String> =
+            report.exits.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();
         eprintln!("tandem: when stopped: {}", states.join(", "));
     }
     Ok(ExitCode::from(report.outcome.status()))

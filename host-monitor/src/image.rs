@@ -88,13 +88,11 @@ pub fn check(elf: &[u8]) -> Result<Placement, ImageError> {
     if !loads.iter().any(|ph| (ph.p_vaddr..ph.p_vaddr + ph.p_memsz).contains(&placement.entry)) {
         return Err(invalid(format!("entry point {:#x} is not in a loadable segment", placement.entry)));
     }
-    let has_entry_note = parsed
-        .iter_note_headers(elf)
-        .into_iter()
-        .flatten()
-        .any(|note| {
-            note.is_ok_and(|n| n.name == "HERMIT" && n.n_type == NT_HERMIT_ENTRY_VERSION && n.desc.first() == Some(&HERMIT_ENTRY_VERSION))
-        });
+    let has_entry_note = parsed.iter_note_headers(elf).into_iter().flatten().any(|note| {
+        note.is_ok_and(|n| {
+            n.name == "HERMIT" && n.n_type == NT_HERMIT_ENTRY_VERSION && n.desc.first() == Some(&HERMIT_ENTRY_VERSION)
+        })
+    });
     if !has_entry_note {
         return Err(invalid("no hermit-entry version note (is this a tandem guest?)"));
     }

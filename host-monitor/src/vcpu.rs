@@ -273,12 +273,16 @@ impl VcpuThread {
                 }
                 Ok(VcpuExit::Shutdown) => {
                     let rip = self.fd.get_regs().map_or(0, |r| r.rip);
-                    Action::Fail(format!("triple fault near rip {rip:#x} (an exception with no usable trap table or stack)"))
+                    Action::Fail(format!(
+                        "triple fault near rip {rip:#x} (an exception with no usable trap table or stack)"
+                    ))
                 }
                 Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _)) => {
                     Action::Fail(format!("access to {addr:#x}, which is not guest memory"))
                 }
-                Ok(VcpuExit::FailEntry(reason, _)) => Action::Fail(format!("KVM could not enter the guest (reason {reason:#x})")),
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    Action::Fail(format!("KVM could not enter the guest (reason {reason:#x})"))
+                }
                 Ok(VcpuExit::InternalError) => Action::Fail("KVM internal error (emulation failure)".to_owned()),
                 Ok(other) => Action::Fail(format!("unexpected exit {other:?}")),
                 Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {

@@ -150,7 +150,8 @@ impl VmShared {
     }
 
     pub fn shared_page(&self) -> &SharedPage {
-        let ptr = self.memory.get_host_address(GuestAddress(layout::SHARED_PAGE)).expect("the shared page is in memory");
+        let ptr =
+            self.memory.get_host_address(GuestAddress(layout::SHARED_PAGE)).expect("the shared page is in memory");
         // SAFETY: the shared page lies in guest memory, which lives as long as `self`; it is
         // page aligned and made only of atomics and plain integers, valid for any bytes.
         unsafe { &*ptr.cast::<SharedPage>() }

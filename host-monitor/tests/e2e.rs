@@ -106,7 +106,8 @@ fn vcpus_go_down_and_come_back_up() {
     for vcpus in [2, 4, 8] {
         let run = tandem(&["run", "updown", "--vcpus", &vcpus.to_string(), "--", "rounds=100"], LIMIT);
         assert_eq!(run.status, Some(0), "{vcpus} VCPUs: {}{}", run.stdout, run.stderr);
-        let expected = format!("100 rounds: {} VCPU(s) started and stopped {} times in all", vcpus - 1, 100 * (vcpus - 1));
+        let expected =
+            format!("100 rounds: {} VCPU(s) started and stopped {} times in all", vcpus - 1, 100 * (vcpus - 1));
         assert!(run.stdout.contains(&expected), "{vcpus} VCPUs: {}", run.stdout);
     }
 }
@@ -180,7 +181,11 @@ fn guest_usage_errors_exit_64() {
     }
     let run = tandem(&["run", "nosuch"], LIMIT);
     assert_eq!(run.status, Some(64));
-    assert!(run.stdout.contains("unknown program \"nosuch\"; the guest has: cpu nbody locks pipeline hello"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("unknown program \"nosuch\"; the guest has: cpu nbody locks pipeline hello"),
+        "{}",
+        run.stdout
+    );
     let run = tandem(&["run", "hello", "--", "bogus=1"], LIMIT);
     assert_eq!(run.status, Some(64));
     assert!(run.stdout.contains("unknown argument \"bogus\""), "{}", run.stdout);

@@ -34,7 +34,8 @@ fn records(mut args: Vec<String>, tag: &str) -> Vec<Record> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "tandem {args:?} failed:\n{stdout}{stderr}");
-    let records: Vec<Record> = serde_json::from_slice(&std::fs::read(&json).expect("no JSON written")).expect("bad JSON");
+    let records: Vec<Record> =
+        serde_json::from_slice(&std::fs::read(&json).expect("no JSON written")).expect("bad JSON");
     std::fs::remove_file(PathBuf::from(&json)).unwrap();
     records
 }
@@ -81,7 +82,8 @@ fn nbody_checksum_is_identical_across_thread_counts_barriers_and_places() {
     }
     let params = ["bodies=48", "steps=10"];
     let reference = one(records(argv(&["native", "nbody"], &[params[0], params[1], "threads=1"]), "nb-ref")).checksum;
-    for (vcpus, threads, barrier) in [("1", "3", "spin"), ("2", "2", "block"), ("4", "4", "spin"), ("2", "5", "block")] {
+    for (vcpus, threads, barrier) in [("1", "3", "spin"), ("2", "2", "block"), ("4", "4", "spin"), ("2", "5", "block")]
+    {
         let (threads_arg, barrier_arg) = (format!("threads={threads}"), format!("barrier={barrier}"));
         let guest_params = [params[0], params[1], &threads_arg, &barrier_arg];
         let tag = format!("nb-{vcpus}-{threads}-{barrier}");

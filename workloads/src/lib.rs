@@ -46,10 +46,22 @@ pub struct WorkloadInfo {
 
 /// Every workload, in the order they are listed.
 pub const WORKLOADS: &[WorkloadInfo] = &[
-    WorkloadInfo { name: "cpu", about: "independent game-tree searches, no sharing (SPEC CPU gobmk)", params: cpu::PARAMS },
-    WorkloadInfo { name: "nbody", about: "barrier-synchronized particle simulation (SPEC OMP ammp)", params: nbody::PARAMS },
+    WorkloadInfo {
+        name: "cpu",
+        about: "independent game-tree searches, no sharing (SPEC CPU gobmk)",
+        params: cpu::PARAMS,
+    },
+    WorkloadInfo {
+        name: "nbody",
+        about: "barrier-synchronized particle simulation (SPEC OMP ammp)",
+        params: nbody::PARAMS,
+    },
     WorkloadInfo { name: "locks", about: "a shared table under one spinlock (ebizzy, dbench)", params: locks::PARAMS },
-    WorkloadInfo { name: "pipeline", about: "producer/consumer stages over mutex + condvar queues", params: pipeline::PARAMS },
+    WorkloadInfo {
+        name: "pipeline",
+        about: "producer/consumer stages over mutex + condvar queues",
+        params: pipeline::PARAMS,
+    },
 ];
 
 /// Why a workload did not produce a record.
@@ -89,7 +101,8 @@ impl From<ParamError> for Error {
 
 /// Runs `workload` on `rt` with `key=value` arguments `args`.
 pub fn run<R: Runtime>(rt: &R, workload: &str, args: &[&str]) -> Result<Record, Error> {
-    let info = WORKLOADS.iter().find(|w| w.name == workload).ok_or_else(|| Error::UnknownWorkload(workload.to_string()))?;
+    let info =
+        WORKLOADS.iter().find(|w| w.name == workload).ok_or_else(|| Error::UnknownWorkload(workload.to_string()))?;
     let params = Params::parse(info.params, args.iter().copied())?;
     match info.name {
         "cpu" => cpu::run(rt, &params),

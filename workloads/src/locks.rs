@@ -63,7 +63,9 @@ pub fn run<R: Runtime>(rt: &R, params: &Params) -> Result<Record, Error> {
     let hits: u64 = table.iter().map(|b| b.hits).sum();
     let expected = threads as u64 * ops;
     if hits != expected {
-        return Err(Error::Check(format!("the buckets count {hits} operations, expected {threads} x {ops} = {expected}")));
+        return Err(Error::Check(format!(
+            "the buckets count {hits} operations, expected {threads} x {ops} = {expected}"
+        )));
     }
     let checksum = table.iter().fold(FNV_OFFSET, |h, b| fnv1a(fnv1a(h, b.hits), b.sum));
     Ok(Record {

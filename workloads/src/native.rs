@@ -215,7 +215,11 @@ impl Runtime for NativeRuntime {
         }
     }
 
-    fn wait<'a, T: Send>(&self, condvar: &Condvar, guard: <Mutex<T> as Lock<T>>::Guard<'a>) -> <Mutex<T> as Lock<T>>::Guard<'a> {
+    fn wait<'a, T: Send>(
+        &self,
+        condvar: &Condvar,
+        guard: <Mutex<T> as Lock<T>>::Guard<'a>,
+    ) -> <Mutex<T> as Lock<T>>::Guard<'a> {
         let mut guard = condvar.0.wait(guard.0).unwrap_or_else(PoisonError::into_inner);
         // Taking the mutex again is an acquisition, as in the guest.
         guard.stats.acquisitions += 1;
@@ -225,7 +229,10 @@ impl Runtime for NativeRuntime {
     fn parallel(&self, threads: usize, body: &(dyn Fn(usize) -> u64 + Sync)) -> Vec<u64> {
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads).map(|i| scope.spawn(move || body(i))).collect();
-            handles.into_iter().map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
         })
     }
 

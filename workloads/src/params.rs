@@ -20,7 +20,12 @@ impl ParamSpec {
         ParamSpec { name, default, choices: None, help }
     }
 
-    pub const fn choice(name: &'static str, default: &'static str, choices: &'static [&'static str], help: &'static str) -> Self {
+    pub const fn choice(
+        name: &'static str,
+        default: &'static str,
+        choices: &'static [&'static str],
+        help: &'static str,
+    ) -> Self {
         ParamSpec { name, default, choices: Some(choices), help }
     }
 }
@@ -55,7 +60,8 @@ pub struct Params {
 impl Params {
     /// Checks `args` (`key=value` words) against `spec`.
     pub fn parse<'a>(spec: &[ParamSpec], args: impl IntoIterator<Item = &'a str>) -> Result<Params, ParamError> {
-        let mut values: BTreeMap<String, String> = spec.iter().map(|p| (p.name.to_string(), p.default.to_string())).collect();
+        let mut values: BTreeMap<String, String> =
+            spec.iter().map(|p| (p.name.to_string(), p.default.to_string())).collect();
         for word in args {
             let (key, value) = word.split_once('=').ok_or_else(|| ParamError::NotKeyValue(word.to_string()))?;
             let Some(param) = spec.iter().find(|p| p.name == key) else {
@@ -86,9 +92,18 @@ impl Params {
     }
 
     /// An integer parameter that must lie in `range`.
-    pub fn u64_in(&self, key: &str, range: core::ops::RangeInclusive<u64>, why: &'static str) -> Result<u64, ParamError> {
+    pub fn u64_in(
+        &self,
+        key: &str,
+        range: core::ops::RangeInclusive<u64>,
+        why: &'static str,
+    ) -> Result<u64, ParamError> {
         let value = self.u64(key);
-        if range.contains(&value) { Ok(value) } else { Err(ParamError::OutOfRange { key: key.to_string(), value, why }) }
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(ParamError::OutOfRange { key: key.to_string(), value, why })
+        }
     }
 
     /// A choice parameter.

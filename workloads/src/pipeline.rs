@@ -51,7 +51,8 @@ struct Queue<'r, R: Runtime> {
 
 impl<'r, R: Runtime> Queue<'r, R> {
     fn new(rt: &'r R, capacity: usize) -> Self {
-        let state = State { items: VecDeque::with_capacity(capacity), closed: false, poppers_waiting: 0, pushers_waiting: 0 };
+        let state =
+            State { items: VecDeque::with_capacity(capacity), closed: false, poppers_waiting: 0, pushers_waiting: 0 };
         Queue { rt, state: rt.mutex(state), not_empty: rt.condvar(), not_full: rt.condvar(), capacity }
     }
 
@@ -103,7 +104,8 @@ impl<'r, R: Runtime> Queue<'r, R> {
 /// Passes `items` through `stages` threads; checks the result against the same computation
 /// done sequentially.
 pub fn run<R: Runtime>(rt: &R, params: &Params) -> Result<Record, Error> {
-    let stages = common::thread_count(rt, params, "stages", 2, "a pipeline has 2-256 stages (0: one per CPU, at least 2)")?;
+    let stages =
+        common::thread_count(rt, params, "stages", 2, "a pipeline has 2-256 stages (0: one per CPU, at least 2)")?;
     let items = params.u64("items");
     let capacity = params.u64_in("capacity", 1..=1 << 20, "between 1 and 2^20 items")? as usize;
     let units = params.u64("work");

@@ -3,9 +3,7 @@
 
 use alloc::string::ToString;
 
-use pv_abi::hypercall::{
-    BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, REPORT_MAX, decode,
-};
+use pv_abi::hypercall::{BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, REPORT_MAX, decode};
 
 use crate::cmdline::{Command, Error};
 use crate::{boot, hypercall, percpu, println, smp};
@@ -79,15 +77,43 @@ pub fn badcall(command: &Command<'_>) -> Result<i64, Error> {
     let buffer = |addr: u64, len: u64| BufferArgs { ret: 0, addr, len };
     let cases: [(&str, Result<u64, HcError>, HcError); 14] = [
         ("unknown call number", raw_call(HYPERCALL_PORT_BASE + 200, &mut buffer(0, 0)), HcError::UnknownCall),
-        ("console buffer past memory", raw_call(Hypercall::ConsoleWrite.port(), &mut buffer(mem_size - 4, 8)), HcError::BadAddress),
-        ("console buffer wrapping around", raw_call(Hypercall::ConsoleWrite.port(), &mut buffer(u64::MAX - 2, 8)), HcError::BadAddress),
-        ("console write too long", raw_call(Hypercall::ConsoleWrite.port(), &mut buffer(text.as_ptr() as u64, CONSOLE_MAX + 1)), HcError::BadLength),
-        ("report too long", raw_call(Hypercall::Report.port(), &mut buffer(text.as_ptr() as u64, REPORT_MAX + 1)), HcError::BadLength),
+        (
+            "console buffer past memory",
+            raw_call(Hypercall::ConsoleWrite.port(), &mut buffer(mem_size - 4, 8)),
+            HcError::BadAddress,
+        ),
+        (
+            "console buffer wrapping around",
+            raw_call(Hypercall::ConsoleWrite.port(), &mut buffer(u64::MAX - 2, 8)),
+            HcError::BadAddress,
+        ),
+        (
+            "console write too long",
+            raw_call(Hypercall::ConsoleWrite.port(), &mut buffer(text.as_ptr() as u64, CONSOLE_MAX + 1)),
+            HcError::BadLength,
+        ),
+        (
+            "report too long",
+            raw_call(Hypercall::Report.port(), &mut buffer(text.as_ptr() as u64, REPORT_MAX + 1)),
+            HcError::BadLength,
+        ),
         ("empty report", raw_call(Hypercall::Report.port(), &mut buffer(text.as_ptr() as u64, 0)), HcError::BadLength),
-        ("vcpu_up of a VCPU that does not exist", hypercall::vcpu_up(nr_vcpus, 0x200000, 0x300000, 0), HcError::BadVcpu),
+        (
+            "vcpu_up of a VCPU that does not exist",
+            hypercall::vcpu_up(nr_vcpus, 0x200000, 0x300000, 0),
+            HcError::BadVcpu,
+        ),
         ("vcpu_up of the running VCPU", hypercall::vcpu_up(0, 0x200000, 0x300000, 0), HcError::BadState),
-        ("vcpu_up with the entry outside memory", hypercall::vcpu_up(nr_vcpus - 1, mem_size, 0x300000, 0), HcError::BadAddress),
-        ("vcpu_up with a misaligned stack", hypercall::vcpu_up(nr_vcpus - 1, 0x200000, 0x300008, 0), HcError::BadAlignment),
+        (
+            "vcpu_up with the entry outside memory",
+            hypercall::vcpu_up(nr_vcpus - 1, mem_size, 0x300000, 0),
+            HcError::BadAddress,
+        ),
+        (
+            "vcpu_up with a misaligned stack",
+            hypercall::vcpu_up(nr_vcpus - 1, 0x200000, 0x300008, 0),
+            HcError::BadAlignment,
+        ),
         ("kick of a VCPU that does not exist", hypercall::kick(nr_vcpus + 7), HcError::BadVcpu),
         ("yield to a VCPU that does not exist", hypercall::yield_to(Some(nr_vcpus)), HcError::BadVcpu),
         ("trap table outside memory", hypercall::set_trap_table(mem_size, 15), HcError::BadAddress),

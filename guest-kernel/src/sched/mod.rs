@@ -3,9 +3,9 @@
 //! Every online VCPU runs [`scheduler_loop`] on its own stack. It takes the next thread from
 //! its queue (or steals one from another VCPU's), switches to it, and when the thread switches
 //! back (it yielded, blocked, slept or exited) files it accordingly. A VCPU with nothing to run
-//! blocks in the monitor until kicked or until its next timer; whoever queues work for an idle
-//! VCPU kicks it. Each VCPU keeps its demand (queued + running threads) current in the
-//! shared page.
+//! polls for work briefly, then blocks in the monitor until kicked or until its next timer;
+//! whoever queues work for a blocked VCPU kicks it. Each VCPU keeps its demand (queued +
+//! running threads) current in the shared page.
 //!
 //! Blocking is race-free through a per-thread state: a thread that is about to block marks
 //! itself `BLOCKING` *before* it publishes itself on a wait queue; a waker that finds it still
@@ -219,11 +219,28 @@ fn steal(id: u32) -> Option<Arc<Thread>> {
     (1..n).map(|offset| (id + offset) % n).find_map(|victim| CPUS[victim as usize].pop())
 }
 
+/// How long an idle VCPU polls for work before it blocks in the monitor: about the cost of
+/// the two exits that blocking and being kicked take (the idea of Linux's haltpoll).
+const IDLE_POLL_NS: u64 = 30_000;
+
+fn work_queued() -> bool {
+    (0..online()).any(|cpu| CPUS[cpu as usize].queued.load(Ordering::SeqCst) > 0)
+}
+
+/// Nothing to run: poll briefly, then block until kicked or the next timer. `idle` is set
+/// only around the block, so wakers kick just the VCPUs that need it.
 fn idle(cpu: &PerCpu) {
+    let next_timer = cpu.next_timer.load(Ordering::Acquire);
+    let poll_until = clock::deadline_after_ns(IDLE_POLL_NS).min(next_timer);
+    while clock::tsc() < poll_until {
+        if work_queued() {
+            return;
+        }
+        core::hint::spin_loop();
+    }
     cpu.idle.store(true, Ordering::SeqCst);
-    let work_appeared = (0..online()).any(|other| CPUS[other as usize].queued.load(Ordering::SeqCst) > 0);
-    if !work_appeared {
-        hypercall::block(cpu.next_timer.load(Ordering::Acquire));
+    if !work_queued() {
+        hypercall::block(next_timer);
     }
     cpu.idle.store(false, Ordering::SeqCst);
 }
@@ -259,7 +276,8 @@ fn enqueue(target: u32, thread: Arc<Thread>) {
     let me = percpu::vcpu_id();
     let n = online();
     let candidates = core::iter::once(target).chain((0..n).filter(|&other| other != target));
-    if let Some(idle) = candidates.filter(|&cpu| cpu != me).find(|&cpu| CPUS[cpu as usize].idle.load(Ordering::SeqCst)) {
+    if let Some(idle) = candidates.filter(|&cpu| cpu != me).find(|&cpu| CPUS[cpu as usize].idle.load(Ordering::SeqCst))
+    {
         let _ = hypercall::kick(idle);
     }
 }
@@ -322,7 +340,9 @@ fn switch_to_scheduler(reason: Reason) {
 /// Lets other runnable threads of this VCPU run (or due timers fire).
 pub fn yield_now() {
     let cpu = this_cpu();
-    if cpu.current().is_some() && (cpu.queued.load(Ordering::Relaxed) > 0 || clock::tsc() >= cpu.next_timer.load(Ordering::Relaxed)) {
+    if cpu.current().is_some()
+        && (cpu.queued.load(Ordering::Relaxed) > 0 || clock::tsc() >= cpu.next_timer.load(Ordering::Relaxed))
+    {
         switch_to_scheduler(Reason::Yield);
     }
 }

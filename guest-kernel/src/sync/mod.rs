@@ -217,7 +217,12 @@ pub struct BlockingBarrier {
 impl BlockingBarrier {
     pub fn new(parties: usize) -> Self {
         assert!(parties > 0, "a barrier needs at least one party");
-        BlockingBarrier { parties, arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), waiters: WaitQueue::new() }
+        BlockingBarrier {
+            parties,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            waiters: WaitQueue::new(),
+        }
     }
 
     /// Waits for every party; returns true in exactly one per generation.
