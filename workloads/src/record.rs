@@ -82,8 +82,7 @@ impl Record {
         );
         if let Some(stats) = self.lock_stats {
             line += &alloc::format!(
-                "; {} locks: {} acquisitions, {} contended, {} spin cycles",
-                self.locks,
+                "; locks: {} acquisitions, {} contended, {} cycles waiting",
                 stats.acquisitions,
                 stats.contended,
                 stats.spin_cycles
