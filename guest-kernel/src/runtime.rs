@@ -4,7 +4,7 @@
 use alloc::vec::Vec;
 
 use workloads::record::LockStats;
-use workloads::sync::{SpinBarrier, TicketLock};
+use workloads::sync::{KindedBarrier, SpinBarrier, TicketLock};
 use workloads::{BarrierKind, Lock, Runtime};
 
 use crate::sync::{BlockingBarrier, Condvar, Mutex, MutexGuard, relax};
@@ -38,20 +38,14 @@ impl workloads::Condvar for Condvar {
     }
 }
 
-/// Either barrier kind behind one type, chosen per barrier.
-pub enum GuestBarrier {
-    Spin(SpinBarrier),
-    SpinThenBlock(BlockingBarrier),
-}
-
-impl workloads::Barrier for GuestBarrier {
+impl workloads::Barrier for BlockingBarrier {
     fn wait(&self) -> bool {
-        match self {
-            GuestBarrier::Spin(barrier) => workloads::Barrier::wait(barrier),
-            GuestBarrier::SpinThenBlock(barrier) => barrier.wait(),
-        }
+        BlockingBarrier::wait(self)
     }
 }
+
+/// Barriers of either kind.
+pub type GuestBarrier = KindedBarrier<BlockingBarrier>;
 
 impl Runtime for GuestRuntime {
     type SpinLock<T: Send> = TicketLock<T>;
@@ -73,8 +67,8 @@ impl Runtime for GuestRuntime {
 
     fn barrier(&self, parties: usize, kind: BarrierKind) -> GuestBarrier {
         match kind {
-            BarrierKind::Spin => GuestBarrier::Spin(SpinBarrier::new(parties, relax)),
-            BarrierKind::SpinThenBlock => GuestBarrier::SpinThenBlock(BlockingBarrier::new(parties)),
+            BarrierKind::Spin => KindedBarrier::Spin(SpinBarrier::new(parties, relax)),
+            BarrierKind::SpinThenBlock => KindedBarrier::SpinThenBlock(BlockingBarrier::new(parties)),
         }
     }
 

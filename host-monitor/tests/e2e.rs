@@ -2,6 +2,10 @@
 //!
 //! They need /dev/kvm and fail loudly without it, unless TANDEM_SKIP_KVM=1 says to skip them.
 
+mod common;
+
+use common::kvm_available;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,18 +15,6 @@ struct Run {
     stdout: String,
     stderr: String,
     elapsed: Duration,
-}
-
-/// Whether KVM tests should run; panics if /dev/kvm is missing and skipping was not asked for.
-fn kvm_available() -> bool {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
-        return true;
-    }
-    if std::env::var("TANDEM_SKIP_KVM").as_deref() == Ok("1") {
-        eprintln!("skipping: /dev/kvm is not usable and TANDEM_SKIP_KVM=1");
-        return false;
-    }
-    panic!("/dev/kvm is missing or not accessible; set TANDEM_SKIP_KVM=1 to skip the KVM tests");
 }
 
 /// Runs `tandem ARGS`, killing it if it outlives `limit` (which fails the test).

@@ -1,6 +1,10 @@
 //! The workloads in real guests on 1, 2 and 4 VCPUs and natively: every self-check passes,
 //! and nbody's checksum is the same everywhere. Needs /dev/kvm (see e2e.rs).
 
+mod common;
+
+use common::kvm_available;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -13,17 +17,6 @@ const SMALL: &[(&str, &[&str])] = &[
     ("locks", &["ops=2000"]),
     ("pipeline", &["items=2000"]),
 ];
-
-fn kvm_available() -> bool {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
-        return true;
-    }
-    if std::env::var("TANDEM_SKIP_KVM").as_deref() == Ok("1") {
-        eprintln!("skipping: /dev/kvm is not usable and TANDEM_SKIP_KVM=1");
-        return false;
-    }
-    panic!("/dev/kvm is missing or not accessible; set TANDEM_SKIP_KVM=1 to skip the KVM tests");
-}
 
 /// Runs `tandem ARGS --json FILE` and returns the records it wrote.
 fn records(mut args: Vec<String>, tag: &str) -> Vec<Record> {

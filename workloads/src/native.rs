@@ -12,7 +12,7 @@ use std::vec::Vec;
 
 use crate::record::LockStats;
 use crate::runtime::{BarrierKind, Lock, Runtime};
-use crate::sync::{SpinBarrier, TicketLock, tsc};
+use crate::sync::{KindedBarrier, SpinBarrier, TicketLock, tsc};
 
 /// How long a blocking barrier's waiter spins before it blocks.
 const BARRIER_SPIN: Duration = Duration::from_micros(50);
@@ -175,26 +175,11 @@ impl crate::runtime::Barrier for BlockingBarrier {
     }
 }
 
-/// Either barrier kind behind one type, chosen per barrier.
-pub enum NativeBarrier {
-    Spin(SpinBarrier),
-    SpinThenBlock(BlockingBarrier),
-}
-
-impl crate::runtime::Barrier for NativeBarrier {
-    fn wait(&self) -> bool {
-        match self {
-            NativeBarrier::Spin(barrier) => barrier.wait(),
-            NativeBarrier::SpinThenBlock(barrier) => barrier.wait(),
-        }
-    }
-}
-
 impl Runtime for NativeRuntime {
     type SpinLock<T: Send> = TicketLock<T>;
     type Mutex<T: Send> = Mutex<T>;
     type Condvar = Condvar;
-    type Barrier = NativeBarrier;
+    type Barrier = KindedBarrier<BlockingBarrier>;
 
     fn spin_lock<T: Send>(&self, value: T) -> TicketLock<T> {
         TicketLock::new(value)
@@ -208,10 +193,10 @@ impl Runtime for NativeRuntime {
         Condvar(std::sync::Condvar::new())
     }
 
-    fn barrier(&self, parties: usize, kind: BarrierKind) -> NativeBarrier {
+    fn barrier(&self, parties: usize, kind: BarrierKind) -> KindedBarrier<BlockingBarrier> {
         match kind {
-            BarrierKind::Spin => NativeBarrier::Spin(SpinBarrier::new(parties, relax)),
-            BarrierKind::SpinThenBlock => NativeBarrier::SpinThenBlock(BlockingBarrier::new(parties)),
+            BarrierKind::Spin => KindedBarrier::Spin(SpinBarrier::new(parties, relax)),
+            BarrierKind::SpinThenBlock => KindedBarrier::SpinThenBlock(BlockingBarrier::new(parties)),
         }
     }
 

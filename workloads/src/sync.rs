@@ -149,6 +149,22 @@ impl Barrier for SpinBarrier {
     }
 }
 
+/// A barrier of either kind, chosen per barrier: the spinning one, or a runtime's
+/// spin-then-block barrier `B`.
+pub enum KindedBarrier<B> {
+    Spin(SpinBarrier),
+    SpinThenBlock(B),
+}
+
+impl<B: Barrier> Barrier for KindedBarrier<B> {
+    fn wait(&self) -> bool {
+        match self {
+            KindedBarrier::Spin(barrier) => barrier.wait(),
+            KindedBarrier::SpinThenBlock(barrier) => barrier.wait(),
+        }
+    }
+}
+
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use std::sync::Arc;

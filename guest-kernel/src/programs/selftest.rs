@@ -7,11 +7,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use workloads::sync::{SpinBarrier, TicketLock};
+use workloads::sync::{KindedBarrier, SpinBarrier, TicketLock};
 use workloads::{Barrier, Lock};
 
 use crate::cmdline::{Command, Error};
-use crate::runtime::GuestBarrier;
 use crate::sync::{BlockingBarrier, Condvar, Mutex, relax};
 use crate::{boot, clock, println, sched};
 
@@ -123,8 +122,8 @@ enum Kind {
 fn barrier_generations_never_mix(kind: Kind, rounds: usize) {
     const PARTIES: usize = 12;
     let barrier = Arc::new(match kind {
-        Kind::Spin => GuestBarrier::Spin(SpinBarrier::new(PARTIES, relax)),
-        Kind::Block => GuestBarrier::SpinThenBlock(BlockingBarrier::new(PARTIES)),
+        Kind::Spin => KindedBarrier::Spin(SpinBarrier::new(PARTIES, relax)),
+        Kind::Block => KindedBarrier::SpinThenBlock(BlockingBarrier::new(PARTIES)),
     });
     let arrivals = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..PARTIES)
