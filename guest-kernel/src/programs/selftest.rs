@@ -30,6 +30,7 @@ const CHECKS: &[(&str, fn())] = &[
     ("condvar hands over every item", condvar_hands_over_every_item),
     ("sleep lasts at least its time", sleep_lasts_at_least_its_time),
     ("few threads on many VCPUs", few_threads_on_many_vcpus),
+    ("demand is published", demand_is_published),
 ];
 
 fn main() -> i64 {
@@ -195,5 +196,18 @@ fn few_threads_on_many_vcpus() {
     for _ in 0..50 {
         let handles: Vec<_> = (0..2u64).map(|i| sched::spawn(move || i + 1)).collect();
         assert_eq!(handles.into_iter().map(sched::JoinHandle::join).sum::<u64>(), 3);
+    }
+}
+
+/// With every other thread joined, the shared page must come to show a demand of one (this
+/// thread) on this VCPU and none elsewhere; other VCPUs publish theirs when they next go idle.
+fn demand_is_published() {
+    let me = crate::percpu::vcpu_id();
+    let demand = |vcpu: u32| boot::shared_page().vcpus[vcpu as usize].demand.load(Ordering::Relaxed);
+    let expected = |vcpu: u32| u32::from(vcpu == me);
+    let deadline = clock::deadline_after_ns(1_000_000_000);
+    while (0..boot::nr_vcpus()).any(|vcpu| demand(vcpu) != expected(vcpu)) {
+        assert!(clock::tsc() < deadline, "demand: {:?}", (0..boot::nr_vcpus()).map(demand).collect::<Vec<_>>());
+        sched::yield_now();
     }
 }
