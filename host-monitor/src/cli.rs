@@ -181,6 +181,14 @@ pub fn run_vm(args: &RunArgs, echo_console: bool) -> anyhow::Result<RunReport> {
     Vm::new(&kvm, &config, &image)?.run()
 }
 
+/// `text` cut to at most `max` characters, saying how long it was.
+fn abbreviate(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => Cow::Owned(format!("{}... ({} bytes)", &text[..cut], text.len())),
+        None => Cow::Borrowed(text),
+    }
+}
+
 fn write_json(path: &Path, records: &[Record]) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(records).context("encoding records")?;
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
@@ -198,7 +206,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     for text in &report.reports {
         match Record::from_json(text) {
             Ok(record) => records.push(record),
-            Err(_) => println!("[{program} report] {text}"),
+            Err(_) => println!("[{program} report] {}", abbreviate(text, 400)),
         }
     }
     if let Some(path) = &args.json {

@@ -126,7 +126,7 @@ fn report(vm: &VmShared, block: u64) -> Result<u64, HcError> {
     }
     let record = String::from_utf8(bytes).map_err(|_| HcError::Invalid)?;
     let len = record.len() as u64;
-    vm.add_report(record);
+    vm.add_report(record)?;
     Ok(len)
 }
 

@@ -162,8 +162,15 @@ impl VmShared {
         self.shared_page().vcpus[vcpu as usize].state.store(state as u32, Ordering::Release);
     }
 
-    pub fn add_report(&self, record: String) {
-        self.reports.lock().expect("reports lock").push(record);
+    /// Keeps a report record, unless the VM's reports would exceed `REPORTS_TOTAL_MAX`.
+    pub fn add_report(&self, record: String) -> Result<(), HcError> {
+        let mut reports = self.reports.lock().expect("reports lock");
+        let total: usize = reports.iter().map(String::len).sum::<usize>() + record.len();
+        if total as u64 > pv_abi::hypercall::REPORTS_TOTAL_MAX {
+            return Err(HcError::BadLength);
+        }
+        reports.push(record);
+        Ok(())
     }
 
     pub fn set_trap_table(&self, base: u64, limit: u16) {
@@ -294,11 +301,18 @@ impl Vm {
         shared.vcpus[0]
             .request_start(Start { entry, stack_top: shared.mem_size, arg: 0 })
             .expect("VCPU 0 is offline before the start");
-        let threads: Vec<_> = vcpu_fds
-            .into_iter()
-            .enumerate()
-            .map(|(id, fd)| vcpu::spawn(Arc::clone(&shared), id as u32, fd))
-            .collect::<Result<_, _>>()?;
+        let mut threads = Vec::with_capacity(vcpu_fds.len());
+        for (id, fd) in vcpu_fds.into_iter().enumerate() {
+            match vcpu::spawn(Arc::clone(&shared), id as u32, fd) {
+                Ok(thread) => threads.push(thread),
+                Err(error) => {
+                    // Stop the VCPUs already started before giving up.
+                    shared.vcpus.iter().for_each(VcpuControl::stop);
+                    threads.into_iter().for_each(|thread| _ = thread.join());
+                    return Err(error).context(format!("cannot start the thread of VCPU {id}"));
+                }
+            }
+        }
         let outcome = shared.wait_outcome(timeout).unwrap_or_else(|| {
             shared.finish(Outcome::TimedOut(timeout));
             shared.wait_outcome(Duration::ZERO).expect("finish records an outcome")

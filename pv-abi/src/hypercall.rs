@@ -30,7 +30,7 @@ pub enum Hypercall {
     /// Does not return.
     Fault = 4,
     /// Hand a result record (JSON) to the monitor. Args: [`BufferArgs`], at most
-    /// [`REPORT_MAX`] bytes.
+    /// [`REPORT_MAX`] bytes, and [`REPORTS_TOTAL_MAX`] bytes over the VM's life.
     Report = 5,
     /// Start an offline VCPU at an entry point with a fresh stack. Args: [`VcpuUpArgs`].
     VcpuUp = 6,
@@ -103,6 +103,8 @@ pub const CONSOLE_MAX: u64 = 4096;
 pub const MESSAGE_MAX: u64 = 4096;
 /// Longest report record, in bytes.
 pub const REPORT_MAX: u64 = 1 << 20;
+/// Bytes of report records a VM may hand over in all; reports past it get `BadLength`.
+pub const REPORTS_TOTAL_MAX: u64 = 16 << 20;
 
 /// `VcpuArgs::vcpu` of an undirected yield.
 pub const ANY_VCPU: u32 = u32::MAX;

@@ -3,7 +3,9 @@
 
 use alloc::string::ToString;
 
-use pv_abi::hypercall::{BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, REPORT_MAX, decode};
+use pv_abi::hypercall::{
+    BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, REPORT_MAX, REPORTS_TOTAL_MAX, decode,
+};
 
 use crate::cmdline::{Command, Error};
 use crate::{boot, hypercall, percpu, println, smp};
@@ -126,10 +128,18 @@ pub fn badcall(command: &Command<'_>) -> Result<i64, Error> {
             wrong += 1;
         }
     }
+    // Reports are capped per VM: fill the allowance with the largest records, then one more.
+    let record = alloc::vec![b'x'; REPORT_MAX as usize];
+    let allowed = REPORTS_TOTAL_MAX / REPORT_MAX;
+    let accepted = (0..=allowed).filter(|_| hypercall::report(&record).is_ok()).count() as u64;
+    if accepted != allowed || hypercall::report(b"{}") != Err(HcError::BadLength) {
+        println!("reports past the cap: {accepted} of {} accepted, expected {allowed}", allowed + 1);
+        wrong += 1;
+    }
     if wrong > 0 {
         return Ok(1);
     }
-    println!("all {} bad hypercalls were refused with the right error", cases.len());
+    println!("all {} bad hypercalls were refused with the right error, and reports are capped", cases.len());
     // SAFETY: the block address lies outside guest memory, so the monitor writes nothing.
     unsafe { hypercall::raw(Hypercall::ConsoleWrite.port(), mem_size + 0x1000) };
     println!("the monitor let a hypercall with its argument block outside memory pass");
