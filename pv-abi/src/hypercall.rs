@@ -226,7 +226,7 @@ pub struct BufferArgs {
 pub struct ExitArgs {
     /// Result (never seen: the call does not return).
     pub ret: i64,
-    /// Exit code; 0 is success. The monitor's process status is its low 8 bits.
+    /// Exit code; 0 is success. `tandem run` exits with it if it lies in 0..=255, else with 1.
     pub code: i64,
 }
 
