@@ -167,3 +167,101 @@ fn set_trap_table(vm: &VmShared, block: u64) -> Result<u64, HcError> {
     vm.set_trap_table(args.base, args.limit as u16);
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pv_abi::hypercall::{HYPERCALL_PORT_BASE, decode};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::vm::VmConfig;
+
+    const MEM: u64 = 4 << 20;
+
+    fn vm() -> VmShared {
+        let config = VmConfig {
+            name: "fuzz".into(),
+            vcpus: 4,
+            mem_mib: MEM >> 20,
+            cmdline: String::new(),
+            timeout: Duration::from_secs(1),
+            echo_console: false,
+        };
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+        VmShared::new(&config, memory, 1_000_000)
+    }
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn read(vm: &VmShared, addr: u64, len: u64) -> Vec<u8> {
+        vm.read_buffer(addr, len, u64::MAX).unwrap()
+    }
+
+    /// Random calls on random ports with random argument blocks at random addresses: the
+    /// handler never panics, never writes anything but the block's `ret`, answers every block
+    /// in memory, and ends the VM for every block outside it.
+    #[test]
+    fn random_hypercalls_never_panic_and_write_only_ret() {
+        let vm = vm();
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        // Values that make interesting arguments: ids, lengths and addresses at the edges.
+        let interesting = [0, 1, 3, 4, 7, 8, 16, 4095, 4096, 1 << 20, MEM - 8, MEM, MEM + 1, u64::MAX, u64::MAX - 7];
+        for round in 0..50_000 {
+            let port = HYPERCALL_PORT_BASE.wrapping_add(rng.below(20) as u16).wrapping_sub(2);
+            let block = match rng.below(10) {
+                0 => MEM - rng.below(16),
+                1 => MEM + rng.below(1 << 20),
+                2 => rng.below(u64::from(u32::MAX)),
+                3 => 0x10_000 + rng.below(4096),
+                _ => (0x10_000 + rng.below(MEM - 0x20_000)) & !7,
+            } & u64::from(u32::MAX);
+            let in_memory = block + 8 <= MEM;
+            if in_memory {
+                let len = (MEM - block).min(64);
+                let words: Vec<u8> = (0..len.div_ceil(8))
+                    .flat_map(|_| {
+                        match rng.below(3) {
+                            0 => interesting[rng.below(interesting.len() as u64) as usize],
+                            1 => rng.below(MEM),
+                            _ => rng.next(),
+                        }
+                        .to_le_bytes()
+                    })
+                    .take(len as usize)
+                    .collect();
+                vm.write_bytes(block, &words).unwrap();
+            }
+            let window = block.saturating_sub(256).min(MEM)..(block + 256).min(MEM);
+            let before = read(&vm, window.start, window.end - window.start);
+            let data =
+                if rng.below(50) == 0 { vec![0; rng.below(4) as usize] } else { (block as u32).to_le_bytes().to_vec() };
+            let action = handle(&vm, rng.below(4) as u32, port, &data);
+            let after = read(&vm, window.start, window.end - window.start);
+            for (offset, (b, a)) in before.iter().zip(&after).enumerate() {
+                let addr = window.start + offset as u64;
+                assert!(b == a || (block..block + 8).contains(&addr), "round {round}: byte {addr:#x} changed");
+            }
+            if data.len() != 4 || !in_memory {
+                assert!(matches!(action, Action::Fail(_)), "round {round}: {action:?} for a block at {block:#x}");
+            } else if Hypercall::from_port(port).is_none() {
+                let ret = i64::from_le_bytes(read(&vm, block, 8).try_into().unwrap());
+                assert_eq!(decode(ret), Err(HcError::UnknownCall), "round {round}");
+            }
+        }
+    }
+}

@@ -111,6 +111,26 @@ pub(crate) struct VmShared {
 }
 
 impl VmShared {
+    /// The shared state of a VM before any VCPU runs; `memory` holds `config.mem_mib` MiB
+    /// from guest address 0.
+    pub fn new(config: &VmConfig, memory: GuestMemoryMmap, tsc_khz: u64) -> VmShared {
+        VmShared {
+            name: config.name.clone(),
+            mem_size: config.mem_mib << 20,
+            memory,
+            nr_vcpus: config.vcpus,
+            vcpus: (0..config.vcpus).map(|_| VcpuControl::default()).collect(),
+            console: Console::new(&config.name, config.vcpus, config.echo_console),
+            tsc_khz,
+            reports: Mutex::default(),
+            trap_table: Mutex::default(),
+            trap_table_generation: AtomicU64::new(0),
+            outcome: Mutex::default(),
+            finished: Condvar::new(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
     /// Whether `len` bytes at guest address `addr` lie wholly in guest memory.
     pub fn contains(&self, addr: u64, len: u64) -> bool {
         addr.checked_add(len).is_some_and(|end| end <= self.mem_size)
@@ -145,7 +165,7 @@ impl VmShared {
         let _ = self.memory.write_slice(&ret.to_le_bytes(), GuestAddress(block));
     }
 
-    fn write_bytes(&self, addr: u64, bytes: &[u8]) -> anyhow::Result<()> {
+    pub(crate) fn write_bytes(&self, addr: u64, bytes: &[u8]) -> anyhow::Result<()> {
         self.memory.write_slice(bytes, GuestAddress(addr)).with_context(|| format!("writing guest memory at {addr:#x}"))
     }
 
@@ -275,21 +295,7 @@ impl Vm {
         }
         let tsc_khz = u64::from(vcpu_fds[0].get_tsc_khz().context("KVM_GET_TSC_KHZ failed")?);
 
-        let shared = Arc::new(VmShared {
-            name: config.name.clone(),
-            memory,
-            mem_size,
-            nr_vcpus: config.vcpus,
-            vcpus: (0..config.vcpus).map(|_| VcpuControl::default()).collect(),
-            console: Console::new(&config.name, config.vcpus, config.echo_console),
-            tsc_khz,
-            reports: Mutex::default(),
-            trap_table: Mutex::default(),
-            trap_table_generation: AtomicU64::new(0),
-            outcome: Mutex::default(),
-            finished: Condvar::new(),
-            stopping: AtomicBool::new(false),
-        });
+        let shared = Arc::new(VmShared::new(config, memory, tsc_khz));
         write_boot_structures(&shared, config, placement.end, tsc_khz)?;
         Ok(Vm { shared, vcpu_fds, entry: placement.entry, timeout: config.timeout, _vm_fd: vm_fd })
     }
