@@ -57,7 +57,7 @@ pub struct RunArgs {
     /// Stop the guest after this many seconds
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
     pub timeout: f64,
-    /// Print the exits of each VCPU, by kind, after the run
+    /// Print each VCPU's %RUN, %RDY, %WAIT and exits by kind after the run
     #[arg(long)]
     pub stats: bool,
     /// Write the result records the guest reported to FILE, as a JSON array
@@ -213,12 +213,12 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         write_json(path, &records)?;
     }
     if args.stats {
-        print_exit_counters(&report);
+        print_vcpu_stats(&report);
     }
     eprintln!("tandem: {} ({:.1} ms)", report.outcome.describe(program), report.elapsed.as_secs_f64() * 1e3);
     if let Outcome::TimedOut(_) = report.outcome {
         let states: Vec<String> =
-            report.exits.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();
+            report.vcpus.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();
         eprintln!("tandem: when stopped: {}", states.join(", "));
     }
     Ok(ExitCode::from(report.outcome.status()))
@@ -252,9 +252,12 @@ fn list_workloads() {
     println!("In the guest, every workload also takes locks=spin (the spinlock family).");
 }
 
-fn print_exit_counters(report: &RunReport) {
-    println!("{:<6} {:>8} by kind", "vcpu", "exits");
-    for (id, counters) in report.exits.iter().enumerate() {
+/// Per VCPU: RUN, RDY and WAIT as percentages of the run, and exits by kind.
+fn print_vcpu_stats(report: &RunReport) {
+    let percent = |ns: u64| ns as f64 * 100.0 / report.elapsed.as_nanos().max(1) as f64;
+    println!("{:<6} {:>6} {:>6} {:>6} {:>8} by kind", "vcpu", "%RUN", "%RDY", "%WAIT", "exits");
+    for (id, counters) in report.vcpus.iter().enumerate() {
+        let times = counters.times;
         let kinds: Vec<String> = pv_abi::hypercall::Hypercall::ALL
             .iter()
             .zip(counters.hypercalls)
@@ -262,7 +265,14 @@ fn print_exit_counters(report: &RunReport) {
             .map(|(call, n)| format!("{}={n}", call.name()))
             .chain((counters.other > 0).then(|| format!("other={}", counters.other)))
             .collect();
-        println!("{id:<6} {:>8} {}", counters.total(), kinds.join(" "));
+        println!(
+            "{id:<6} {:>6.1} {:>6.1} {:>6.1} {:>8} {}",
+            percent(times.run_ns),
+            percent(times.ready_ns),
+            percent(times.wait_ns),
+            counters.total(),
+            kinds.join(" ")
+        );
     }
 }
 

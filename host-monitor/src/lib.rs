@@ -5,9 +5,11 @@
 //! - [`hypercall`]: decoding and validating hypercalls;
 //! - [`image`]: checking and loading guest ELF images;
 //! - [`layout`], [`x86`]: the guest memory map and the x86 structures in it;
+//! - [`accounting`]: where each VCPU's time goes (RUN, RDY, WAIT);
 //! - [`console`], [`kick`]: guest console lines, forcing a VCPU out of KVM_RUN;
 //! - [`cli`], [`bench`]: the `tandem` command line and its benchmarks.
 
+pub mod accounting;
 pub mod bench;
 pub mod cli;
 pub mod console;

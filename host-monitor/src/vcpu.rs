@@ -12,6 +12,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use pv_abi::hypercall::{BLOCK_KICKED, BLOCK_TIMED_OUT, FaultFrame, HcError, Hypercall, NO_DEADLINE, exception_name};
 use pv_abi::shared::VcpuState;
 
+use crate::accounting::{Accounting, VcpuTimes};
 use crate::hypercall::{self, Action};
 use crate::kick::Kicker;
 use crate::vm::{Outcome, VmShared, vcpu_info_addr};
@@ -27,9 +28,11 @@ pub struct Start {
     pub arg: u64,
 }
 
-/// Exits of one VCPU, by kind.
+/// What one VCPU did: exits by kind, where its time went, where it was at the end.
 #[derive(Debug, Clone, Default)]
-pub struct ExitCounters {
+pub struct VcpuStats {
+    /// RUN, RDY and WAIT time.
+    pub times: VcpuTimes,
     /// Hypercalls by number (`Hypercall as usize`).
     pub hypercalls: [u64; Hypercall::ALL.len()],
     /// Everything else: interruptions by kicks, unknown ports, faults.
@@ -61,7 +64,7 @@ impl std::fmt::Display for Stopped {
     }
 }
 
-impl ExitCounters {
+impl VcpuStats {
     pub fn total(&self) -> u64 {
         self.hypercalls.iter().sum::<u64>() + self.other
     }
@@ -127,16 +130,17 @@ impl VcpuControl {
 }
 
 /// Starts the thread of VCPU `id`.
-pub(crate) fn spawn(vm: Arc<VmShared>, id: u32, fd: VcpuFd) -> std::io::Result<JoinHandle<ExitCounters>> {
+pub(crate) fn spawn(vm: Arc<VmShared>, id: u32, fd: VcpuFd) -> std::io::Result<JoinHandle<VcpuStats>> {
     std::thread::Builder::new().name(format!("{}-vcpu{id}", vm.name)).spawn(move || {
         let mut thread = VcpuThread {
             vm,
             id,
             fd,
-            counters: ExitCounters::default(),
+            counters: VcpuStats::default(),
             tsc_offset: 0,
             trap_table_generation: 0,
             ended_vm: false,
+            accounting: Accounting::default(),
         };
         thread.main();
         thread.counters
@@ -147,13 +151,14 @@ struct VcpuThread {
     vm: Arc<VmShared>,
     id: u32,
     fd: VcpuFd,
-    counters: ExitCounters,
+    counters: VcpuStats,
     /// Guest TSC minus host TSC.
     tsc_offset: i64,
     /// The trap table generation loaded into this VCPU.
     trap_table_generation: u64,
     /// Whether this VCPU's own exit, panic or fault ended the VM.
     ended_vm: bool,
+    accounting: Accounting,
 }
 
 /// Why a VCPU left its run loop.
@@ -178,7 +183,10 @@ impl VcpuThread {
                 break;
             }
             self.vm.publish_state(self.id, VcpuState::Running);
+            self.accounting.runnable();
             let leave = self.run_loop();
+            self.accounting.not_runnable();
+            self.vm.publish_times(self.id, &self.accounting.times);
             self.counters.stopped = match leave {
                 Leave::Stop if self.ended_vm => Stopped::Ending,
                 Leave::Stop => self.fd.get_regs().map_or(Stopped::Ending, |regs| Stopped::Running(regs.rip)),
@@ -196,6 +204,7 @@ impl VcpuThread {
             }
         }
         self.control().kicker.withdraw();
+        self.counters.times = self.accounting.times;
     }
 
     /// Parks while offline; returns the start request, or None when the VM stops.
@@ -295,7 +304,12 @@ impl VcpuThread {
             match action {
                 Action::Continue => {}
                 Action::Block { deadline_tsc, ret_at } => {
+                    self.accounting.not_runnable();
+                    let blocked = Instant::now();
                     let ret = self.block(deadline_tsc);
+                    self.accounting.waited(blocked);
+                    self.vm.publish_times(self.id, &self.accounting.times);
+                    self.accounting.runnable();
                     if self.vm.stopping() {
                         return Leave::Blocked;
                     }

@@ -15,10 +15,11 @@ use pv_abi::shared::{SharedPage, VcpuState};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
+use crate::accounting::VcpuTimes;
 use crate::console::Console;
 use crate::image;
 use crate::layout::{self, LARGE_PAGE_SIZE};
-use crate::vcpu::{self, ExitCounters, Start, VcpuControl};
+use crate::vcpu::{self, Start, VcpuControl, VcpuStats};
 use crate::x86;
 
 /// What to run.
@@ -85,8 +86,8 @@ pub struct RunReport {
     pub outcome: Outcome,
     /// Result records the guest reported, in order.
     pub reports: Vec<String>,
-    /// Exits of each VCPU, by kind.
-    pub exits: Vec<ExitCounters>,
+    /// Exits, times and final state of each VCPU.
+    pub vcpus: Vec<VcpuStats>,
     /// From the start of VCPU 0 to the outcome.
     pub elapsed: Duration,
 }
@@ -175,6 +176,14 @@ impl VmShared {
         // SAFETY: the shared page lies in guest memory, which lives as long as `self`; it is
         // page aligned and made only of atomics and plain integers, valid for any bytes.
         unsafe { &*ptr.cast::<SharedPage>() }
+    }
+
+    /// Publishes `vcpu`'s times in the shared page.
+    pub fn publish_times(&self, vcpu: u32, times: &VcpuTimes) {
+        let slot = &self.shared_page().vcpus[vcpu as usize];
+        slot.run_ns.store(times.run_ns, Ordering::Relaxed);
+        slot.ready_ns.store(times.ready_ns, Ordering::Relaxed);
+        slot.wait_ns.store(times.wait_ns, Ordering::Relaxed);
     }
 
     /// Publishes `vcpu`'s state in the shared page.
@@ -324,10 +333,10 @@ impl Vm {
             shared.wait_outcome(Duration::ZERO).expect("finish records an outcome")
         });
         let elapsed = started.elapsed();
-        let exits = threads.into_iter().map(|t| t.join().unwrap_or_default()).collect();
+        let vcpus = threads.into_iter().map(|t| t.join().unwrap_or_default()).collect();
         shared.console.flush();
         let reports = std::mem::take(&mut *shared.reports.lock().expect("reports lock"));
-        Ok(RunReport { outcome, reports, exits, elapsed })
+        Ok(RunReport { outcome, reports, vcpus, elapsed })
     }
 }
 

@@ -105,6 +105,29 @@ fn vcpus_go_down_and_come_back_up() {
 }
 
 #[test]
+fn stats_split_each_vcpus_time_into_run_ready_wait() {
+    if !kvm_available() {
+        return;
+    }
+    let run = tandem(&["run", "nbody", "--vcpus", "2", "--stats", "--", "steps=50", "bodies=256"], LIMIT);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    let rows: Vec<Vec<f64>> = run
+        .stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("vcpu"))
+        .skip(1)
+        .map(|line| line.split_whitespace().skip(1).take(3).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", run.stdout);
+    for row in &rows {
+        let total: f64 = row.iter().sum();
+        assert!(row.iter().all(|p| *p >= 0.0) && total <= 101.0, "{row:?}");
+    }
+    // VCPU 0 runs the whole time, computing or spinning at barriers: it is never blocked long.
+    assert!(rows[0][0] + rows[0][1] > 90.0, "{:?}", rows[0]);
+}
+
+#[test]
 fn faults_are_reported_with_vector_and_address() {
     if !kvm_available() {
         return;
