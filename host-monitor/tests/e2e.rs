@@ -109,7 +109,7 @@ fn stats_split_each_vcpus_time_into_run_ready_wait() {
     if !kvm_available() {
         return;
     }
-    let run = tandem(&["run", "nbody", "--vcpus", "2", "--stats", "--", "steps=50", "bodies=256"], LIMIT);
+    let run = tandem(&["run", "nbody", "--vcpus", "2", "--stats", "--", "steps=200", "bodies=256"], LIMIT);
     assert_eq!(run.status, Some(0), "{}", run.stderr);
     let rows: Vec<Vec<f64>> = run
         .stdout
@@ -123,8 +123,9 @@ fn stats_split_each_vcpus_time_into_run_ready_wait() {
         let total: f64 = row.iter().sum();
         assert!(row.iter().all(|p| *p >= 0.0) && total <= 101.0, "{row:?}");
     }
-    // VCPU 0 runs the whole time, computing or spinning at barriers: it is never blocked long.
-    assert!(rows[0][0] + rows[0][1] > 90.0, "{:?}", rows[0]);
+    // VCPU 0 computes or spins at barriers from its start to the end, never blocked for long
+    // (its start comes a little after the run's, more so on a loaded machine).
+    assert!(rows[0][0] + rows[0][1] > 50.0 && rows[0][2] < 10.0, "{:?}", rows[0]);
 }
 
 #[test]

@@ -71,6 +71,8 @@ struct PerCpu {
     queue: Spinlock<VecDeque<Arc<Thread>>>,
     /// Length of `queue`, readable without its lock.
     queued: AtomicU32,
+    /// Whether a thread is running: with `queued`, the VCPU's demand.
+    running: AtomicBool,
     /// Set while the VCPU has nothing to run and is about to block or blocked.
     idle: AtomicBool,
     /// The scheduler's saved stack pointer, and the running thread; this VCPU's only.
@@ -90,6 +92,7 @@ impl PerCpu {
         PerCpu {
             queue: Spinlock::new(VecDeque::new()),
             queued: AtomicU32::new(0),
+            running: AtomicBool::new(false),
             idle: AtomicBool::new(false),
             scheduler_sp: UnsafeCell::new(0),
             current: UnsafeCell::new(None),
@@ -134,10 +137,21 @@ fn online() -> u32 {
     ONLINE.load(Ordering::Acquire)
 }
 
-/// Publishes this VCPU's demand (queued + running threads) in the shared page.
-fn publish_demand(id: u32, cpu: &PerCpu) {
-    let demand = cpu.queued.load(Ordering::Relaxed) + u32::from(cpu.current().is_some());
-    boot::shared_page().vcpus[id as usize].demand.store(demand, Ordering::Relaxed);
+/// Publishes VCPU `id`'s demand (queued + running threads) in the shared page. Called by
+/// whoever changes it: the VCPU itself, a VCPU that queues a thread there or steals one.
+/// Each publisher checks after its store that the demand has not changed meanwhile, so that
+/// of two racing publishers the later store is never a stale one.
+fn publish_demand(id: u32) {
+    let cpu = &CPUS[id as usize];
+    let demand = || cpu.queued.load(Ordering::SeqCst) + u32::from(cpu.running.load(Ordering::SeqCst));
+    let slot = &boot::shared_page().vcpus[id as usize].demand;
+    loop {
+        let value = demand();
+        slot.store(value, Ordering::SeqCst);
+        if demand() == value {
+            break;
+        }
+    }
 }
 
 /// Brings every VCPU up as a scheduler, runs `main` in a thread and exits the VM with its
@@ -175,12 +189,14 @@ fn run(id: u32, cpu: &PerCpu, thread: Arc<Thread>) {
     let sp = unsafe { *thread.sp.get() };
     // SAFETY: this VCPU's own field.
     unsafe { *cpu.current.get() = Some(thread) };
-    publish_demand(id, cpu);
+    cpu.running.store(true, Ordering::SeqCst);
+    publish_demand(id);
     // SAFETY: `sp` was saved by `switch` or prepared by `prepare_stack`, and only this VCPU
     // runs the thread now.
     unsafe { context::switch(cpu.scheduler_sp.get(), sp) };
     // SAFETY: this VCPU's own fields; the thread is off its stack now.
     let (thread, reason) = unsafe { ((*cpu.current.get()).take().expect("a thread ran"), *cpu.reason.get()) };
+    cpu.running.store(false, Ordering::SeqCst);
     match reason {
         Reason::Yield => {
             thread.state.store(RUNNABLE, Ordering::Release);
@@ -193,7 +209,7 @@ fn run(id: u32, cpu: &PerCpu, thread: Arc<Thread>) {
         }
         Reason::Exit => finish(thread),
     }
-    publish_demand(id, cpu);
+    publish_demand(id);
 }
 
 /// Files a thread that blocked: parked until woken, or requeued if it was woken already.
@@ -216,7 +232,11 @@ fn finish(thread: Arc<Thread>) {
 /// Takes the oldest queued thread of another VCPU.
 fn steal(id: u32) -> Option<Arc<Thread>> {
     let n = online();
-    (1..n).map(|offset| (id + offset) % n).find_map(|victim| CPUS[victim as usize].pop())
+    (1..n).map(|offset| (id + offset) % n).find_map(|victim| {
+        let thread = CPUS[victim as usize].pop()?;
+        publish_demand(victim);
+        Some(thread)
+    })
 }
 
 /// How long an idle VCPU polls for work before it blocks in the monitor: about the cost of
@@ -273,6 +293,7 @@ fn fire_timers(cpu: &PerCpu) {
 /// target if it is idle, or else another idle VCPU, which will steal it.
 fn enqueue(target: u32, thread: Arc<Thread>) {
     CPUS[target as usize].push(thread);
+    publish_demand(target);
     let me = percpu::vcpu_id();
     let n = online();
     let candidates = core::iter::once(target).chain((0..n).filter(|&other| other != target));
