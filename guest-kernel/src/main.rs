@@ -43,12 +43,9 @@ pub extern "C" fn _start(boot_info: &'static BootInfo, vcpu: u32, _arg: u64) -> 
         println!("the boot command line is not UTF-8");
         hypercall::exit(EXIT_USAGE);
     };
-    let command = match cmdline::Command::parse(line) {
-        Ok(command) => command,
-        Err(error) => {
-            println!("bad command line {line:?}: {error}");
-            hypercall::exit(EXIT_USAGE);
-        }
+    let Some(command) = cmdline::Command::parse(line) else {
+        println!("the boot command line names no program");
+        hypercall::exit(EXIT_USAGE);
     };
     let code = programs::run(&command);
     hypercall::exit(code)

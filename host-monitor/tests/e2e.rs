@@ -208,7 +208,7 @@ fn guest_usage_errors_exit_64() {
     );
     let run = tandem(&["run", "hello", "--", "bogus=1"], LIMIT);
     assert_eq!(run.status, Some(64));
-    assert!(run.stdout.contains("unknown argument \"bogus\""), "{}", run.stdout);
+    assert!(run.stdout.contains("hello: unknown parameter \"bogus\" (takes none)"), "{}", run.stdout);
 }
 
 #[test]

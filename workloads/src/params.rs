@@ -43,6 +43,7 @@ impl fmt::Display for ParamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotKeyValue(word) => write!(f, "argument {word:?} is not key=value"),
+            Self::Unknown { key, known } if known.is_empty() => write!(f, "unknown parameter {key:?} (takes none)"),
             Self::Unknown { key, known } => write!(f, "unknown parameter {key:?} (known: {known})"),
             Self::NotInteger { key, value } => write!(f, "{key}={value:?} is not a non-negative integer"),
             Self::NotAChoice { key, value, choices } => write!(f, "{key}={value:?} is not one of {choices}"),

@@ -2,7 +2,8 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::cmdline::{Command, Error};
+use workloads::{ParamError, Params};
+
 use crate::{boot, clock, hypercall, percpu, println, smp};
 
 static GREETED: AtomicU32 = AtomicU32::new(0);
@@ -19,8 +20,7 @@ fn greet(vcpu: u32) {
     }
 }
 
-pub fn run(command: &Command<'_>) -> Result<i64, Error> {
-    command.check_keys(&[])?;
+pub fn run(_: &Params) -> Result<i64, ParamError> {
     let vcpus = boot::nr_vcpus();
     for vcpu in 1..vcpus {
         smp::start(vcpu, greet).expect("vcpu_up failed");

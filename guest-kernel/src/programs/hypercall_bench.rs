@@ -4,13 +4,18 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use crate::cmdline::{Command, Error};
+use workloads::{ParamError, ParamSpec, Params};
+
 use crate::{clock, hypercall, println};
 
-pub fn run(command: &Command<'_>) -> Result<i64, Error> {
-    command.check_keys(&["batches", "calls"])?;
-    let batches = command.u64("batches", 21)?.max(1);
-    let calls = command.u64("calls", 200)?.max(1);
+pub const PARAMS: &[ParamSpec] = &[
+    ParamSpec::int("batches", "21", "batches to take the median of"),
+    ParamSpec::int("calls", "200", "calls per batch"),
+];
+
+pub fn run(params: &Params) -> Result<i64, ParamError> {
+    let batches = params.u64_in("batches", 1..=1_000_000, "at least one batch")?;
+    let calls = params.u64_in("calls", 1..=1_000_000_000, "at least one call")?;
     let mut per_call_ns: Vec<u64> = (0..batches)
         .map(|_| {
             let start = clock::tsc();

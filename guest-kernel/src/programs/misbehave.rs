@@ -1,20 +1,25 @@
 //! Programs that misbehave on purpose, so that tests can check that the monitor reports each
 //! failure clearly, ends the VM, and stays well itself.
 
-use alloc::string::ToString;
-
 use pv_abi::hypercall::{
     BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, REPORT_MAX, REPORTS_TOTAL_MAX, decode,
 };
 
-use crate::cmdline::{Command, Error};
+use workloads::{ParamError, ParamSpec, Params};
+
 use crate::{boot, hypercall, percpu, println, smp};
 
+const VCPU: ParamSpec = ParamSpec::int("vcpu", "0", "the VCPU that misbehaves");
+
+pub const FAULT_PARAMS: &[ParamSpec] =
+    &[ParamSpec::choice("kind", "page", &["page", "gp", "ud", "div"], "the exception to raise"), VCPU];
+pub const PANIC_PARAMS: &[ParamSpec] = &[VCPU];
+pub const HANG_PARAMS: &[ParamSpec] =
+    &[ParamSpec::choice("mode", "spin", &["spin", "block"], "spin on the CPU, or block with no deadline")];
+
 /// `fault kind=page|gp|ud|div [vcpu=N]`: raises a CPU exception, on VCPU N (default 0).
-pub fn fault(command: &Command<'_>) -> Result<i64, Error> {
-    command.check_keys(&["kind", "vcpu"])?;
-    let kind = command.str("kind", "page");
-    let raise: fn(u32) = match kind {
+pub fn fault(params: &Params) -> Result<i64, ParamError> {
+    let raise: fn(u32) = match params.str("kind") {
         "page" => |_| {
             // SAFETY: none; this read of the unmapped null page is meant to fault.
             let value = unsafe { core::ptr::read_volatile(core::ptr::without_provenance::<u64>(8)) };
@@ -28,38 +33,35 @@ pub fn fault(command: &Command<'_>) -> Result<i64, Error> {
         "div" => |_| unsafe {
             core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _)
         },
-        other => return Err(Error::BadValue { key: "kind".into(), value: other.into() }),
+        _ => unreachable!("Params checks the choice"),
     };
-    on_vcpu(command, raise)
+    on_vcpu(params, raise)
 }
 
 /// `panic [vcpu=N]`: panics, on VCPU N (default 0).
-pub fn panic(command: &Command<'_>) -> Result<i64, Error> {
-    command.check_keys(&["vcpu"])?;
-    on_vcpu(command, |vcpu| panic!("deliberate panic on VCPU {vcpu}"))
+pub fn panic(params: &Params) -> Result<i64, ParamError> {
+    on_vcpu(params, |vcpu| panic!("deliberate panic on VCPU {vcpu}"))
 }
 
 /// `hang [mode=spin|block]`: never finishes; spins on the CPU or blocks with no deadline.
-pub fn hang(command: &Command<'_>) -> Result<i64, Error> {
-    command.check_keys(&["mode"])?;
-    match command.str("mode", "spin") {
-        "spin" => loop {
-            core::hint::spin_loop();
-        },
-        "block" => loop {
+pub fn hang(params: &Params) -> Result<i64, ParamError> {
+    if params.str("mode") == "block" {
+        loop {
             hypercall::block(pv_abi::hypercall::NO_DEADLINE);
-        },
-        other => Err(Error::BadValue { key: "mode".into(), value: other.into() }),
+        }
+    }
+    loop {
+        core::hint::spin_loop();
     }
 }
 
 /// Runs `action` on the VCPU the `vcpu` argument names, and waits there if it is not 0.
-fn on_vcpu(command: &Command<'_>, action: fn(u32)) -> Result<i64, Error> {
-    let vcpu = command.u64("vcpu", 0)? as u32;
+fn on_vcpu(params: &Params, action: fn(u32)) -> Result<i64, ParamError> {
+    let vcpu = params.u64_in("vcpu", 0..=u64::from(boot::nr_vcpus()) - 1, "no such VCPU")? as u32;
     if vcpu == 0 {
         action(0);
     } else {
-        smp::start(vcpu, action).map_err(|_| Error::BadValue { key: "vcpu".into(), value: vcpu.to_string() })?;
+        smp::start(vcpu, action).expect("vcpu_up of an offline VCPU");
         loop {
             hypercall::block(pv_abi::hypercall::NO_DEADLINE);
         }
@@ -71,8 +73,7 @@ fn on_vcpu(command: &Command<'_>, action: fn(u32)) -> Result<i64, Error> {
 /// `badcall`: makes hypercalls with bad arguments and checks that each is refused with the
 /// right error, then makes one whose argument block lies outside guest memory, which the
 /// monitor must answer by ending the VM with a fault.
-pub fn badcall(command: &Command<'_>) -> Result<i64, Error> {
-    command.check_keys(&[])?;
+pub fn badcall(_: &Params) -> Result<i64, ParamError> {
     let mem_size = boot::info().mem_size;
     let nr_vcpus = boot::nr_vcpus();
     let text = b"never printed";

@@ -9,29 +9,32 @@ mod selftest;
 mod updown;
 mod workload;
 
+use workloads::{ParamError, ParamSpec, Params};
+
 use crate::cmdline::Command;
 
 struct Program {
     name: &'static str,
-    run: fn(&Command<'_>) -> Result<i64, crate::cmdline::Error>,
+    params: &'static [ParamSpec],
+    run: fn(&Params) -> Result<i64, ParamError>,
 }
 
 const PROGRAMS: &[Program] = &[
-    Program { name: "hello", run: hello::run },
-    Program { name: "hypercall", run: hypercall_bench::run },
-    Program { name: "updown", run: updown::run },
-    Program { name: "selftest", run: selftest::run },
-    Program { name: "fault", run: misbehave::fault },
-    Program { name: "panic", run: misbehave::panic },
-    Program { name: "hang", run: misbehave::hang },
-    Program { name: "badcall", run: misbehave::badcall },
+    Program { name: "hello", params: &[], run: hello::run },
+    Program { name: "hypercall", params: hypercall_bench::PARAMS, run: hypercall_bench::run },
+    Program { name: "updown", params: updown::PARAMS, run: updown::run },
+    Program { name: "selftest", params: &[], run: selftest::run },
+    Program { name: "fault", params: misbehave::FAULT_PARAMS, run: misbehave::fault },
+    Program { name: "panic", params: misbehave::PANIC_PARAMS, run: misbehave::panic },
+    Program { name: "hang", params: misbehave::HANG_PARAMS, run: misbehave::hang },
+    Program { name: "badcall", params: &[], run: misbehave::badcall },
 ];
 
 /// Runs the program the command names; returns the exit code.
 pub fn run(command: &Command<'_>) -> i64 {
-    let run = match PROGRAMS.iter().find(|p| p.name == command.program) {
-        Some(program) => program.run,
-        None if workload::exists(command.program) => workload::run,
+    let program = match PROGRAMS.iter().find(|p| p.name == command.program) {
+        Some(program) => program,
+        None if workload::exists(command.program) => return workload::run(command),
         None => {
             crate::print!("unknown program {:?}; the guest has:", command.program);
             for name in workloads::WORKLOADS.iter().map(|w| w.name).chain(PROGRAMS.iter().map(|p| p.name)) {
@@ -41,7 +44,7 @@ pub fn run(command: &Command<'_>) -> i64 {
             return crate::EXIT_USAGE;
         }
     };
-    match run(command) {
+    match Params::parse(program.params, command.words()).and_then(|params| (program.run)(&params)) {
         Ok(code) => code,
         Err(error) => {
             crate::println!("{}: {error}", command.program);

@@ -8,14 +8,12 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use workloads::sync::{KindedBarrier, SpinBarrier, TicketLock};
-use workloads::{Barrier, Lock};
+use workloads::{Barrier, Lock, ParamError, Params};
 
-use crate::cmdline::{Command, Error};
 use crate::sync::{BlockingBarrier, Condvar, Mutex, relax};
 use crate::{boot, clock, println, sched};
 
-pub fn run(command: &Command<'_>) -> Result<i64, Error> {
-    command.check_keys(&[])?;
+pub fn run(_: &Params) -> Result<i64, ParamError> {
     sched::start(main)
 }
 

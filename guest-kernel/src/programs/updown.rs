@@ -6,7 +6,8 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use pv_abi::shared::VcpuState;
 
-use crate::cmdline::{Command, Error};
+use workloads::{ParamError, ParamSpec, Params};
+
 use crate::{boot, clock, hypercall, println, smp};
 
 static STARTS: AtomicU32 = AtomicU32::new(0);
@@ -23,9 +24,10 @@ fn state(vcpu: u32) -> Option<VcpuState> {
     VcpuState::from_u32(boot::shared_page().vcpus[vcpu as usize].state.load(Ordering::Acquire))
 }
 
-pub fn run(command: &Command<'_>) -> Result<i64, Error> {
-    command.check_keys(&["rounds"])?;
-    let rounds = command.u64("rounds", 100)? as u32;
+pub const PARAMS: &[ParamSpec] = &[ParamSpec::int("rounds", "100", "times every other VCPU goes down and up")];
+
+pub fn run(params: &Params) -> Result<i64, ParamError> {
+    let rounds = params.u64_in("rounds", 0..=u64::from(u32::MAX / 64), "too many rounds")? as u32;
     let others = boot::nr_vcpus() - 1;
     for round in 0..rounds {
         let deadline = clock::deadline_after_ns(ROUND_NS);

@@ -1,11 +1,13 @@
 //! Runs a workload of the `workloads` crate on guest threads: prints its summary and reports
-//! its record. Besides the workload's own parameters it takes `locks=spin|pv`, the spinlock
-//! family.
+//! its record. Besides the workload's own parameters it takes the guest runtime's:
+//! `locks`, the spinlock family.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::cmdline::{Command, Error};
+use workloads::{ParamSpec, Params};
+
+use crate::cmdline::Command;
 use crate::runtime::GuestRuntime;
 use crate::{hypercall, println, sched};
 
@@ -17,13 +19,21 @@ pub fn exists(name: &str) -> bool {
     workloads::WORKLOADS.iter().any(|w| w.name == name)
 }
 
-pub fn run(command: &Command<'_>) -> Result<i64, Error> {
-    let locks = command.str("locks", "spin");
-    if locks != "spin" {
-        return Err(Error::BadValue { key: "locks".to_string(), value: locks.to_string() });
+/// The guest runtime's parameters, taken by every workload.
+const RUNTIME_PARAMS: &[ParamSpec] = &[ParamSpec::choice("locks", "spin", &["spin"], "the spinlock family")];
+
+fn is_runtime_param(word: &str) -> bool {
+    RUNTIME_PARAMS.iter().any(|param| word.split_once('=').is_some_and(|(key, _)| key == param.name))
+}
+
+/// Runs the workload `command` names on guest threads; returns the exit code.
+pub fn run(command: &Command<'_>) -> i64 {
+    if let Err(error) = Params::parse(RUNTIME_PARAMS, command.words().filter(|word| is_runtime_param(word))) {
+        println!("{}: {error}", command.program);
+        return crate::EXIT_USAGE;
     }
     let name = command.program.to_string();
-    let args: Vec<String> = command.words().filter(|word| !word.starts_with("locks=")).map(String::from).collect();
+    let args: Vec<String> = command.words().filter(|word| !is_runtime_param(word)).map(String::from).collect();
     sched::start(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         match workloads::run(&GuestRuntime, &name, &args) {
