@@ -4,10 +4,10 @@
 use alloc::vec::Vec;
 
 use workloads::record::LockStats;
-use workloads::sync::{KindedBarrier, SpinBarrier, TicketLock};
+use workloads::sync::{KindedBarrier, TicketLock};
 use workloads::{BarrierKind, Lock, Runtime};
 
-use crate::sync::{BlockingBarrier, Condvar, Mutex, MutexGuard, relax};
+use crate::sync::{Condvar, Mutex, MutexGuard, WaitQueue, relax};
 use crate::{boot, clock, sched};
 
 /// The runtime handed to workloads.
@@ -38,14 +38,8 @@ impl workloads::Condvar for Condvar {
     }
 }
 
-impl workloads::Barrier for BlockingBarrier {
-    fn wait(&self) -> bool {
-        BlockingBarrier::wait(self)
-    }
-}
-
 /// Barriers of either kind.
-pub type GuestBarrier = KindedBarrier<BlockingBarrier>;
+pub type GuestBarrier = KindedBarrier<WaitQueue>;
 
 impl Runtime for GuestRuntime {
     type SpinLock<T: Send> = TicketLock<T>;
@@ -66,10 +60,7 @@ impl Runtime for GuestRuntime {
     }
 
     fn barrier(&self, parties: usize, kind: BarrierKind) -> GuestBarrier {
-        match kind {
-            BarrierKind::Spin => KindedBarrier::Spin(SpinBarrier::new(parties, relax)),
-            BarrierKind::SpinThenBlock => KindedBarrier::SpinThenBlock(BlockingBarrier::new(parties)),
-        }
+        KindedBarrier::new(kind, parties, relax, WaitQueue::new())
     }
 
     fn wait<'a, T: Send>(

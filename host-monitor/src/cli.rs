@@ -102,17 +102,14 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Arguments of a workload run in the guest that are the guest runtime's, not the workload's.
-const RUNTIME_PARAMS: &[&str] = &["locks"];
-
-/// Checks a workload's arguments against its parameters before anything boots.
+/// Checks a workload's arguments (and the guest runtime's) before anything boots.
 fn check_workload_args(name: &str, args: &[String]) -> anyhow::Result<()> {
     let Some(info) = workloads::WORKLOADS.iter().find(|w| w.name == name) else {
         return Ok(());
     };
-    let own =
-        args.iter().map(String::as_str).filter(|arg| !RUNTIME_PARAMS.iter().any(|p| arg.starts_with(&format!("{p}="))));
-    workloads::Params::parse(info.params, own)
+    let (guest_args, workload_args) = workloads::split_guest_args(args.iter().map(String::as_str));
+    workloads::Params::parse(workloads::GUEST_PARAMS, guest_args)
+        .and_then(|_| workloads::Params::parse(info.params, workload_args))
         .map_err(|error| anyhow::anyhow!("bad arguments for workload {name}: {error}"))?;
     Ok(())
 }
@@ -243,13 +240,18 @@ fn native(args: &NativeArgs) -> anyhow::Result<ExitCode> {
 fn list_workloads() {
     for info in workloads::WORKLOADS {
         println!("{:<10} {}", info.name, info.about);
-        for param in info.params {
-            let values = param.choices.map_or_else(|| "N".to_owned(), |choices| choices.join("|"));
-            let syntax = format!("{}={values}", param.name);
-            println!("    {syntax:<20} default {:<8} {}", param.default, param.help);
-        }
+        print_params(info.params);
     }
-    println!("In the guest, every workload also takes locks=spin (the spinlock family).");
+    println!("In the guest, every workload also takes:");
+    print_params(workloads::GUEST_PARAMS);
+}
+
+fn print_params(params: &[workloads::ParamSpec]) {
+    for param in params {
+        let values = param.choices.map_or_else(|| "N".to_owned(), |choices| choices.join("|"));
+        let syntax = format!("{}={values}", param.name);
+        println!("    {syntax:<20} default {:<8} {}", param.default, param.help);
+    }
 }
 
 /// Per VCPU: RUN, RDY and WAIT as percentages of the run, and exits by kind.

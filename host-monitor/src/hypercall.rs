@@ -32,23 +32,24 @@ pub(crate) enum Action {
     Stop,
 }
 
-/// Handles the hypercall `vcpu` made by writing `data` to `port`.
-pub(crate) fn handle(vm: &VmShared, vcpu: u32, port: u16, data: &[u8]) -> Action {
-    let name = Hypercall::from_port(port).map_or("unknown", Hypercall::name);
+/// Handles the hypercall `vcpu` made by writing `data` to `port`, which stands for `call`
+/// (`Hypercall::from_port`, decoded by the caller, which counts calls).
+pub(crate) fn handle(vm: &VmShared, vcpu: u32, port: u16, call: Option<Hypercall>, data: &[u8]) -> Action {
     let Ok(value) = <[u8; 4]>::try_from(data) else {
         return Action::Fail(format!("{}-byte write to I/O port {port:#x}; hypercalls write 4 bytes", data.len()));
     };
     let block = u64::from(u32::from_le_bytes(value));
     if !vm.contains(block, size_of::<i64>() as u64) {
         return Action::Fail(format!(
-            "hypercall {name} (port {port:#x}) with its argument block at {block:#x}, outside guest memory"
+            "hypercall {} (port {port:#x}) with its argument block at {block:#x}, outside guest memory",
+            call.map_or("unknown", Hypercall::name)
         ));
     }
     let answer = |result: Result<u64, HcError>| {
         vm.write_ret(block, encode(result));
         Action::Continue
     };
-    let Some(call) = Hypercall::from_port(port) else {
+    let Some(call) = call else {
         return answer(Err(HcError::UnknownCall));
     };
     if block % ARGS_ALIGN != 0 {
@@ -250,7 +251,7 @@ mod tests {
             let before = read(&vm, window.start, window.end - window.start);
             let data =
                 if rng.below(50) == 0 { vec![0; rng.below(4) as usize] } else { (block as u32).to_le_bytes().to_vec() };
-            let action = handle(&vm, rng.below(4) as u32, port, &data);
+            let action = handle(&vm, rng.below(4) as u32, port, Hypercall::from_port(port), &data);
             let after = read(&vm, window.start, window.end - window.start);
             for (offset, (b, a)) in before.iter().zip(&after).enumerate() {
                 let addr = window.start + offset as u64;

@@ -35,7 +35,7 @@ pub fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
 }
 
 /// A checked image: where it goes and where it starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     /// First byte of the image in guest memory.
     pub start: u64,
@@ -43,6 +43,17 @@ pub struct Placement {
     pub end: u64,
     /// Where VCPU 0 starts.
     pub entry: u64,
+    /// The loadable segments, checked to lie in the file.
+    segments: Vec<Segment>,
+}
+
+/// A loadable segment: bytes `file` of the image go to `addr`, followed by zeroes up to
+/// `mem_len` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Segment {
+    file: std::ops::Range<usize>,
+    addr: u64,
+    mem_len: u64,
 }
 
 /// Note type and version of hermit-entry's entry-version note (name "HERMIT").
@@ -84,7 +95,15 @@ pub fn check(elf: &[u8]) -> Result<Placement, ImageError> {
         }
         previous_end = end.unwrap_or(u64::MAX);
     }
-    let placement = Placement { start: first.p_vaddr, end: last.p_vaddr + last.p_memsz, entry: parsed.entry };
+    let segments = loads
+        .iter()
+        .map(|ph| Segment {
+            file: ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize,
+            addr: ph.p_vaddr,
+            mem_len: ph.p_memsz,
+        })
+        .collect();
+    let placement = Placement { start: first.p_vaddr, end: last.p_vaddr + last.p_memsz, entry: parsed.entry, segments };
     if !loads.iter().any(|ph| (ph.p_vaddr..ph.p_vaddr + ph.p_memsz).contains(&placement.entry)) {
         return Err(invalid(format!("entry point {:#x} is not in a loadable segment", placement.entry)));
     }
@@ -107,11 +126,10 @@ pub fn load(elf: &[u8], memory: &mut [MaybeUninit<u8>]) -> Result<Placement, Ima
     if needed > memory.len() as u64 {
         return Err(ImageError::TooLarge { needed: needed.div_ceil(1 << 20), mem_mib: memory.len() as u64 >> 20 });
     }
-    let parsed = Elf::parse(elf).map_err(|e| invalid(format!("malformed ELF: {e}")))?;
-    for ph in parsed.program_headers.iter().filter(|ph| ph.p_type == PT_LOAD) {
-        // `check` proved both ranges in bounds.
-        let file = &elf[ph.p_offset as usize..][..ph.p_filesz as usize];
-        let target = &mut memory[ph.p_vaddr as usize..][..ph.p_memsz as usize];
+    for segment in &placement.segments {
+        // `check` proved the file range in bounds, and the memory range is below `needed`.
+        let file = &elf[segment.file.clone()];
+        let target = &mut memory[segment.addr as usize..][..segment.mem_len as usize];
         let (data, bss) = target.split_at_mut(file.len());
         for (dst, &src) in data.iter_mut().zip(file) {
             dst.write(src);

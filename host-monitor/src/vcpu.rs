@@ -267,12 +267,12 @@ impl VcpuThread {
             }
             let action = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    if let Some(call) = Hypercall::from_port(port) {
-                        self.counters.hypercalls[call as usize] += 1;
-                    } else {
-                        self.counters.other += 1;
+                    let call = Hypercall::from_port(port);
+                    match call {
+                        Some(call) => self.counters.hypercalls[call as usize] += 1,
+                        None => self.counters.other += 1,
                     }
-                    hypercall::handle(&self.vm, self.id, port, data)
+                    hypercall::handle(&self.vm, self.id, port, call, data)
                 }
                 Ok(VcpuExit::IoIn(_, data)) => {
                     // No device reads: an unclaimed port reads as all ones, as on hardware.

@@ -44,6 +44,19 @@ pub struct WorkloadInfo {
     pub params: &'static [ParamSpec],
 }
 
+/// Parameters every workload takes in the guest, for the guest runtime rather than the
+/// workload: the spinlock family.
+pub const GUEST_PARAMS: &[ParamSpec] = &[ParamSpec::choice("locks", "spin", &["spin"], "the spinlock family")];
+
+/// Splits `key=value` words into the guest runtime's ([`GUEST_PARAMS`]) and the workload's.
+pub fn split_guest_args<'a>(
+    words: impl IntoIterator<Item = &'a str>,
+) -> (alloc::vec::Vec<&'a str>, alloc::vec::Vec<&'a str>) {
+    words.into_iter().partition(|word| {
+        GUEST_PARAMS.iter().any(|param| word.split_once('=').is_some_and(|(key, _)| key == param.name))
+    })
+}
+
 /// Every workload, in the order they are listed.
 pub const WORKLOADS: &[WorkloadInfo] = &[
     WorkloadInfo {

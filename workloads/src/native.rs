@@ -5,14 +5,13 @@
 use std::cell::Cell;
 use std::num::NonZero;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use crate::record::LockStats;
 use crate::runtime::{BarrierKind, Lock, Runtime};
-use crate::sync::{KindedBarrier, SpinBarrier, TicketLock, tsc};
+use crate::sync::{KindedBarrier, TicketLock, WaitSet, tsc};
 
 /// How long a blocking barrier's waiter spins before it blocks.
 const BARRIER_SPIN: Duration = Duration::from_micros(50);
@@ -118,60 +117,44 @@ fn relax() {
     }
 }
 
-/// A barrier whose waiters spin briefly, then block until the last party wakes them.
-pub struct BlockingBarrier {
-    parties: usize,
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-    /// Waiters blocked on `wake_up`.
-    sleepers: std::sync::Mutex<usize>,
+/// Where native threads block: a std mutex-protected count of sleepers and a condition
+/// variable; waiters first spin for [`BARRIER_SPIN`].
+#[derive(Default)]
+pub struct Sleepers {
+    count: std::sync::Mutex<usize>,
     wake_up: std::sync::Condvar,
 }
 
-impl BlockingBarrier {
-    /// A barrier for `parties` threads.
-    pub fn new(parties: usize) -> Self {
-        assert!(parties > 0, "a barrier needs at least one party");
-        BlockingBarrier {
-            parties,
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            sleepers: std::sync::Mutex::new(0),
-            wake_up: std::sync::Condvar::new(),
-        }
-    }
-}
-
-impl crate::runtime::Barrier for BlockingBarrier {
-    fn wait(&self) -> bool {
-        let generation = self.generation.load(Ordering::Acquire);
-        let passed = || self.generation.load(Ordering::Acquire) != generation;
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
-            self.arrived.store(0, Ordering::Relaxed);
-            // Under the lock: a waiter that saw the old generation under it is asleep by now,
-            // and counted.
-            let sleepers = self.sleepers.lock().unwrap_or_else(PoisonError::into_inner);
-            self.generation.store(generation.wrapping_add(1), Ordering::Release);
-            let wake = *sleepers > 0;
-            drop(sleepers);
-            if wake {
-                self.wake_up.notify_all();
-            }
-            return true;
-        }
+impl WaitSet for Sleepers {
+    fn spin_until(&self, done: &dyn Fn() -> bool) -> bool {
         let deadline = Instant::now() + BARRIER_SPIN;
-        while !passed() && Instant::now() < deadline {
+        while !done() {
+            if Instant::now() >= deadline {
+                return false;
+            }
             core::hint::spin_loop();
         }
-        if !passed() {
-            let mut sleepers = self.sleepers.lock().unwrap_or_else(PoisonError::into_inner);
-            *sleepers += 1;
-            while !passed() {
-                sleepers = self.wake_up.wait(sleepers).unwrap_or_else(PoisonError::into_inner);
-            }
-            *sleepers -= 1;
+        true
+    }
+
+    fn wait_while(&self, blocked: &dyn Fn() -> bool) {
+        // The condition is checked under the lock that `wake_all` takes, and the wait releases
+        // it atomically: a wake-up after the change cannot fall between check and wait.
+        let mut count = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        *count += 1;
+        while blocked() {
+            count = self.wake_up.wait(count).unwrap_or_else(PoisonError::into_inner);
         }
-        false
+        *count -= 1;
+    }
+
+    fn wake_all(&self) {
+        let count = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        let anyone = *count > 0;
+        drop(count);
+        if anyone {
+            self.wake_up.notify_all();
+        }
     }
 }
 
@@ -179,7 +162,7 @@ impl Runtime for NativeRuntime {
     type SpinLock<T: Send> = TicketLock<T>;
     type Mutex<T: Send> = Mutex<T>;
     type Condvar = Condvar;
-    type Barrier = KindedBarrier<BlockingBarrier>;
+    type Barrier = KindedBarrier<Sleepers>;
 
     fn spin_lock<T: Send>(&self, value: T) -> TicketLock<T> {
         TicketLock::new(value)
@@ -193,11 +176,8 @@ impl Runtime for NativeRuntime {
         Condvar(std::sync::Condvar::new())
     }
 
-    fn barrier(&self, parties: usize, kind: BarrierKind) -> KindedBarrier<BlockingBarrier> {
-        match kind {
-            BarrierKind::Spin => KindedBarrier::Spin(SpinBarrier::new(parties, relax)),
-            BarrierKind::SpinThenBlock => KindedBarrier::SpinThenBlock(BlockingBarrier::new(parties)),
-        }
+    fn barrier(&self, parties: usize, kind: BarrierKind) -> KindedBarrier<Sleepers> {
+        KindedBarrier::new(kind, parties, relax, Sleepers::default())
     }
 
     fn wait<'a, T: Send>(

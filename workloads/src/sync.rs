@@ -6,7 +6,7 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::record::LockStats;
-use crate::runtime::{Barrier, Lock};
+use crate::runtime::{Barrier, BarrierKind, Lock};
 
 /// The TSC: cheap, monotonic enough on one machine for counting spin cycles.
 #[inline]
@@ -149,14 +149,70 @@ impl Barrier for SpinBarrier {
     }
 }
 
-/// A barrier of either kind, chosen per barrier: the spinning one, or a runtime's
-/// spin-then-block barrier `B`.
-pub enum KindedBarrier<B> {
-    Spin(SpinBarrier),
-    SpinThenBlock(B),
+/// How a runtime makes threads wait: a bounded spin, then blocking until woken.
+pub trait WaitSet: Send + Sync {
+    /// Spins for the runtime's spin budget until `done()`; returns whether it became true.
+    fn spin_until(&self, done: &dyn Fn() -> bool) -> bool;
+
+    /// Blocks the calling thread while `blocked()` holds. A [`wake_all`](Self::wake_all) that
+    /// follows a change of the condition is never missed.
+    fn wait_while(&self, blocked: &dyn Fn() -> bool);
+
+    /// Wakes every blocked thread.
+    fn wake_all(&self);
 }
 
-impl<B: Barrier> Barrier for KindedBarrier<B> {
+/// A barrier whose waiters spin for a while, then block (in the runtime's [`WaitSet`]) until
+/// the last party wakes them.
+pub struct SpinThenBlockBarrier<W> {
+    parties: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    waiters: W,
+}
+
+impl<W: WaitSet> SpinThenBlockBarrier<W> {
+    pub fn new(parties: usize, waiters: W) -> Self {
+        assert!(parties > 0, "a barrier needs at least one party");
+        SpinThenBlockBarrier { parties, arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), waiters }
+    }
+}
+
+impl<W: WaitSet> Barrier for SpinThenBlockBarrier<W> {
+    fn wait(&self) -> bool {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.store(generation.wrapping_add(1), Ordering::SeqCst);
+            self.waiters.wake_all();
+            return true;
+        }
+        let passed = || self.generation.load(Ordering::SeqCst) != generation;
+        if !self.waiters.spin_until(&passed) {
+            self.waiters.wait_while(&|| !passed());
+        }
+        false
+    }
+}
+
+/// A barrier of either [`BarrierKind`], chosen per barrier.
+pub enum KindedBarrier<W> {
+    Spin(SpinBarrier),
+    SpinThenBlock(SpinThenBlockBarrier<W>),
+}
+
+impl<W: WaitSet> KindedBarrier<W> {
+    /// A barrier of `kind` for `parties`: spinning waiters call `relax`, blocking ones wait in
+    /// `waiters`.
+    pub fn new(kind: BarrierKind, parties: usize, relax: fn(), waiters: W) -> Self {
+        match kind {
+            BarrierKind::Spin => KindedBarrier::Spin(SpinBarrier::new(parties, relax)),
+            BarrierKind::SpinThenBlock => KindedBarrier::SpinThenBlock(SpinThenBlockBarrier::new(parties, waiters)),
+        }
+    }
+}
+
+impl<W: WaitSet> Barrier for KindedBarrier<W> {
     fn wait(&self) -> bool {
         match self {
             KindedBarrier::Spin(barrier) => barrier.wait(),

@@ -7,10 +7,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use workloads::sync::{KindedBarrier, SpinBarrier, TicketLock};
-use workloads::{Barrier, Lock, ParamError, Params};
+use workloads::sync::{KindedBarrier, TicketLock};
+use workloads::{Barrier, BarrierKind, Lock, ParamError, Params};
 
-use crate::sync::{BlockingBarrier, Condvar, Mutex, relax};
+use crate::sync::{Condvar, Mutex, WaitQueue, relax};
 use crate::{boot, clock, println, sched};
 
 pub fn run(_: &Params) -> Result<i64, ParamError> {
@@ -23,8 +23,8 @@ const CHECKS: &[(&str, fn())] = &[
     ("counters are exact", counters_are_exact),
     // Few rounds for the spinning barrier: with more VCPUs than host cores, each episode can
     // wait a host time slice for a descheduled laggard (what co-scheduling addresses).
-    ("spinning barrier generations never mix", || barrier_generations_never_mix(Kind::Spin, 100)),
-    ("blocking barrier generations never mix", || barrier_generations_never_mix(Kind::Block, 500)),
+    ("spinning barrier generations never mix", || barrier_generations_never_mix(BarrierKind::Spin, 100)),
+    ("blocking barrier generations never mix", || barrier_generations_never_mix(BarrierKind::SpinThenBlock, 500)),
     ("condvar hands over every item", condvar_hands_over_every_item),
     ("sleep lasts at least its time", sleep_lasts_at_least_its_time),
     ("few threads on many VCPUs", few_threads_on_many_vcpus),
@@ -110,20 +110,11 @@ fn counters_are_exact() {
     );
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Spin,
-    Block,
-}
-
 /// 12 threads x `rounds` rounds: after each barrier, every arrival of the round is counted and
 /// none of the next; exactly one leader per generation.
-fn barrier_generations_never_mix(kind: Kind, rounds: usize) {
+fn barrier_generations_never_mix(kind: BarrierKind, rounds: usize) {
     const PARTIES: usize = 12;
-    let barrier = Arc::new(match kind {
-        Kind::Spin => KindedBarrier::Spin(SpinBarrier::new(PARTIES, relax)),
-        Kind::Block => KindedBarrier::SpinThenBlock(BlockingBarrier::new(PARTIES)),
-    });
+    let barrier = Arc::new(KindedBarrier::new(kind, PARTIES, relax, WaitQueue::new()));
     let arrivals = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..PARTIES)
         .map(|_| {

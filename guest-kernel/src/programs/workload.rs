@@ -5,7 +5,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use workloads::{ParamSpec, Params};
+use workloads::Params;
 
 use crate::cmdline::Command;
 use crate::runtime::GuestRuntime;
@@ -19,21 +19,15 @@ pub fn exists(name: &str) -> bool {
     workloads::WORKLOADS.iter().any(|w| w.name == name)
 }
 
-/// The guest runtime's parameters, taken by every workload.
-const RUNTIME_PARAMS: &[ParamSpec] = &[ParamSpec::choice("locks", "spin", &["spin"], "the spinlock family")];
-
-fn is_runtime_param(word: &str) -> bool {
-    RUNTIME_PARAMS.iter().any(|param| word.split_once('=').is_some_and(|(key, _)| key == param.name))
-}
-
 /// Runs the workload `command` names on guest threads; returns the exit code.
 pub fn run(command: &Command<'_>) -> i64 {
-    if let Err(error) = Params::parse(RUNTIME_PARAMS, command.words().filter(|word| is_runtime_param(word))) {
+    let (guest_args, workload_args) = workloads::split_guest_args(command.words());
+    if let Err(error) = Params::parse(workloads::GUEST_PARAMS, guest_args) {
         println!("{}: {error}", command.program);
         return crate::EXIT_USAGE;
     }
     let name = command.program.to_string();
-    let args: Vec<String> = command.words().filter(|word| !is_runtime_param(word)).map(String::from).collect();
+    let args: Vec<String> = workload_args.into_iter().map(String::from).collect();
     sched::start(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         match workloads::run(&GuestRuntime, &name, &args) {

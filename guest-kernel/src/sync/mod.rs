@@ -1,7 +1,7 @@
 //! Blocking synchronization for guest threads: a wait queue, and on it a mutex (spin, then
-//! block), a condition variable and a spin-then-block barrier. The pure-spinning family
-//! (ticket spinlock, spinning barrier) is shared with the native runtime in
-//! `workloads::sync`.
+//! block) and a condition variable. The wait queue is also the guest's `WaitSet` for the
+//! spin-then-block barrier, which is shared with the native runtime in `workloads::sync`
+//! together with the pure-spinning family (ticket spinlock, spinning barrier).
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use spinning_top::Spinlock;
 use workloads::record::LockStats;
-use workloads::sync::tsc;
+use workloads::sync::{WaitSet, tsc};
 
 use crate::clock;
 use crate::sched::{self, Thread};
@@ -21,13 +21,20 @@ use crate::sched::{self, Thread};
 const SPIN_NS: u64 = 20_000;
 
 /// Threads blocked until someone wakes them.
+///
+/// `queued` counts the waiters, and those deciding under the lock whether to wait, so that a
+/// wake with nobody waiting (the common unlock) costs one load and no lock. A waiter counts
+/// itself before it checks its condition and a waker changes the condition before it loads
+/// the count (both sequentially consistent): either the waker sees the waiter, or the waiter
+/// sees the change.
 pub struct WaitQueue {
     waiters: Spinlock<VecDeque<Arc<Thread>>>,
+    queued: AtomicUsize,
 }
 
 impl WaitQueue {
     pub const fn new() -> Self {
-        WaitQueue { waiters: Spinlock::new(VecDeque::new()) }
+        WaitQueue { waiters: Spinlock::new(VecDeque::new()), queued: AtomicUsize::new(0) }
     }
 
     /// Blocks the running thread if `still_needed()` holds, checked under the queue's lock, so
@@ -42,7 +49,9 @@ impl WaitQueue {
         let me = sched::current();
         sched::prepare_block(&me);
         let mut waiters = self.waiters.lock();
+        self.queued.fetch_add(1, Ordering::SeqCst);
         if !still_needed() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             drop(waiters);
             sched::cancel_block(&me);
             after_enqueue();
@@ -55,22 +64,48 @@ impl WaitQueue {
     }
 
     pub fn wake_one(&self) {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let thread = self.waiters.lock().pop_front();
         if let Some(thread) = thread {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             sched::wake(&thread);
         }
     }
 
     pub fn wake_all(&self) {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let threads = core::mem::take(&mut *self.waiters.lock());
+        self.queued.fetch_sub(threads.len(), Ordering::SeqCst);
         for thread in threads {
             sched::wake(&thread);
         }
     }
 }
 
+/// Guest threads spin for [`SPIN_NS`] (yielding to their VCPU's other threads), then block
+/// on the queue.
+impl WaitSet for WaitQueue {
+    fn spin_until(&self, done: &dyn Fn() -> bool) -> bool {
+        spin_until(done)
+    }
+
+    fn wait_while(&self, blocked: &dyn Fn() -> bool) {
+        while blocked() {
+            self.wait_if(blocked);
+        }
+    }
+
+    fn wake_all(&self) {
+        WaitQueue::wake_all(self);
+    }
+}
+
 /// Spins for up to [`SPIN_NS`] until `done()`, yielding to this VCPU's other threads.
-fn spin_until(done: impl Fn() -> bool) -> bool {
+fn spin_until(done: &dyn Fn() -> bool) -> bool {
     let deadline = clock::deadline_after_ns(SPIN_NS);
     while !done() {
         if clock::tsc() >= deadline {
@@ -137,16 +172,17 @@ impl<T> Mutex<T> {
     #[cold]
     fn lock_contended(&self) -> u64 {
         let start = tsc();
-        if !spin_until(|| !self.locked.load(Ordering::Relaxed) && self.try_acquire()) {
+        if !spin_until(&|| !self.locked.load(Ordering::Relaxed) && self.try_acquire()) {
             while !self.try_acquire() {
-                self.waiters.wait_if(|| self.locked.load(Ordering::Acquire));
+                self.waiters.wait_if(|| self.locked.load(Ordering::SeqCst));
             }
         }
         (tsc() - start).max(1)
     }
 
     fn unlock(&self) {
-        self.locked.store(false, Ordering::Release);
+        // Sequentially consistent, against the waiter count (see `WaitQueue`).
+        self.locked.store(false, Ordering::SeqCst);
         self.waiters.wake_one();
     }
 
@@ -203,43 +239,5 @@ impl Condvar {
 
     pub fn notify_all(&self) {
         self.waiters.wake_all();
-    }
-}
-
-/// A barrier whose waiters spin for a while, then block until the last party wakes them.
-pub struct BlockingBarrier {
-    parties: usize,
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-    waiters: WaitQueue,
-}
-
-impl BlockingBarrier {
-    pub fn new(parties: usize) -> Self {
-        assert!(parties > 0, "a barrier needs at least one party");
-        BlockingBarrier {
-            parties,
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            waiters: WaitQueue::new(),
-        }
-    }
-
-    /// Waits for every party; returns true in exactly one per generation.
-    pub fn wait(&self) -> bool {
-        let generation = self.generation.load(Ordering::Acquire);
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
-            self.arrived.store(0, Ordering::Relaxed);
-            self.generation.store(generation.wrapping_add(1), Ordering::Release);
-            self.waiters.wake_all();
-            return true;
-        }
-        let passed = || self.generation.load(Ordering::Acquire) != generation;
-        if !spin_until(passed) {
-            while !passed() {
-                self.waiters.wait_if(|| !passed());
-            }
-        }
-        false
     }
 }
