@@ -1,15 +1,17 @@
-//! Where each VCPU's time goes while Linux schedules the VCPU threads, in esxtop's terms:
-//! RUN (its thread on a host CPU, in the guest or in the monitor), RDY (online and not
-//! blocked, but waiting for a host CPU), WAIT (blocked in the monitor). RUN comes from the
-//! thread's CPU clock, RDY is the rest of the time it was runnable.
+//! Where each VCPU's time goes, in esxtop's terms: RUN (its thread on a host CPU, in the
+//! guest or in the monitor), RDY (online and not blocked, but waiting for a pCPU: at the
+//! dispatcher's gate or in Linux's run queue), CSTP (ready, but held back by a co-scheduler
+//! for its siblings' sake), WAIT (blocked in the monitor). RUN comes from the thread's CPU
+//! clock, RDY is the rest of the time it was runnable; the dispatcher tells CSTP apart.
 
 use std::time::Instant;
 
 /// A VCPU's accumulated times, in nanoseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct VcpuTimes {
     pub run_ns: u64,
     pub ready_ns: u64,
+    pub costop_ns: u64,
     pub wait_ns: u64,
 }
 

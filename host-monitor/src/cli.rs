@@ -3,17 +3,23 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use kvm_ioctls::Kvm;
+use sched::PolicyKind;
 use workloads::Record;
 use workloads::native::NativeRuntime;
 
 use crate::bench::{self, BenchCommand};
+use crate::compare::{self, CompareArgs};
 use crate::image;
-use crate::vm::{self, Outcome, RunReport, Vm, VmConfig};
+use crate::report;
+use crate::runner::{self, References};
+use crate::scenario::Scenario;
+use crate::vm::{self, Outcome, RunReport, Seat, Vm, VmConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "tandem", version, about = "Runs paravirtual SMP unikernels under KVM")]
@@ -28,6 +34,10 @@ enum Command {
     Run(RunArgs),
     /// Run a workload on host threads: the bare-metal baseline
     Native(NativeArgs),
+    /// Run the VMs of a scenario file together under a VCPU scheduling policy
+    Scenario(ScenarioArgs),
+    /// Run scenarios under each policy, side by side, and compare each VM's result to its ideal
+    Compare(CompareArgs),
     /// List the workloads and their parameters
     Workloads,
     /// Measure boot time and hypercalls, or workloads in the guest against native
@@ -66,6 +76,29 @@ pub struct RunArgs {
     /// Arguments for the program, after `--` (workloads also take locks=spin)
     #[arg(last = true, value_name = "KEY=VALUE")]
     pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit status: 0 if every VM exited with 0 (its self-checks passed), 1 otherwise or for a \
+    monitor error, 2 for bad command-line arguments.")]
+pub struct ScenarioArgs {
+    /// The scenario (TOML): pCPUs, policy, VMs (see scenarios/ for examples)
+    pub file: PathBuf,
+    /// Use this policy instead of the file's: host, credit, cosched-strict, cosched-relaxed
+    #[arg(long)]
+    pub policy: Option<PolicyKind>,
+    /// Use the first N host CPUs as pCPUs instead of the file's
+    #[arg(long, value_name = "N")]
+    pub pcpus: Option<usize>,
+    /// Skip the reference runs (each VM alone at 1x) that give the ideal results
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Write the results (tables' content, dispatcher figures) to FILE as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write which VCPU ran on which pCPU when to FILE, as Chrome trace-event JSON (Perfetto)
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -175,7 +208,11 @@ pub fn run_vm(args: &RunArgs, echo_console: bool) -> anyhow::Result<RunReport> {
         None => Cow::Borrowed(image::DEFAULT_GUEST),
     };
     let kvm = open_kvm()?;
-    Vm::new(&kvm, &config, &image)?.run()
+    let seat = Seat::alone(config.vcpus)?;
+    let dispatcher = Arc::clone(&seat.dispatcher);
+    let report = Vm::new(&kvm, &config, &image, seat).and_then(Vm::run);
+    dispatcher.finish();
+    report
 }
 
 /// `text` cut to at most `max` characters, saying how long it was.
@@ -219,6 +256,25 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("tandem: when stopped: {}", states.join(", "));
     }
     Ok(ExitCode::from(report.outcome.status()))
+}
+
+fn scenario(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
+    let scenario = Scenario::load(&args.file)?.with(args.policy, args.pcpus)?;
+    let kvm = open_kvm()?;
+    let mut references = References::default();
+    if !args.no_reference {
+        references.measure(&kvm, image::DEFAULT_GUEST, &scenario, true)?;
+    }
+    let result = runner::run(&kvm, image::DEFAULT_GUEST, &scenario, (!args.no_reference).then_some(&references))?;
+    print!("{}", report::table(&result));
+    if let Some(path) = &args.json {
+        report::write_json(path, &result)?;
+    }
+    if let Some(path) = &args.trace {
+        report::write_trace(path, &scenario, &result)?;
+    }
+    let all_ok = result.vms.iter().all(|vm| vm.ok);
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Runs a workload on host threads.
@@ -283,6 +339,8 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run(args),
         Command::Native(args) => native(args),
+        Command::Scenario(args) => scenario(args),
+        Command::Compare(args) => compare::run(args).map(|()| ExitCode::SUCCESS),
         Command::Workloads => {
             list_workloads();
             Ok(ExitCode::SUCCESS)

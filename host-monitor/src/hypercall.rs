@@ -19,9 +19,8 @@ pub(crate) enum Action {
     Continue,
     /// Park until kicked or the deadline, then write the result at `ret_at`.
     Block { deadline_tsc: u64, ret_at: u64 },
-    /// Give up the physical CPU. Directed yields (to a VCPU of the same VM) are checked but
-    /// treated as undirected: under Linux scheduling there is no way to run a given thread.
-    Yield,
+    /// Give up the pCPU, in favour of this VCPU of the same VM if set.
+    Yield { to: Option<u32> },
     /// Go offline.
     Down,
     /// The guest's trap stub reported an exception.
@@ -94,13 +93,13 @@ pub(crate) fn handle(vm: &VmShared, vcpu: u32, port: u16, call: Option<Hypercall
         })),
         Hypercall::Yield => {
             let target = vm.read_obj::<VcpuArgs>(block).and_then(|args| match args.vcpu {
-                ANY_VCPU => Ok(0),
-                id => vcpu_id(vm, id).map(u64::from),
+                ANY_VCPU => Ok(None),
+                id => vcpu_id(vm, id).map(Some),
             });
             match target {
-                Ok(_) => {
+                Ok(to) => {
                     answer(Ok(0));
-                    Action::Yield
+                    Action::Yield { to }
                 }
                 Err(error) => answer(Err(error)),
             }
@@ -177,7 +176,7 @@ mod tests {
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     use super::*;
-    use crate::vm::VmConfig;
+    use crate::vm::{Seat, VmConfig};
 
     const MEM: u64 = 4 << 20;
 
@@ -191,7 +190,7 @@ mod tests {
             echo_console: false,
         };
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        VmShared::new(&config, memory, 1_000_000)
+        VmShared::new(&config, memory, 1_000_000, Seat::alone(config.vcpus).unwrap())
     }
 
     struct XorShift(u64);

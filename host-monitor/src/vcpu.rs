@@ -11,8 +11,10 @@ use kvm_bindings::{Msrs, kvm_fpu, kvm_msr_entry, kvm_regs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use pv_abi::hypercall::{BLOCK_KICKED, BLOCK_TIMED_OUT, FaultFrame, HcError, Hypercall, NO_DEADLINE, exception_name};
 use pv_abi::shared::VcpuState;
+use sched::VcpuId;
 
 use crate::accounting::{Accounting, VcpuTimes};
+use crate::dispatch::{Dispatcher, VmStopped};
 use crate::hypercall::{self, Action};
 use crate::kick::Kicker;
 use crate::vm::{Outcome, VmShared, vcpu_info_addr};
@@ -92,7 +94,7 @@ struct Control {
 pub(crate) struct VcpuControl {
     control: Mutex<Control>,
     wake: Condvar,
-    kicker: Kicker,
+    pub kicker: Arc<Kicker>,
 }
 
 impl VcpuControl {
@@ -133,6 +135,7 @@ impl VcpuControl {
 pub(crate) fn spawn(vm: Arc<VmShared>, id: u32, fd: VcpuFd) -> std::io::Result<JoinHandle<VcpuStats>> {
     std::thread::Builder::new().name(format!("{}-vcpu{id}", vm.name)).spawn(move || {
         let mut thread = VcpuThread {
+            seat: VcpuId(vm.first_vcpu + id),
             vm,
             id,
             fd,
@@ -150,6 +153,8 @@ pub(crate) fn spawn(vm: Arc<VmShared>, id: u32, fd: VcpuFd) -> std::io::Result<J
 struct VcpuThread {
     vm: Arc<VmShared>,
     id: u32,
+    /// This VCPU's id in the dispatcher.
+    seat: VcpuId,
     fd: VcpuFd,
     counters: VcpuStats,
     /// Guest TSC minus host TSC.
@@ -176,17 +181,23 @@ impl VcpuThread {
 
     fn main(&mut self) {
         self.vm.vcpus[self.id as usize].kicker.publish(&mut self.fd);
+        if !self.vm.dispatcher.gates() {
+            self.vm.dispatcher.pin_to_set();
+        }
         self.tsc_offset = self.measure_tsc_offset();
         while let Some(start) = self.wait_for_start() {
             if let Err(error) = self.load_start_state(start) {
                 self.fault(format!("cannot set up the VCPU: {error}"));
                 break;
             }
-            self.vm.publish_state(self.id, VcpuState::Running);
             self.accounting.runnable();
-            let leave = self.run_loop();
+            let leave = match self.wait_for_pcpu(|dispatcher, vcpu| dispatcher.wake(vcpu)) {
+                Ok(()) => self.run_loop(),
+                Err(VmStopped) => Leave::Stop,
+            };
+            self.vm.dispatcher.down(self.seat);
             self.accounting.not_runnable();
-            self.vm.publish_times(self.id, &self.accounting.times);
+            self.publish_times();
             self.counters.stopped = match leave {
                 Leave::Stop if self.ended_vm => Stopped::Ending,
                 Leave::Stop => self.fd.get_regs().map_or(Stopped::Ending, |regs| Stopped::Running(regs.rip)),
@@ -204,7 +215,29 @@ impl VcpuThread {
             }
         }
         self.control().kicker.withdraw();
-        self.counters.times = self.accounting.times;
+        self.counters.times = self.times();
+    }
+
+    /// RUN, RDY, CSTP and WAIT so far: co-stopped time is ready time the dispatcher knows
+    /// was spent held back for siblings.
+    fn times(&self) -> VcpuTimes {
+        let mut times = self.accounting.times;
+        times.costop_ns = self.vm.dispatcher.costop_ns(self.seat).min(times.ready_ns);
+        times.ready_ns -= times.costop_ns;
+        times
+    }
+
+    fn publish_times(&self) {
+        self.vm.publish_times(self.id, &self.times());
+    }
+
+    /// Waits at the gate (published as preempted) until the dispatcher grants a pCPU, through
+    /// `wait` (wake, yield, or giving back a revoked pCPU).
+    fn wait_for_pcpu(&self, wait: impl FnOnce(&Dispatcher, VcpuId) -> Result<(), VmStopped>) -> Result<(), VmStopped> {
+        self.vm.publish_state(self.id, VcpuState::Preempted);
+        let granted = wait(&self.vm.dispatcher, self.seat);
+        self.vm.publish_state(self.id, VcpuState::Running);
+        granted
     }
 
     /// Parks while offline; returns the start request, or None when the VM stops.
@@ -259,6 +292,9 @@ impl VcpuThread {
             if self.vm.stopping() {
                 return Leave::Stop;
             }
+            if self.vm.dispatcher.revoked(self.seat) && self.wait_for_pcpu(Dispatcher::preempted).is_err() {
+                return Leave::Stop;
+            }
             if self.vm.trap_table_generation() != self.trap_table_generation
                 && let Err(error) = self.reload_trap_table()
             {
@@ -304,18 +340,25 @@ impl VcpuThread {
             match action {
                 Action::Continue => {}
                 Action::Block { deadline_tsc, ret_at } => {
-                    self.accounting.not_runnable();
-                    let blocked = Instant::now();
-                    let ret = self.block(deadline_tsc);
-                    self.accounting.waited(blocked);
-                    self.vm.publish_times(self.id, &self.accounting.times);
-                    self.accounting.runnable();
+                    let Some(ret) = self.block(deadline_tsc) else {
+                        // A kick was pending: the block returns at once, on the same pCPU.
+                        self.vm.write_ret(ret_at, BLOCK_KICKED);
+                        continue;
+                    };
                     if self.vm.stopping() {
                         return Leave::Blocked;
                     }
                     self.vm.write_ret(ret_at, ret);
+                    if self.wait_for_pcpu(Dispatcher::wake).is_err() {
+                        return Leave::Stop;
+                    }
                 }
-                Action::Yield => std::thread::yield_now(),
+                Action::Yield { to } => {
+                    let to = to.map(|id| VcpuId(self.vm.first_vcpu + id));
+                    if self.wait_for_pcpu(|dispatcher, vcpu| dispatcher.yield_to(vcpu, to)).is_err() {
+                        return Leave::Stop;
+                    }
+                }
                 Action::Down => return Leave::Down,
                 Action::Fault(frame) => {
                     let what = self.describe_fault(&frame);
@@ -345,16 +388,32 @@ impl VcpuThread {
         Ok(())
     }
 
-    /// Parks until kicked, the deadline passes, or the VM stops; returns the block's `ret`.
-    fn block(&self, deadline_tsc: u64) -> i64 {
+    /// Parks until kicked, the deadline passes, or the VM stops, giving the pCPU back while
+    /// parked; returns the block's `ret`, or None if a pending kick made it return at once
+    /// (the VCPU then keeps its pCPU).
+    fn block(&mut self, deadline_tsc: u64) -> Option<i64> {
         let deadline = (deadline_tsc != NO_DEADLINE).then(|| self.host_instant(deadline_tsc));
         let control = self.control();
         let mut guard = control.lock();
         if std::mem::take(&mut guard.kick_pending) {
-            return BLOCK_KICKED;
+            return None;
         }
         guard.phase = Phase::Blocked;
         self.vm.publish_state(self.id, VcpuState::Blocked);
+        self.vm.dispatcher.block(self.seat);
+        drop(guard);
+        self.accounting.not_runnable();
+        let blocked = Instant::now();
+        let ret = self.park_blocked(deadline);
+        self.accounting.waited(blocked);
+        self.publish_times();
+        self.accounting.runnable();
+        Some(ret)
+    }
+
+    fn park_blocked(&self, deadline: Option<Instant>) -> i64 {
+        let control = self.control();
+        let mut guard = control.lock();
         let ret = loop {
             if guard.stop {
                 break BLOCK_KICKED;
@@ -374,7 +433,6 @@ impl VcpuThread {
             }
         };
         guard.phase = Phase::Running;
-        self.vm.publish_state(self.id, VcpuState::Running);
         ret
     }
 

@@ -12,11 +12,13 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use pv_abi::boot::{BOOT_MAGIC, BootInfo, CMDLINE_MAX};
 use pv_abi::hypercall::HcError;
 use pv_abi::shared::{SharedPage, VcpuState};
+use sched::{Params, PolicyKind, Topology, VcpuId, VmSpec};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::accounting::VcpuTimes;
 use crate::console::Console;
+use crate::dispatch::Dispatcher;
 use crate::image;
 use crate::layout::{self, LARGE_PAGE_SIZE};
 use crate::vcpu::{self, Start, VcpuControl, VcpuStats};
@@ -109,18 +111,49 @@ pub(crate) struct VmShared {
     outcome: Mutex<Option<Outcome>>,
     finished: Condvar,
     stopping: AtomicBool,
+    pub dispatcher: Arc<Dispatcher>,
+    /// The dispatcher's id of this VM's VCPU 0 (the others follow).
+    pub first_vcpu: u32,
+}
+
+/// Where a VM's VCPUs are scheduled: a dispatcher, and its id of the VM's VCPU 0.
+#[derive(Clone)]
+pub struct Seat {
+    pub dispatcher: Arc<Dispatcher>,
+    pub first_vcpu: u32,
+}
+
+impl Seat {
+    /// A dispatcher of its own, under which Linux schedules the VM's VCPU threads on every
+    /// host CPU (the `host` policy), as for a single `tandem run`.
+    pub fn alone(vcpus: u32) -> anyhow::Result<Seat> {
+        let topology = Topology::new(host_cpus() as u32, vec![VmSpec { vcpus, weight: 256, cap: None }]);
+        let policy = PolicyKind::Host.build(&Params::default(), &topology);
+        let dispatcher = Dispatcher::start(policy, (0..host_cpus()).collect(), topology.nr_vcpus())
+            .context("cannot start the dispatcher's timer thread")?;
+        Ok(Seat { dispatcher, first_vcpu: 0 })
+    }
+}
+
+/// Host CPUs this process may run on.
+pub fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl VmShared {
     /// The shared state of a VM before any VCPU runs; `memory` holds `config.mem_mib` MiB
     /// from guest address 0.
-    pub fn new(config: &VmConfig, memory: GuestMemoryMmap, tsc_khz: u64) -> VmShared {
+    pub fn new(config: &VmConfig, memory: GuestMemoryMmap, tsc_khz: u64, seat: Seat) -> VmShared {
+        let vcpus: Vec<VcpuControl> = (0..config.vcpus).map(|_| VcpuControl::default()).collect();
+        for (id, control) in vcpus.iter().enumerate() {
+            seat.dispatcher.register(VcpuId(seat.first_vcpu + id as u32), Arc::clone(&control.kicker));
+        }
         VmShared {
             name: config.name.clone(),
             mem_size: config.mem_mib << 20,
             memory,
             nr_vcpus: config.vcpus,
-            vcpus: (0..config.vcpus).map(|_| VcpuControl::default()).collect(),
+            vcpus,
             console: Console::new(&config.name, config.vcpus, config.echo_console),
             tsc_khz,
             reports: Mutex::default(),
@@ -129,6 +162,8 @@ impl VmShared {
             outcome: Mutex::default(),
             finished: Condvar::new(),
             stopping: AtomicBool::new(false),
+            dispatcher: seat.dispatcher,
+            first_vcpu: seat.first_vcpu,
         }
     }
 
@@ -183,6 +218,7 @@ impl VmShared {
         let slot = &self.shared_page().vcpus[vcpu as usize];
         slot.run_ns.store(times.run_ns, Ordering::Relaxed);
         slot.ready_ns.store(times.ready_ns, Ordering::Relaxed);
+        slot.costop_ns.store(times.costop_ns, Ordering::Relaxed);
         slot.wait_ns.store(times.wait_ns, Ordering::Relaxed);
     }
 
@@ -231,6 +267,7 @@ impl VmShared {
         for vcpu in &self.vcpus {
             vcpu.stop();
         }
+        self.dispatcher.stop_vcpus((self.first_vcpu..self.first_vcpu + self.nr_vcpus).map(VcpuId));
     }
 
     pub fn stopping(&self) -> bool {
@@ -256,23 +293,11 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the KVM VM, loads `image` and writes the boot structures.
-    pub fn new(kvm: &Kvm, config: &VmConfig, image: &[u8]) -> anyhow::Result<Vm> {
-        if config.vcpus == 0 || config.vcpus as usize > pv_abi::MAX_VCPUS {
-            bail!("a VM has 1 to {} VCPUs, not {}", pv_abi::MAX_VCPUS, config.vcpus);
-        }
+    /// Creates the KVM VM, loads `image` and writes the boot structures; its VCPUs will be
+    /// scheduled by `seat`'s dispatcher.
+    pub fn new(kvm: &Kvm, config: &VmConfig, image: &[u8], seat: Seat) -> anyhow::Result<Vm> {
+        check_config(config)?;
         let mem_size = config.mem_mib << 20;
-        if !(layout::MIN_MEM..=layout::MAX_MEM).contains(&mem_size) || !mem_size.is_multiple_of(LARGE_PAGE_SIZE) {
-            bail!(
-                "guest memory must be an even number of MiB from {} to {}, not {}",
-                layout::MIN_MEM >> 20,
-                layout::MAX_MEM >> 20,
-                config.mem_mib
-            );
-        }
-        if config.cmdline.len() > CMDLINE_MAX {
-            bail!("the guest command line is {} bytes long; at most {CMDLINE_MAX} fit", config.cmdline.len());
-        }
 
         let vm_fd = kvm.create_vm().context("KVM_CREATE_VM failed")?;
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
@@ -304,7 +329,7 @@ impl Vm {
         }
         let tsc_khz = u64::from(vcpu_fds[0].get_tsc_khz().context("KVM_GET_TSC_KHZ failed")?);
 
-        let shared = Arc::new(VmShared::new(config, memory, tsc_khz));
+        let shared = Arc::new(VmShared::new(config, memory, tsc_khz, seat));
         write_boot_structures(&shared, config, placement.end, tsc_khz)?;
         Ok(Vm { shared, vcpu_fds, entry: placement.entry, timeout: config.timeout, _vm_fd: vm_fd })
     }
@@ -338,6 +363,26 @@ impl Vm {
         let reports = std::mem::take(&mut *shared.reports.lock().expect("reports lock"));
         Ok(RunReport { outcome, reports, vcpus, elapsed })
     }
+}
+
+/// Checks what `Vm::new` would refuse: VCPU count, memory size, command line length.
+pub fn check_config(config: &VmConfig) -> anyhow::Result<()> {
+    if config.vcpus == 0 || config.vcpus as usize > pv_abi::MAX_VCPUS {
+        bail!("a VM has 1 to {} VCPUs, not {}", pv_abi::MAX_VCPUS, config.vcpus);
+    }
+    let mem_size = config.mem_mib << 20;
+    if !(layout::MIN_MEM..=layout::MAX_MEM).contains(&mem_size) || !mem_size.is_multiple_of(LARGE_PAGE_SIZE) {
+        bail!(
+            "guest memory must be an even number of MiB from {} to {}, not {}",
+            layout::MIN_MEM >> 20,
+            layout::MAX_MEM >> 20,
+            config.mem_mib
+        );
+    }
+    if config.cmdline.len() > CMDLINE_MAX {
+        bail!("the guest command line is {} bytes long; at most {CMDLINE_MAX} fit", config.cmdline.len());
+    }
+    Ok(())
 }
 
 /// The supported CPUID with this VCPU's APIC id in leaf 1.

@@ -1,0 +1,429 @@
+//! The dispatcher: drives a `sched` policy in real time over VCPU threads of one or more VMs.
+//!
+//! pCPUs are host cores. A VCPU thread may enter KVM_RUN only while it holds a pCPU the
+//! dispatcher granted it, pinned to that core, so at most one VCPU runs per pCPU. Events come
+//! from the VCPU threads themselves (wake, block, yield, down) and from a timer thread (the
+//! ticks the policy asks for); after each, the policy's assignment is compared with who holds
+//! each pCPU: a holder that lost its pCPU is preempted (kick: immediate_exit + signal) and
+//! gives the pCPU back when it leaves KVM_RUN; a free pCPU is granted to the VCPU the policy
+//! assigned to it. Under a policy that does not gate (`host`), threads are only pinned to the
+//! pCPU set and Linux schedules them.
+//!
+//! Checked and measured here: the gate (a per-pCPU occupant word each thread claims when it
+//! passes the gate; a failed claim is a violation), the time each decision takes (policy plus
+//! applying the assignment) and the preemption latency (decision to VCPU out of KVM_RUN).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sched::{Event, Ns, Policy, VcpuId};
+use serde::Serialize;
+
+use crate::kick::Kicker;
+
+/// Samples kept per latency kind and trace spans kept per run, so that a long run cannot
+/// make the monitor hold unbounded memory.
+const SAMPLES_MAX: usize = 1 << 20;
+
+const NOBODY: u32 = u32::MAX;
+
+/// The VM ended while the VCPU waited for a pCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmStopped;
+
+/// Where a VCPU thread is, as the dispatcher sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Offline,
+    Blocked,
+    /// Runnable, waiting at the gate for a pCPU.
+    Waiting,
+    /// Holds this pCPU (and may be in KVM_RUN on it).
+    Holding(usize),
+}
+
+/// One stretch of a VCPU on a pCPU (pCPU `None` under a policy that does not gate: Linux
+/// chose the core), in nanoseconds since the dispatcher started.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Span {
+    pub vcpu: u32,
+    pub pcpu: Option<u32>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+struct State {
+    policy: Box<dyn Policy>,
+    phases: Vec<Phase>,
+    /// The VCPU holding each pCPU.
+    holders: Vec<Option<VcpuId>>,
+    /// When each VCPU was told to leave its pCPU, while it has not yet.
+    revoked_at: Vec<Option<Instant>>,
+    /// When each VCPU got its pCPU (or became runnable, without gating).
+    running_since: Vec<Option<Instant>>,
+    /// Since when each waiting VCPU has been co-stopped.
+    costopped_since: Vec<Option<Instant>>,
+    costop_ns: Vec<u64>,
+    decision_ns: Vec<u64>,
+    preemption_ns: Vec<u64>,
+    preemptions: u64,
+    events: u64,
+    trace: Vec<Span>,
+    stop: bool,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("cores", &self.cores).field("gates", &self.gates).finish_non_exhaustive()
+    }
+}
+
+/// Drives one policy over the VCPUs of every VM in a run.
+pub struct Dispatcher {
+    state: Mutex<State>,
+    /// Per VCPU: signalled when it is granted a pCPU or its VM stops.
+    granted: Vec<Condvar>,
+    /// Signalled when the policy's next tick may have moved earlier.
+    timer: Condvar,
+    /// Per VCPU: set when it must leave its pCPU (read by the VCPU thread before KVM_RUN).
+    revoked: Vec<AtomicBool>,
+    /// Per VCPU: its thread's kicker, registered by its VM.
+    kickers: Mutex<Vec<Option<Arc<Kicker>>>>,
+    /// Per VCPU: set when its VM stops.
+    stopped: Vec<AtomicBool>,
+    /// Per pCPU: the VCPU that passed the gate onto it, or `NOBODY`.
+    occupants: Vec<AtomicU32>,
+    violations: AtomicU64,
+    /// Host core of each pCPU.
+    cores: Vec<usize>,
+    gates: bool,
+    origin: Instant,
+}
+
+/// What the dispatcher measured over a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatchReport {
+    /// Times a VCPU passed the gate onto a pCPU another VCPU occupied (must be 0).
+    pub gate_violations: u64,
+    /// Events handled (wake, block, yield, down, tick).
+    pub events: u64,
+    /// VCPUs told to leave their pCPU.
+    pub preemptions: u64,
+    /// Policy decision plus applying it, per event, in nanoseconds.
+    pub decision_ns: Percentiles,
+    /// Decision to the VCPU out of KVM_RUN, per preemption, in nanoseconds.
+    pub preemption_ns: Percentiles,
+    /// Co-stopped time per VCPU (global id), in nanoseconds.
+    pub costop_ns: Vec<u64>,
+    /// Who ran where when.
+    #[serde(skip)]
+    pub trace: Vec<Span>,
+}
+
+/// The 50th and 99th percentile of a sample.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: u64,
+    pub p99: u64,
+}
+
+impl Percentiles {
+    fn of(mut sample: Vec<u64>) -> Percentiles {
+        if sample.is_empty() {
+            return Percentiles::default();
+        }
+        sample.sort_unstable();
+        let at = |q: f64| sample[((sample.len() - 1) as f64 * q).round() as usize];
+        Percentiles { count: sample.len(), p50: at(0.5), p99: at(0.99) }
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher for `policy` over the host cores `cores` (one pCPU each) and `nr_vcpus`
+    /// VCPUs, with its timer thread started.
+    pub fn start(policy: Box<dyn Policy>, cores: Vec<usize>, nr_vcpus: usize) -> std::io::Result<Arc<Dispatcher>> {
+        let gates = policy.gates();
+        let dispatcher = Arc::new(Dispatcher {
+            state: Mutex::new(State {
+                policy,
+                phases: vec![Phase::Offline; nr_vcpus],
+                holders: vec![None; cores.len()],
+                revoked_at: vec![None; nr_vcpus],
+                running_since: vec![None; nr_vcpus],
+                costopped_since: vec![None; nr_vcpus],
+                costop_ns: vec![0; nr_vcpus],
+                decision_ns: Vec::new(),
+                preemption_ns: Vec::new(),
+                preemptions: 0,
+                events: 0,
+                trace: Vec::new(),
+                stop: false,
+            }),
+            granted: (0..nr_vcpus).map(|_| Condvar::new()).collect(),
+            timer: Condvar::new(),
+            revoked: (0..nr_vcpus).map(|_| AtomicBool::new(false)).collect(),
+            kickers: Mutex::new(vec![None; nr_vcpus]),
+            stopped: (0..nr_vcpus).map(|_| AtomicBool::new(false)).collect(),
+            occupants: cores.iter().map(|_| AtomicU32::new(NOBODY)).collect(),
+            violations: AtomicU64::new(0),
+            cores,
+            gates,
+            origin: Instant::now(),
+        });
+        let timer = Arc::clone(&dispatcher);
+        let thread = std::thread::Builder::new().name("dispatch-timer".to_owned()).spawn(move || timer.run_timer())?;
+        // The timer thread ends when `finish` sets `stop`; it holds its own reference.
+        drop(thread);
+        Ok(dispatcher)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("dispatcher lock")
+    }
+
+    fn now(&self) -> Ns {
+        self.origin.elapsed().as_nanos() as Ns
+    }
+
+    /// Whether the policy gates VCPU threads.
+    pub fn gates(&self) -> bool {
+        self.gates
+    }
+
+    /// Registers the kicker of VCPU `vcpu`'s thread, used to preempt it.
+    pub fn register(&self, vcpu: VcpuId, kicker: Arc<Kicker>) {
+        self.kickers.lock().expect("kickers lock")[vcpu.index()] = Some(kicker);
+    }
+
+    /// Marks the VCPUs of an ending VM stopped and wakes those waiting at the gate.
+    pub fn stop_vcpus(&self, vcpus: impl Iterator<Item = VcpuId>) {
+        let _state = self.lock();
+        for vcpu in vcpus {
+            self.stopped[vcpu.index()].store(true, Ordering::SeqCst);
+            self.granted[vcpu.index()].notify_all();
+        }
+    }
+
+    /// Whether `vcpu` must leave its pCPU: checked by its thread before each KVM_RUN.
+    pub fn revoked(&self, vcpu: VcpuId) -> bool {
+        self.revoked[vcpu.index()].load(Ordering::Acquire)
+    }
+
+    /// `vcpu` became runnable (it came online or left a block). Returns once it holds a pCPU,
+    /// with its thread pinned there.
+    pub fn wake(&self, vcpu: VcpuId) -> Result<(), VmStopped> {
+        let mut state = self.lock();
+        state.phases[vcpu.index()] = Phase::Waiting;
+        self.decide(&mut state, Event::Wake(vcpu));
+        self.acquire(state, vcpu)
+    }
+
+    /// `vcpu` is about to block: it gives its pCPU back.
+    pub fn block(&self, vcpu: VcpuId) {
+        let mut state = self.lock();
+        self.release(&mut state, vcpu, Phase::Blocked);
+        self.decide(&mut state, Event::Block(vcpu));
+    }
+
+    /// `vcpu` went offline or its VM ended: it gives its pCPU back for good.
+    pub fn down(&self, vcpu: VcpuId) {
+        let mut state = self.lock();
+        if state.phases[vcpu.index()] != Phase::Offline {
+            self.release(&mut state, vcpu, Phase::Offline);
+            self.decide(&mut state, Event::Down(vcpu));
+        }
+    }
+
+    /// `vcpu` yields (to `to`, a sibling, if set); returns once it holds a pCPU again.
+    pub fn yield_to(&self, vcpu: VcpuId, to: Option<VcpuId>) -> Result<(), VmStopped> {
+        if !self.gates {
+            std::thread::yield_now();
+            return Ok(());
+        }
+        let mut state = self.lock();
+        self.decide(&mut state, Event::Yield { vcpu, to });
+        if self.revoked(vcpu) { self.leave_and_wait(state, vcpu) } else { Ok(()) }
+    }
+
+    /// `vcpu` left KVM_RUN after being revoked: it gives its pCPU back and waits for one.
+    pub fn preempted(&self, vcpu: VcpuId) -> Result<(), VmStopped> {
+        let state = self.lock();
+        self.leave_and_wait(state, vcpu)
+    }
+
+    fn leave_and_wait(&self, mut state: MutexGuard<'_, State>, vcpu: VcpuId) -> Result<(), VmStopped> {
+        if let Some(at) = state.revoked_at[vcpu.index()].take()
+            && state.preemption_ns.len() < SAMPLES_MAX
+        {
+            state.preemption_ns.push(at.elapsed().as_nanos() as u64);
+        }
+        self.release(&mut state, vcpu, Phase::Waiting);
+        self.apply(&mut state);
+        self.acquire(state, vcpu)
+    }
+
+    /// Waits until `vcpu` holds a pCPU, then claims it and pins the thread to its core.
+    fn acquire(&self, mut state: MutexGuard<'_, State>, vcpu: VcpuId) -> Result<(), VmStopped> {
+        if !self.gates {
+            state.running_since[vcpu.index()] = Some(Instant::now());
+            return Ok(());
+        }
+        let pcpu = loop {
+            if self.stopped[vcpu.index()].load(Ordering::SeqCst) {
+                return Err(VmStopped);
+            }
+            if let Phase::Holding(pcpu) = state.phases[vcpu.index()] {
+                break pcpu;
+            }
+            state = self.granted[vcpu.index()].wait(state).expect("dispatcher lock");
+        };
+        drop(state);
+        pin_to(&[self.cores[pcpu]]);
+        if self.occupants[pcpu].compare_exchange(NOBODY, vcpu.0, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            self.violations.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Takes `vcpu` off its pCPU (if it holds one) into `phase`.
+    fn release(&self, state: &mut State, vcpu: VcpuId, phase: Phase) {
+        if let Phase::Holding(pcpu) = state.phases[vcpu.index()] {
+            let _ = self.occupants[pcpu].compare_exchange(vcpu.0, NOBODY, Ordering::SeqCst, Ordering::SeqCst);
+            state.holders[pcpu] = None;
+            self.revoked[vcpu.index()].store(false, Ordering::Release);
+            state.revoked_at[vcpu.index()] = None;
+        }
+        if let Some(since) = state.running_since[vcpu.index()].take()
+            && state.trace.len() < SAMPLES_MAX
+        {
+            let pcpu = match state.phases[vcpu.index()] {
+                Phase::Holding(pcpu) => Some(pcpu as u32),
+                _ => None,
+            };
+            let start_ns = since.duration_since(self.origin).as_nanos() as u64;
+            state.trace.push(Span { vcpu: vcpu.0, pcpu, start_ns, end_ns: self.now() });
+        }
+        state.phases[vcpu.index()] = phase;
+    }
+
+    /// Hands `event` to the policy and applies its decision, timing both.
+    fn decide(&self, state: &mut State, event: Event) {
+        let started = Instant::now();
+        state.events += 1;
+        if self.gates {
+            let now = self.now();
+            state.policy.handle(now, event);
+            self.apply(state);
+            self.timer.notify_one();
+        }
+        if state.decision_ns.len() < SAMPLES_MAX {
+            state.decision_ns.push(started.elapsed().as_nanos() as u64);
+        }
+    }
+
+    /// Makes the holders match the policy's assignment: revokes pCPUs from VCPUs that lost
+    /// them, grants free pCPUs to waiting VCPUs assigned there, and tracks co-stops.
+    fn apply(&self, state: &mut State) {
+        let assignment = state.policy.assignment().to_vec();
+        for (pcpu, &wanted) in assignment.iter().enumerate() {
+            let Some(holder) = state.holders[pcpu] else { continue };
+            let keep = wanted == Some(holder);
+            let was_revoked = self.revoked[holder.index()].swap(!keep, Ordering::AcqRel);
+            if !keep && !was_revoked {
+                state.revoked_at[holder.index()] = Some(Instant::now());
+                state.preemptions += 1;
+                if let Some(kicker) = &self.kickers.lock().expect("kickers lock")[holder.index()] {
+                    kicker.kick();
+                }
+            } else if keep {
+                state.revoked_at[holder.index()] = None;
+            }
+        }
+        for (pcpu, &wanted) in assignment.iter().enumerate() {
+            let Some(vcpu) = wanted else { continue };
+            if state.holders[pcpu].is_none() && state.phases[vcpu.index()] == Phase::Waiting {
+                state.holders[pcpu] = Some(vcpu);
+                state.phases[vcpu.index()] = Phase::Holding(pcpu);
+                state.running_since[vcpu.index()] = Some(Instant::now());
+                self.granted[vcpu.index()].notify_one();
+            }
+        }
+        for v in 0..state.phases.len() {
+            let vcpu = VcpuId(v as u32);
+            let costopped = state.phases[v] == Phase::Waiting && state.policy.costopped(vcpu);
+            match (costopped, state.costopped_since[v]) {
+                (true, None) => state.costopped_since[v] = Some(Instant::now()),
+                (false, Some(since)) => {
+                    state.costop_ns[v] += since.elapsed().as_nanos() as u64;
+                    state.costopped_since[v] = None;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Co-stopped time of `vcpu` so far, in nanoseconds.
+    pub fn costop_ns(&self, vcpu: VcpuId) -> u64 {
+        let state = self.lock();
+        state.costop_ns[vcpu.index()] + state.costopped_since[vcpu.index()].map_or(0, |s| s.elapsed().as_nanos() as u64)
+    }
+
+    /// Delivers the ticks the policy asks for, until `finish`.
+    fn run_timer(&self) {
+        let mut state = self.lock();
+        while !state.stop {
+            let next = if self.gates { state.policy.next_tick() } else { None };
+            let now = self.now();
+            match next {
+                Some(tick) if tick <= now => self.decide(&mut state, Event::Tick),
+                Some(tick) => {
+                    let wait = Duration::from_nanos(tick - now);
+                    state = self.timer.wait_timeout(state, wait).expect("dispatcher lock").0;
+                }
+                None => state = self.timer.wait(state).expect("dispatcher lock"),
+            }
+        }
+    }
+
+    /// Stops the timer and returns what was measured. Call after every VM has ended.
+    pub fn finish(&self) -> DispatchReport {
+        let mut state = self.lock();
+        state.stop = true;
+        self.timer.notify_all();
+        for v in 0..state.phases.len() {
+            if let Some(since) = state.costopped_since[v].take() {
+                state.costop_ns[v] += since.elapsed().as_nanos() as u64;
+            }
+        }
+        DispatchReport {
+            gate_violations: self.violations.load(Ordering::Relaxed),
+            events: state.events,
+            preemptions: state.preemptions,
+            decision_ns: Percentiles::of(std::mem::take(&mut state.decision_ns)),
+            preemption_ns: Percentiles::of(std::mem::take(&mut state.preemption_ns)),
+            costop_ns: state.costop_ns.clone(),
+            trace: std::mem::take(&mut state.trace),
+        }
+    }
+
+    /// Pins the calling VCPU thread to the pCPU set (for a policy that does not gate).
+    pub fn pin_to_set(&self) {
+        pin_to(&self.cores);
+    }
+}
+
+/// Pins the calling thread to `cores`. Failure (e.g. a core taken away by a cgroup) only
+/// costs placement, not correctness, so it is ignored.
+fn pin_to(cores: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it for core
+    // numbers below CPU_SETSIZE, which the scenario checked against the host's CPUs.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &core in cores {
+            libc::CPU_SET(core, &mut set);
+        }
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}

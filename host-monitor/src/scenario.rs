@@ -1,0 +1,469 @@
+//! Scenario files: which pCPUs, which policy, which VMs running what. TOML, e.g.
+//!
+//! ```toml
+//! pcpus = 2                     # a count (the first N CPUs this process may use) or [0, 1]
+//! timeout_s = 300               # VMs still running then are stopped
+//!
+//! [policy]
+//! name = "credit"               # host, credit, cosched-strict, cosched-relaxed
+//! slice_ms = 30                 # optional tunables (see `sched::Params`)
+//!
+//! [[vm]]
+//! name = "a"
+//! vcpus = 2
+//! weight = 256                  # optional, default 256
+//! cap = 50                      # optional, percent of one pCPU
+//! workload = "nbody"
+//! args = { barrier = "spin" }   # the workload's parameters
+//! locks = "spin"                # optional, the guest's spinlock family
+//! start_delay_ms = 0            # optional
+//! ```
+//!
+//! Every error names the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use sched::{MS, Ns, Params, PolicyKind, Topology, VmSpec};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::cli::RunArgs;
+use crate::vm::{VmConfig, host_cpus};
+
+/// Xen's default weight.
+pub const DEFAULT_WEIGHT: u32 = 256;
+
+/// A checked scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Where it was read from (for messages).
+    pub path: PathBuf,
+    /// Host CPU of each pCPU.
+    pub cores: Vec<usize>,
+    pub policy: PolicyKind,
+    pub params: Params,
+    pub timeout_s: f64,
+    pub vms: Vec<VmPlan>,
+}
+
+/// One VM of a scenario.
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    pub name: String,
+    pub vcpus: u32,
+    pub weight: u32,
+    pub cap: Option<u32>,
+    pub workload: String,
+    /// `key=value` words: the workload's, then `locks=`.
+    pub args: Vec<String>,
+    pub locks: String,
+    pub mem_mib: u64,
+    pub start_delay_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    pcpus: Spanned<Pcpus>,
+    #[serde(default = "default_timeout")]
+    timeout_s: Spanned<f64>,
+    policy: Spanned<PolicyTable>,
+    vm: Spanned<Vec<Spanned<VmTable>>>,
+}
+
+fn default_timeout() -> Spanned<f64> {
+    Spanned::new(0..0, 600.0)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Pcpus {
+    Count(i64),
+    List(Vec<i64>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyTable {
+    name: Spanned<String>,
+    slice_ms: Option<Spanned<f64>>,
+    accounting_ms: Option<Spanned<f64>>,
+    skew_ms: Option<Spanned<f64>>,
+    tick_ms: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmTable {
+    name: Spanned<String>,
+    vcpus: Spanned<i64>,
+    weight: Option<Spanned<i64>>,
+    cap: Option<Spanned<i64>>,
+    workload: Spanned<String>,
+    args: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    locks: Option<Spanned<String>>,
+    mem_mib: Option<Spanned<i64>>,
+    start_delay_ms: Option<Spanned<i64>>,
+}
+
+/// Builds errors that point into the file.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line(&self, span: std::ops::Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn error<T>(&self, span: std::ops::Range<usize>, key: &str, message: impl std::fmt::Display) -> anyhow::Result<T> {
+        if span == (0..0) {
+            bail!("{}: `{key}`: {message}", self.path.display());
+        }
+        bail!("{}:{}: `{key}`: {message}", self.path.display(), self.line(span))
+    }
+}
+
+/// Converts a duration in milliseconds from the file, which must be positive.
+fn millis(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns) -> anyhow::Result<Ns> {
+    match value {
+        None => Ok(default),
+        Some(ms) if *ms.get_ref() > 0.0 && ms.get_ref().is_finite() => Ok((ms.get_ref() * MS as f64) as Ns),
+        Some(ms) => {
+            source.error(ms.span(), key, format!("must be a positive number of milliseconds, not {}", ms.get_ref()))
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("cannot read scenario {}: {error}", path.display()))?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Parses and checks scenario `text` read from `path`.
+    pub fn parse(path: &Path, text: &str) -> anyhow::Result<Scenario> {
+        let source = Source { path, text };
+        let file: File = toml::from_str(text).map_err(|error| {
+            let line = error.span().map(|span| format!(":{}", source.line(span))).unwrap_or_default();
+            anyhow::anyhow!("{}{line}: {}", path.display(), error.message())
+        })?;
+
+        let available = available_cores();
+        let cores = match file.pcpus.get_ref() {
+            Pcpus::Count(n) if *n >= 1 && (*n as usize) <= available.len() => available[..*n as usize].to_vec(),
+            Pcpus::Count(n) => {
+                return source.error(
+                    file.pcpus.span(),
+                    "pcpus",
+                    format!("{n} pCPUs asked for; this process may use 1 to {} host CPUs", available.len()),
+                );
+            }
+            Pcpus::List(list) => {
+                let mut cores = Vec::new();
+                for &core in list {
+                    if core < 0 || !available.contains(&(core as usize)) || cores.contains(&(core as usize)) {
+                        return source.error(
+                            file.pcpus.span(),
+                            "pcpus",
+                            format!("host CPU {core} is not usable or listed twice; usable: {available:?}"),
+                        );
+                    }
+                    cores.push(core as usize);
+                }
+                if cores.is_empty() {
+                    return source.error(file.pcpus.span(), "pcpus", "the list of host CPUs is empty");
+                }
+                cores
+            }
+        };
+
+        let policy_table = file.policy.get_ref();
+        let policy = match policy_table.name.get_ref().parse::<PolicyKind>() {
+            Ok(policy) => policy,
+            Err(message) => return source.error(policy_table.name.span(), "policy.name", message),
+        };
+        let defaults = Params::default();
+        let params = Params {
+            slice: millis(&source, &policy_table.slice_ms, "policy.slice_ms", defaults.slice)?,
+            accounting: millis(&source, &policy_table.accounting_ms, "policy.accounting_ms", defaults.accounting)?,
+            skew: millis(&source, &policy_table.skew_ms, "policy.skew_ms", defaults.skew)?,
+            tick: millis(&source, &policy_table.tick_ms, "policy.tick_ms", defaults.tick)?,
+        };
+
+        let timeout_s = *file.timeout_s.get_ref();
+        if !(timeout_s > 0.0 && timeout_s.is_finite()) {
+            return source.error(file.timeout_s.span(), "timeout_s", "must be a positive number of seconds");
+        }
+
+        if file.vm.get_ref().is_empty() {
+            return source.error(file.vm.span(), "vm", "a scenario needs at least one [[vm]]");
+        }
+        let mut vms: Vec<VmPlan> = Vec::new();
+        for table in file.vm.get_ref() {
+            let vm = parse_vm(&source, table.get_ref())?;
+            if vms.iter().any(|other| other.name == vm.name) {
+                return source.error(table.get_ref().name.span(), "vm.name", format!("two VMs are named {}", vm.name));
+            }
+            vms.push(vm);
+        }
+        let scenario = Scenario { path: path.to_owned(), cores, policy, params, timeout_s, vms };
+        scenario
+            .check_policy_fits()
+            .or_else(|message| source.error(policy_table.name.span(), "policy.name", message))?;
+        Ok(scenario)
+    }
+
+    /// The same scenario under another policy or on another number of pCPUs.
+    pub fn with(&self, policy: Option<PolicyKind>, pcpus: Option<usize>) -> anyhow::Result<Scenario> {
+        let mut scenario = self.clone();
+        if let Some(policy) = policy {
+            scenario.policy = policy;
+        }
+        if let Some(n) = pcpus {
+            let available = available_cores();
+            if n == 0 || n > available.len() {
+                bail!("--pcpus {n}: this process may use 1 to {} host CPUs", available.len());
+            }
+            scenario.cores = available[..n].to_vec();
+        }
+        scenario.check_policy_fits().map_err(|message| anyhow::anyhow!("{}: {message}", self.path.display()))?;
+        Ok(scenario)
+    }
+
+    /// Strict co-scheduling runs a VM only when all its VCPUs fit on distinct pCPUs.
+    fn check_policy_fits(&self) -> Result<(), String> {
+        if self.policy != PolicyKind::CoschedStrict {
+            return Ok(());
+        }
+        match self.vms.iter().find(|vm| vm.vcpus as usize > self.cores.len()) {
+            Some(vm) => Err(format!(
+                "VM {} has {} VCPUs but there are {} pCPUs: under cosched-strict it could never run",
+                vm.name,
+                vm.vcpus,
+                self.cores.len()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// What the policy sees.
+    pub fn topology(&self) -> Topology {
+        let vms = self.vms.iter().map(|vm| VmSpec { vcpus: vm.vcpus, weight: vm.weight, cap: vm.cap }).collect();
+        Topology::new(self.cores.len() as u32, vms)
+    }
+}
+
+fn parse_vm(source: &Source, table: &VmTable) -> anyhow::Result<VmPlan> {
+    let name = table.name.get_ref().clone();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return source.error(table.name.span(), "vm.name", "use letters, digits, - and _");
+    }
+    let vcpus = *table.vcpus.get_ref();
+    if !(1..=pv_abi::MAX_VCPUS as i64).contains(&vcpus) {
+        return source.error(table.vcpus.span(), "vm.vcpus", format!("a VM has 1 to {} VCPUs", pv_abi::MAX_VCPUS));
+    }
+    let weight = match &table.weight {
+        None => DEFAULT_WEIGHT,
+        Some(weight) if (1..=65535).contains(weight.get_ref()) => *weight.get_ref() as u32,
+        Some(weight) => return source.error(weight.span(), "vm.weight", "must be 1 to 65535"),
+    };
+    let cap = match &table.cap {
+        None => None,
+        Some(cap) if (1..=100 * vcpus).contains(cap.get_ref()) => Some(*cap.get_ref() as u32),
+        Some(cap) => {
+            return source.error(
+                cap.span(),
+                "vm.cap",
+                format!("percent of one pCPU: 1 to {} for this VM", 100 * vcpus),
+            );
+        }
+    };
+    let workload = table.workload.get_ref().clone();
+    if !workloads::WORKLOADS.iter().any(|w| w.name == workload) {
+        let names: Vec<&str> = workloads::WORKLOADS.iter().map(|w| w.name).collect();
+        return source.error(
+            table.workload.span(),
+            "vm.workload",
+            format!("unknown workload `{workload}`; the workloads are {}", names.join(", ")),
+        );
+    }
+    let mut args = Vec::new();
+    let args_span = table.args.as_ref().map_or_else(|| table.workload.span(), Spanned::span);
+    for (key, value) in table.args.iter().flat_map(|args| args.get_ref()) {
+        let value = match value {
+            toml::Value::String(text) => text.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            other => {
+                let kind = other.type_str();
+                return source.error(args_span, "vm.args", format!("{key} is a {kind}; use a string or an integer"));
+            }
+        };
+        args.push(format!("{key}={value}"));
+    }
+    let locks = table.locks.as_ref().map_or_else(|| "spin".to_owned(), |locks| locks.get_ref().clone());
+    args.push(format!("locks={locks}"));
+    let mem_mib = match &table.mem_mib {
+        None => 128,
+        Some(mem) if *mem.get_ref() > 0 => *mem.get_ref() as u64,
+        Some(mem) => return source.error(mem.span(), "vm.mem_mib", "must be positive"),
+    };
+    let start_delay_ms = match &table.start_delay_ms {
+        None => 0,
+        Some(delay) if *delay.get_ref() >= 0 => *delay.get_ref() as u64,
+        Some(delay) => return source.error(delay.span(), "vm.start_delay_ms", "must not be negative"),
+    };
+    let plan = VmPlan { name, vcpus: vcpus as u32, weight, cap, workload, args, locks, mem_mib, start_delay_ms };
+    // The same checks `tandem run` makes: memory size, parameters and their values.
+    if let Err(error) = plan.vm_config(1.0) {
+        let message = format!("{error:#}");
+        let (span, key) = match &table.locks {
+            Some(locks) if message.contains("locks") => (locks.span(), "vm.locks"),
+            _ => (args_span, "vm.args"),
+        };
+        return source.error(span, key, message);
+    }
+    Ok(plan)
+}
+
+impl VmPlan {
+    /// The VM to boot, stopped after `timeout_s`.
+    pub fn vm_config(&self, timeout_s: f64) -> anyhow::Result<VmConfig> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut run = RunArgs::new(&self.workload, self.vcpus, &args);
+        run.mem = self.mem_mib;
+        run.timeout = timeout_s;
+        let mut config = run.config(false)?;
+        config.name = self.name.clone();
+        crate::vm::check_config(&config)?;
+        Ok(config)
+    }
+}
+
+/// The host CPUs this process may run on, in order.
+pub fn available_cores() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set for sched_getaffinity to fill.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a writable cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return (0..host_cpus()).collect();
+    }
+    // SAFETY: CPU_ISSET reads within the set for indexes below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+pcpus = 1
+timeout_s = 30
+
+[policy]
+name = "cosched-relaxed"
+skew_ms = 2.5
+
+[[vm]]
+name = "a"
+vcpus = 1
+weight = 512
+cap = 50
+workload = "nbody"
+args = { bodies = 64, barrier = "block" }
+
+[[vm]]
+name = "b"
+vcpus = 1
+workload = "cpu"
+start_delay_ms = 10
+"#;
+
+    fn parse(text: &str) -> anyhow::Result<Scenario> {
+        Scenario::parse(Path::new("test.toml"), text)
+    }
+
+    fn error(text: &str) -> String {
+        format!("{:#}", parse(text).expect_err("the scenario should be refused"))
+    }
+
+    #[test]
+    fn a_good_scenario_parses_with_defaults_filled_in() {
+        let scenario = parse(GOOD).unwrap();
+        assert_eq!(scenario.cores.len(), 1);
+        assert_eq!(scenario.policy, PolicyKind::CoschedRelaxed);
+        assert_eq!(scenario.params.skew, 2_500_000);
+        assert_eq!(scenario.params.slice, Params::default().slice);
+        assert_eq!(scenario.timeout_s, 30.0);
+        let a = &scenario.vms[0];
+        assert_eq!((a.vcpus, a.weight, a.cap), (1, 512, Some(50)));
+        assert_eq!(a.args, ["barrier=block", "bodies=64", "locks=spin"]);
+        let b = &scenario.vms[1];
+        assert_eq!((b.weight, b.cap, b.start_delay_ms, b.mem_mib), (DEFAULT_WEIGHT, None, 10, 128));
+        assert_eq!(scenario.topology().nr_vcpus(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_key() {
+        let cases = [
+            (GOOD.replace("weight = 512", "wieght = 512"), "test.toml:12", "unknown field `wieght`"),
+            (GOOD.replace("pcpus = 1", "pcpus = 4096"), "test.toml:2: `pcpus`", "4096 pCPUs"),
+            (GOOD.replace("pcpus = 1", "pcpus = [0, 0]"), "test.toml:2: `pcpus`", "listed twice"),
+            (GOOD.replace("vcpus = 1\nweight", "vcpus = 0\nweight"), "test.toml:11: `vm.vcpus`", "1 to 64"),
+            (GOOD.replace("\"cpu\"", "\"gobmk\""), "test.toml:20: `vm.workload`", "unknown workload `gobmk`"),
+            (GOOD.replace("cosched-relaxed", "fifo"), "test.toml:6: `policy.name`", "unknown policy `fifo`"),
+            (GOOD.replace("skew_ms = 2.5", "skew_ms = -1"), "test.toml:7: `policy.skew_ms`", "positive"),
+            (GOOD.replace("bodies = 64", "bodies = \"many\""), "test.toml:15: `vm.args`", "bodies"),
+            (GOOD.replace("bodies = 64", "bodies = 6.4"), "test.toml:15: `vm.args`", "use a string or an integer"),
+            (GOOD.replace("cap = 50", "cap = 500"), "test.toml:13: `vm.cap`", "1 to 100"),
+            (GOOD.replace("name = \"b\"", "name = \"a\""), "test.toml:18: `vm.name`", "two VMs"),
+            (GOOD.replace("[policy]", "[polcy]"), "test.toml", "policy"),
+            ("pcpus = 1\n[policy]\nname = \"credit\"\n".to_owned(), "test.toml", "missing field `vm`"),
+            ("pcpus = \n".to_owned(), "test.toml:1", ""),
+        ];
+        for (text, place, what) in cases {
+            let message = error(&text);
+            assert!(message.starts_with(place), "{message:?} should start with {place:?}");
+            assert!(message.contains(what), "{message:?} should say {what:?}");
+        }
+    }
+
+    #[test]
+    fn strict_co_scheduling_refuses_a_vm_wider_than_the_pcpus() {
+        let wide = GOOD
+            .replace("cosched-relaxed", "cosched-strict")
+            .replace("vcpus = 1\nworkload = \"cpu\"", "vcpus = 2\nworkload = \"cpu\"");
+        let message = error(&wide);
+        assert!(message.starts_with("test.toml:6: `policy.name`"), "{message}");
+        assert!(message.contains("VM b has 2 VCPUs but there are 1 pCPUs"), "{message}");
+        // The same file under another policy is fine; switching to strict is refused.
+        let relaxed = parse(&wide.replace("cosched-strict", "credit")).unwrap();
+        assert!(relaxed.with(Some(PolicyKind::CoschedStrict), None).is_err());
+        assert!(relaxed.with(None, Some(0)).is_err());
+    }
+
+    #[test]
+    fn the_example_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                // The examples use 2 pCPUs; a 1-CPU machine still checks everything else.
+                let text = text.replace("pcpus = 2", &format!("pcpus = {}", available_cores().len().min(2)));
+                if let Err(error) = Scenario::parse(&path, &text) {
+                    panic!("{error:#}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 6, "only {seen} scenarios in {}", dir.display());
+    }
+}

@@ -1,0 +1,287 @@
+//! VCPU scheduling policies as pure state machines.
+//!
+//! A [`Policy`] takes events (a VCPU woke, blocked, went offline or yielded; time passed) with
+//! the time as an argument, and answers with the VCPU each pCPU should run now
+//! ([`Policy::assignment`]). There are no threads, clocks or KVM in here: the real-time
+//! dispatcher in `host-monitor` and the simulator drive the very same code, and every
+//! decision can be tested on scripted event sequences ([`harness`]).
+//!
+//! - [`host`]: a model of Linux's fair scheduler placing VCPU threads (plain KVM). The real
+//!   dispatcher does not gate under it: Linux itself schedules the threads.
+//! - [`credit`]: Xen's credit scheduler.
+//! - [`strict`]: ESX 2 gang scheduling.
+//! - [`relaxed`]: ESX 3/4 relaxed co-scheduling.
+
+pub mod credit;
+pub mod harness;
+pub mod host;
+pub mod relaxed;
+pub mod strict;
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+/// Time in nanoseconds from an arbitrary origin.
+pub type Ns = u64;
+
+/// One millisecond.
+pub const MS: Ns = 1_000_000;
+
+/// A VCPU, numbered across all VMs of a [`Topology`]: VM 0's VCPUs first, then VM 1's, ...
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VcpuId(pub u32);
+
+impl VcpuId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for VcpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// What a policy needs to know about a VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    pub vcpus: u32,
+    /// Relative share of the pCPUs (Xen's default is 256).
+    pub weight: u32,
+    /// At most this many percent of one pCPU (Xen's cap; 100 = one pCPU), if set.
+    pub cap: Option<u32>,
+}
+
+/// The pCPUs and VMs a policy schedules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub pcpus: u32,
+    pub vms: Vec<VmSpec>,
+    /// First global VCPU id of each VM, plus the total at the end.
+    first: Vec<u32>,
+}
+
+impl Topology {
+    pub fn new(pcpus: u32, vms: Vec<VmSpec>) -> Topology {
+        let mut first = vec![0];
+        for vm in &vms {
+            first.push(first.last().unwrap() + vm.vcpus);
+        }
+        Topology { pcpus, vms, first }
+    }
+
+    pub fn nr_vcpus(&self) -> usize {
+        *self.first.last().unwrap() as usize
+    }
+
+    /// The VM `vcpu` belongs to.
+    pub fn vm_of(&self, vcpu: VcpuId) -> usize {
+        self.first.partition_point(|&first| first <= vcpu.0) - 1
+    }
+
+    /// The global ids of `vm`'s VCPUs.
+    pub fn vcpus_of(&self, vm: usize) -> impl Iterator<Item = VcpuId> + use<> {
+        self.range_of(vm).map(VcpuId)
+    }
+
+    /// The global id of `vm`'s VCPU number `index`.
+    pub fn vcpu(&self, vm: usize, index: u32) -> VcpuId {
+        VcpuId(self.first[vm] + index)
+    }
+
+    fn range_of(&self, vm: usize) -> Range<u32> {
+        self.first[vm]..self.first[vm + 1]
+    }
+
+    /// Each VM's fair share of the pCPUs (in pCPUs): proportional to weight, at most its
+    /// VCPU count and its cap, the excess handed on to the others (water-filling).
+    pub fn fair_shares(&self) -> Vec<f64> {
+        let limit = |vm: &VmSpec| {
+            let width = f64::from(vm.vcpus.min(self.pcpus));
+            vm.cap.map_or(width, |cap| width.min(f64::from(cap) / 100.0))
+        };
+        let mut shares = vec![0.0; self.vms.len()];
+        let mut open: Vec<usize> = (0..self.vms.len()).collect();
+        let mut left = f64::from(self.pcpus);
+        while !open.is_empty() && left > 1e-12 {
+            let weights: f64 = open.iter().map(|&vm| f64::from(self.vms[vm].weight.max(1))).sum();
+            let per_weight = left / weights;
+            let saturated: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|&vm| shares[vm] + per_weight * f64::from(self.vms[vm].weight.max(1)) >= limit(&self.vms[vm]))
+                .collect();
+            if saturated.is_empty() {
+                for &vm in &open {
+                    shares[vm] += per_weight * f64::from(self.vms[vm].weight.max(1));
+                }
+                break;
+            }
+            for &vm in &saturated {
+                left -= limit(&self.vms[vm]) - shares[vm];
+                shares[vm] = limit(&self.vms[vm]);
+            }
+            open.retain(|vm| !saturated.contains(vm));
+        }
+        shares
+    }
+}
+
+/// What happened to a VCPU, or that time passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The VCPU became runnable: it came online, or left a block.
+    Wake(VcpuId),
+    /// The VCPU blocked (idle until kicked or a deadline). It stays online.
+    Block(VcpuId),
+    /// The VCPU went offline (or its VM ended).
+    Down(VcpuId),
+    /// The running VCPU gives up its pCPU, in favour of `to` (a sibling) if set.
+    Yield { vcpu: VcpuId, to: Option<VcpuId> },
+    /// The time the policy asked for with [`Policy::next_tick`] has come.
+    Tick,
+}
+
+/// A VCPU scheduling policy. Events arrive in time order; `now` never goes backwards.
+pub trait Policy: Send {
+    /// Takes an event at time `now`.
+    fn handle(&mut self, now: Ns, event: Event);
+
+    /// The VCPU each pCPU should run now, indexed by pCPU. A VCPU appears at most once and is
+    /// never offline; it is runnable, except that a gang scheduler may reserve a pCPU for a
+    /// blocked VCPU of a running gang (it runs there as soon as it wakes).
+    fn assignment(&self) -> &[Option<VcpuId>];
+
+    /// When the policy next wants an [`Event::Tick`], if ever.
+    fn next_tick(&self) -> Option<Ns>;
+
+    /// Whether a runnable VCPU is held back for its siblings' sake (co-stopped) rather than
+    /// waiting for a pCPU.
+    fn costopped(&self, _vcpu: VcpuId) -> bool {
+        false
+    }
+
+    /// Whether the real dispatcher enforces [`assignment`](Self::assignment); false for
+    /// [`host`], whose decisions only model what Linux does.
+    fn gates(&self) -> bool {
+        true
+    }
+}
+
+/// The policies by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    Host,
+    Credit,
+    CoschedStrict,
+    CoschedRelaxed,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 4] =
+        [PolicyKind::Host, PolicyKind::Credit, PolicyKind::CoschedStrict, PolicyKind::CoschedRelaxed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Host => "host",
+            PolicyKind::Credit => "credit",
+            PolicyKind::CoschedStrict => "cosched-strict",
+            PolicyKind::CoschedRelaxed => "cosched-relaxed",
+        }
+    }
+
+    /// Builds the policy for `topology`.
+    pub fn build(self, params: &Params, topology: &Topology) -> Box<dyn Policy> {
+        match self {
+            PolicyKind::Host => Box::new(host::Host::new(params, topology)),
+            PolicyKind::Credit => Box::new(credit::Credit::new(params, topology)),
+            PolicyKind::CoschedStrict => Box::new(strict::Strict::new(params, topology)),
+            PolicyKind::CoschedRelaxed => Box::new(relaxed::Relaxed::new(params, topology)),
+        }
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PolicyKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<PolicyKind, String> {
+        PolicyKind::ALL.into_iter().find(|kind| kind.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = PolicyKind::ALL.iter().map(|kind| kind.name()).collect();
+            format!("unknown policy `{name}`; the policies are {}", names.join(", "))
+        })
+    }
+}
+
+/// Tunables. Each policy uses the ones that concern it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Time slice: how long a VCPU (credit, relaxed) or a gang (strict) runs before the next
+    /// one of equal priority gets the pCPU. Xen's credit scheduler uses 30 ms.
+    pub slice: Ns,
+    /// Credit: how often credits are handed out and burnt credits are charged.
+    pub accounting: Ns,
+    /// Relaxed co-scheduling: the largest lead a VCPU may have over its slowest runnable
+    /// sibling before it is co-stopped.
+    pub skew: Ns,
+    /// Relaxed co-scheduling: how often skew is checked.
+    pub tick: Ns,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params { slice: 30 * MS, accounting: 10 * MS, skew: 3 * MS, tick: MS }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(vcpus: u32, weight: u32, cap: Option<u32>) -> VmSpec {
+        VmSpec { vcpus, weight, cap }
+    }
+
+    #[test]
+    fn vcpu_ids_are_numbered_across_vms() {
+        let topology = Topology::new(2, vec![vm(2, 256, None), vm(3, 256, None), vm(1, 256, None)]);
+        assert_eq!(topology.nr_vcpus(), 6);
+        let owners: Vec<usize> = (0..6).map(|v| topology.vm_of(VcpuId(v))).collect();
+        assert_eq!(owners, [0, 0, 1, 1, 1, 2]);
+        assert_eq!(topology.vcpus_of(1).collect::<Vec<_>>(), [VcpuId(2), VcpuId(3), VcpuId(4)]);
+        assert_eq!(topology.vcpu(2, 0), VcpuId(5));
+    }
+
+    #[test]
+    fn fair_shares_follow_weights_widths_and_caps() {
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9);
+        let equal = Topology::new(2, vec![vm(2, 256, None), vm(2, 256, None)]);
+        assert!(close(&equal.fair_shares(), &[1.0, 1.0]));
+        let weighted = Topology::new(3, vec![vm(4, 100, None), vm(4, 200, None)]);
+        assert!(close(&weighted.fair_shares(), &[1.0, 2.0]));
+        // A 1-VCPU VM cannot use more than one pCPU: the rest goes to the other.
+        let narrow = Topology::new(4, vec![vm(1, 256, None), vm(4, 256, None)]);
+        assert!(close(&narrow.fair_shares(), &[1.0, 3.0]));
+        // A cap of 50% leaves 1.5 pCPUs to the other VM.
+        let capped = Topology::new(2, vec![vm(2, 256, Some(50)), vm(2, 256, None)]);
+        assert!(close(&capped.fair_shares(), &[0.5, 1.5]));
+        // Too few VCPUs overall: pCPUs stay idle.
+        let idle = Topology::new(8, vec![vm(2, 256, None), vm(2, 256, None)]);
+        assert!(close(&idle.fair_shares(), &[2.0, 2.0]));
+    }
+
+    #[test]
+    fn policy_names_round_trip() {
+        for kind in PolicyKind::ALL {
+            assert_eq!(kind.name().parse::<PolicyKind>(), Ok(kind));
+        }
+        assert!("fifo".parse::<PolicyKind>().unwrap_err().contains("credit"));
+    }
+}
