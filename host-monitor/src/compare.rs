@@ -63,13 +63,14 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let scenarios = load(&args.scenarios)?;
     let kvm = open_kvm()?;
     let image = image::DEFAULT_GUEST;
-    let mut references = References::default();
-    for scenario in &scenarios {
-        references.measure(&kvm, image, scenario, true)?;
-    }
-
     let mut results: Vec<ScenarioResult> = Vec::new();
     for run in 0..args.runs {
+        // References are measured again in every round: the machine's speed drifts between
+        // minutes, and a ratio is only as good as the reference taken next to it.
+        let mut references = References::default();
+        for scenario in &scenarios {
+            references.measure(&kvm, image, scenario, true)?;
+        }
         for scenario in &scenarios {
             for &policy in &args.policies {
                 let scenario = match scenario.with(Some(policy), None) {

@@ -1,22 +1,609 @@
-//! Placeholder until the policy is written.
+//! `cosched-relaxed`: ESX 3/4 style relaxed co-scheduling.
+//!
+//! VCPUs are scheduled one by one, as by a proportional-share scheduler, so no pCPU idles for
+//! a gang's sake; but a VCPU may not run too far ahead of its slowest sibling, because the
+//! guest expects its CPUs to advance together (a spinning VCPU waiting on a descheduled lock
+//! holder or IPI target only burns time). The lead is measured, and bounded by stopping the
+//! leaders, not by running the siblings together.
+//!
+//! The rules:
+//! - Share: each VCPU has a virtual time, its run time divided by its share of its VM's
+//!   weight (the weight split evenly among the VM's VCPUs). A pCPU that frees up takes the
+//!   ready VCPU (runnable, not co-stopped, not running) with the least virtual time (ties by
+//!   id); idle pCPUs are filled at once. A running VCPU keeps its pCPU until its slice ends,
+//!   it blocks, yields or goes down, or it is co-stopped. At a slice end it stays on for a new
+//!   slice unless a ready VCPU has less virtual time.
+//! - A VCPU waking has its virtual time raised to at least the floor minus one slice of its own
+//!   running, so sleeping banks at most a slice of credit. The floor is the least virtual time
+//!   of the runnable VCPUs, never moving back (as Linux's `min_vruntime`).
+//! - Progress: each VCPU has a progress clock that advances only while it runs. Its skew is
+//!   its progress minus the least progress of its runnable (online, not blocked) siblings, itself
+//!   included. A blocked VCPU accrues no skew, in either direction: when it wakes, its progress
+//!   is set to the least progress of its runnable siblings, if it has any (else kept).
+//! - Co-stop: skew is checked at every event and every `Params::tick` while anything runs. A
+//!   VCPU whose skew exceeds `Params::skew` is co-stopped, and co-started at the first check
+//!   where it no longer does, without hysteresis: its skew only shrinks while it is stopped,
+//!   and being ready again does not preempt anyone. The skew of two runnable siblings thus
+//!   stays within `Params::skew` plus what one of them runs between two checks.
+//! - Co-start of the laggards: the pCPU of a VCPU being co-stopped goes straight to its most
+//!   lagging ready sibling (least progress), for the rest of the slice. So the laggards take
+//!   precedence over every other VM's VCPUs for the pCPUs their leaders give up, and only for
+//!   those: a VM's co-stops neither take pCPU time from other VMs nor lose it to them.
+//! - A yield to a ready sibling hands it the pCPU for the rest of the slice (directed yield);
+//!   another yield gives the pCPU to the ready VCPU with the least virtual time, if any.
+
 use crate::{Event, Ns, Params, Policy, Topology, VcpuId};
 
+/// Virtual time is in nanoseconds of run time as charged to a 1-VCPU VM of this weight (Xen's
+/// default).
+const UNIT_WEIGHT: u64 = 256;
+
 pub struct Relaxed {
+    topology: Topology,
+    slice: Ns,
+    max_skew: Ns,
+    tick: Ns,
     assignment: Vec<Option<VcpuId>>,
+    /// When each pCPU's slice ends.
+    slice_end: Vec<Ns>,
+    runnable: Vec<bool>,
+    costopped: Vec<bool>,
+    /// Per VCPU: run time divided by its share of its VM's weight.
+    vtime: Vec<u64>,
+    /// Per VCPU: run time since it last woke, plus where it started then.
+    progress: Vec<Ns>,
+    /// The least virtual time of the runnable VCPUs, never moving back: the mark a waking VCPU
+    /// catches up to.
+    floor: u64,
+    /// When the running VCPUs were last charged and skew last checked (every event does both).
+    checked_at: Ns,
 }
 
 impl Relaxed {
-    pub fn new(_params: &Params, topology: &Topology) -> Relaxed {
-        Relaxed { assignment: vec![None; topology.pcpus as usize] }
+    pub fn new(params: &Params, topology: &Topology) -> Relaxed {
+        let pcpus = topology.pcpus as usize;
+        let vcpus = topology.nr_vcpus();
+        Relaxed {
+            topology: topology.clone(),
+            slice: params.slice.max(1),
+            max_skew: params.skew,
+            tick: params.tick.max(1),
+            assignment: vec![None; pcpus],
+            slice_end: vec![0; pcpus],
+            runnable: vec![false; vcpus],
+            costopped: vec![false; vcpus],
+            vtime: vec![0; vcpus],
+            progress: vec![0; vcpus],
+            floor: 0,
+            checked_at: 0,
+        }
+    }
+
+    /// How far `vcpu` has run ahead of its slowest runnable sibling; 0 unless it is runnable.
+    pub fn skew(&self, vcpu: VcpuId) -> Ns {
+        match self.slowest(self.topology.vm_of(vcpu)) {
+            Some(slowest) if self.runnable[vcpu.index()] => self.progress[vcpu.index()] - slowest,
+            _ => 0,
+        }
+    }
+
+    /// The least progress of `vm`'s runnable VCPUs.
+    fn slowest(&self, vm: usize) -> Option<Ns> {
+        self.topology.vcpus_of(vm).filter(|v| self.runnable[v.index()]).map(|v| self.progress[v.index()]).min()
+    }
+
+    /// `vcpu`'s virtual time for running `ns`.
+    fn virtual_ns(&self, vcpu: VcpuId, ns: Ns) -> u64 {
+        let vm = &self.topology.vms[self.topology.vm_of(vcpu)];
+        ns * u64::from(vm.vcpus) * UNIT_WEIGHT / u64::from(vm.weight.max(1))
+    }
+
+    fn pcpu_of(&self, vcpu: VcpuId) -> Option<usize> {
+        self.assignment.iter().position(|&slot| slot == Some(vcpu))
+    }
+
+    /// Runnable, not co-stopped, and without a pCPU.
+    fn ready(&self, vcpu: VcpuId) -> bool {
+        self.runnable[vcpu.index()] && !self.costopped[vcpu.index()] && self.pcpu_of(vcpu).is_none()
+    }
+
+    /// The ready VCPUs, least virtual time first (ties by id).
+    fn ready_by_vtime(&self) -> Vec<VcpuId> {
+        let mut ready: Vec<VcpuId> =
+            (0..self.runnable.len()).map(|v| VcpuId(v as u32)).filter(|&v| self.ready(v)).collect();
+        ready.sort_by_key(|v| (self.vtime[v.index()], v.0));
+        ready
+    }
+
+    /// Charges the running VCPUs' run time since the last charge to their virtual time and progress.
+    fn charge(&mut self, now: Ns) {
+        let running: Vec<VcpuId> = self.assignment.iter().flatten().copied().collect();
+        for vcpu in running {
+            self.vtime[vcpu.index()] += self.virtual_ns(vcpu, now - self.checked_at);
+            self.progress[vcpu.index()] += now - self.checked_at;
+        }
+        self.checked_at = now;
+    }
+
+    fn raise_floor(&mut self) {
+        let runnable = (0..self.runnable.len()).filter(|&v| self.runnable[v]);
+        if let Some(least) = runnable.map(|v| self.vtime[v]).min() {
+            self.floor = self.floor.max(least);
+        }
+    }
+
+    fn wake(&mut self, vcpu: VcpuId) {
+        if self.runnable[vcpu.index()] {
+            return;
+        }
+        if let Some(slowest) = self.slowest(self.topology.vm_of(vcpu)) {
+            self.progress[vcpu.index()] = slowest;
+        }
+        let lag = self.virtual_ns(vcpu, self.slice);
+        self.vtime[vcpu.index()] = self.vtime[vcpu.index()].max(self.floor.saturating_sub(lag));
+        self.runnable[vcpu.index()] = true;
+    }
+
+    /// `vcpu` blocked or went down.
+    fn leave(&mut self, vcpu: VcpuId) {
+        self.runnable[vcpu.index()] = false;
+        self.costopped[vcpu.index()] = false;
+        if let Some(pcpu) = self.pcpu_of(vcpu) {
+            self.assignment[pcpu] = None;
+        }
+    }
+
+    fn yield_pcpu(&mut self, vcpu: VcpuId, to: Option<VcpuId>, now: Ns) {
+        let Some(pcpu) = self.pcpu_of(vcpu) else { return };
+        let vm = self.topology.vm_of(vcpu);
+        if let Some(to) = to.filter(|&to| self.topology.vm_of(to) == vm && self.ready(to)) {
+            self.assignment[pcpu] = Some(to);
+        } else if let Some(&next) = self.ready_by_vtime().first() {
+            self.assignment[pcpu] = Some(next);
+            self.slice_end[pcpu] = now + self.slice;
+        }
+    }
+
+    /// Co-stops the VCPUs too far ahead and co-starts those back within bounds; the pCPU of a
+    /// running VCPU co-stopped passes to its most lagging ready sibling, slice and all (if it
+    /// has none, the pCPU is filled as any idle one).
+    fn check_skew(&mut self) {
+        self.costopped = (0..self.runnable.len()).map(|v| self.skew(VcpuId(v as u32)) > self.max_skew).collect();
+        for pcpu in 0..self.assignment.len() {
+            let Some(leader) = self.assignment[pcpu].filter(|v| self.costopped[v.index()]) else { continue };
+            let siblings = self.topology.vcpus_of(self.topology.vm_of(leader));
+            self.assignment[pcpu] = siblings.filter(|&v| self.ready(v)).min_by_key(|v| (self.progress[v.index()], v.0));
+        }
+    }
+
+    /// Ends the slices that are over: each such pCPU's VCPU stays for a new slice unless a
+    /// ready VCPU has less virtual time.
+    fn rotate(&mut self, now: Ns) {
+        for pcpu in 0..self.assignment.len() {
+            let Some(current) = self.assignment[pcpu] else { continue };
+            if self.slice_end[pcpu] > now {
+                continue;
+            }
+            if let Some(&next) = self.ready_by_vtime().first()
+                && self.vtime[next.index()] < self.vtime[current.index()]
+            {
+                self.assignment[pcpu] = Some(next);
+            }
+            self.slice_end[pcpu] = now + self.slice;
+        }
+    }
+
+    /// Gives the idle pCPUs the ready VCPUs with the least virtual time.
+    fn fill(&mut self, now: Ns) {
+        let mut ready = self.ready_by_vtime().into_iter();
+        for (pcpu, slot) in self.assignment.iter_mut().enumerate() {
+            if slot.is_none() {
+                *slot = ready.next();
+                self.slice_end[pcpu] = now + self.slice;
+            }
+        }
     }
 }
 
 impl Policy for Relaxed {
-    fn handle(&mut self, _now: Ns, _event: Event) {}
+    fn handle(&mut self, now: Ns, event: Event) {
+        self.charge(now);
+        self.raise_floor();
+        match event {
+            Event::Wake(vcpu) => self.wake(vcpu),
+            Event::Block(vcpu) | Event::Down(vcpu) => self.leave(vcpu),
+            Event::Yield { vcpu, to } => self.yield_pcpu(vcpu, to, now),
+            Event::Tick => {}
+        }
+        self.check_skew();
+        self.rotate(now);
+        self.fill(now);
+    }
+
     fn assignment(&self) -> &[Option<VcpuId>] {
         &self.assignment
     }
+
     fn next_tick(&self) -> Option<Ns> {
-        None
+        let busy = (0..self.assignment.len()).filter(|&pcpu| self.assignment[pcpu].is_some());
+        let slice_end = busy.map(|pcpu| self.slice_end[pcpu]).min()?;
+        Some(slice_end.min(self.checked_at + self.tick))
+    }
+
+    fn costopped(&self, vcpu: VcpuId) -> bool {
+        self.costopped[vcpu.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::{Harness, State};
+    use crate::{MS, VmSpec};
+
+    const SLICE: Ns = 30 * MS;
+    const SKEW: Ns = 3 * MS;
+    const TICK: Ns = MS;
+
+    fn params() -> Params {
+        Params { slice: SLICE, skew: SKEW, tick: TICK, ..Params::default() }
+    }
+
+    /// A topology of `pcpus` pCPUs and VMs of (VCPUs, weight).
+    fn topology(pcpus: u32, vms: &[(u32, u32)]) -> Topology {
+        Topology::new(pcpus, vms.iter().map(|&(vcpus, weight)| VmSpec { vcpus, weight, cap: None }).collect())
+    }
+
+    fn harness(pcpus: u32, vms: &[(u32, u32)]) -> Harness {
+        let topology = topology(pcpus, vms);
+        Harness::new(Box::new(Relaxed::new(&params(), &topology)), topology)
+    }
+
+    /// A harness plus the test's own account of each VCPU's progress, kept from the definition
+    /// (it advances while the VCPU runs; a waking VCPU starts at the least progress of its
+    /// runnable siblings), to check the policy's decisions against after every event and tick.
+    struct Run {
+        h: Harness,
+        progress: Vec<Ns>,
+    }
+
+    impl Run {
+        fn new(pcpus: u32, vms: &[(u32, u32)]) -> Run {
+            let h = harness(pcpus, vms);
+            let progress = vec![0; h.topology.nr_vcpus()];
+            Run { h, progress }
+        }
+
+        fn runnable_siblings(&self, vcpu: VcpuId) -> impl Iterator<Item = VcpuId> + '_ {
+            let vm = self.h.topology.vm_of(vcpu);
+            self.h.topology.vcpus_of(vm).filter(|&v| self.h.state(v) == State::Runnable)
+        }
+
+        fn skew(&self, vcpu: VcpuId) -> Ns {
+            let slowest = self.runnable_siblings(vcpu).map(|v| self.progress[v.index()]).min();
+            self.progress[vcpu.index()] - slowest.expect("a runnable VCPU")
+        }
+
+        fn wake(&mut self, vcpu: VcpuId) {
+            let others = self.runnable_siblings(vcpu).filter(|&v| v != vcpu);
+            if let Some(slowest) = others.map(|v| self.progress[v.index()]).min() {
+                self.progress[vcpu.index()] = slowest;
+            }
+            self.h.wake(vcpu);
+            self.check(true);
+        }
+
+        fn wake_all(&mut self) {
+            for v in 0..self.h.topology.nr_vcpus() {
+                self.wake(VcpuId(v as u32));
+            }
+        }
+
+        /// Advances `duration`, stopping at every tick to check.
+        fn advance(&mut self, duration: Ns) {
+            let end = self.h.now() + duration;
+            while self.h.now() < end {
+                let until = self.h.policy.next_tick().map_or(end, |tick| tick.min(end));
+                let (running, step, ticks) = (self.h.running_vcpus(), until - self.h.now(), self.h.ticks());
+                self.h.advance(step);
+                for v in running {
+                    self.progress[v.index()] += step;
+                }
+                self.check(self.h.ticks() > ticks);
+            }
+        }
+
+        /// Panics unless runnable siblings are within `SKEW + TICK` of each other, no ready VCPU
+        /// waits beside an idle pCPU, a tick is pending within `TICK` exactly while something
+        /// runs, and, if the policy just took an event or tick (`decided`), exactly the VCPUs
+        /// more than `SKEW` ahead are co-stopped.
+        fn check(&self, decided: bool) {
+            let (h, now) = (&self.h, self.h.now());
+            let idle = h.policy.assignment().iter().any(Option::is_none);
+            for v in 0..h.topology.nr_vcpus() {
+                let vcpu = VcpuId(v as u32);
+                if h.state(vcpu) != State::Runnable {
+                    assert!(!h.policy.costopped(vcpu), "{vcpu} co-stopped while not runnable at {now}");
+                    continue;
+                }
+                let skew = self.skew(vcpu);
+                assert!(skew <= SKEW + TICK, "{vcpu} is {skew} ns ahead of a sibling at {now}");
+                if decided {
+                    assert_eq!(h.policy.costopped(vcpu), skew > SKEW, "{vcpu} at {now}, {skew} ns ahead");
+                }
+                let ready = !h.running(vcpu) && !h.policy.costopped(vcpu);
+                assert!(!(ready && idle), "{vcpu} is ready beside an idle pCPU at {now}");
+            }
+            match h.policy.next_tick() {
+                Some(tick) => assert!(tick > now && tick <= now + TICK && !h.running_vcpus().is_empty()),
+                None => assert!(h.running_vcpus().is_empty(), "no tick while VCPUs run at {now}"),
+            }
+        }
+
+        /// Random wakes, blocks, yields and downs, with random stretches of time between.
+        fn script(&mut self, seed: u64, steps: usize) {
+            let mut rng = Lcg(seed);
+            let nr_vcpus = self.h.topology.nr_vcpus() as u64;
+            for _ in 0..steps {
+                let vcpu = VcpuId(rng.below(nr_vcpus) as u32);
+                let vm = self.h.topology.vm_of(vcpu);
+                match self.h.state(vcpu) {
+                    State::Offline | State::Blocked => self.wake(vcpu),
+                    State::Runnable if self.h.running(vcpu) => {
+                        match rng.below(10) {
+                            0 => self.h.down(vcpu),
+                            1 => self.h.yield_to(vcpu, None),
+                            2 => {
+                                let width = self.h.topology.vms[vm].vcpus;
+                                let to = self.h.topology.vcpu(vm, rng.below(u64::from(width)) as u32);
+                                self.h.yield_to(vcpu, Some(to));
+                            }
+                            _ => self.h.block(vcpu),
+                        }
+                        self.check(true);
+                    }
+                    State::Runnable if rng.below(8) == 0 => {
+                        self.h.down(vcpu);
+                        self.check(true);
+                    }
+                    State::Runnable => {}
+                }
+                self.advance(rng.below(20 * MS));
+            }
+        }
+    }
+
+    /// A linear congruential generator: deterministic scripts without a crate.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[test]
+    fn skew_stays_bounded_under_random_blocks_wakes_yields_and_downs() {
+        let topologies: [(u32, &[(u32, u32)]); 3] =
+            [(2, &[(2, 256), (2, 256)]), (2, &[(4, 256), (2, 256)]), (3, &[(3, 256), (2, 512), (1, 256)])];
+        for (pcpus, vms) in topologies {
+            for seed in 1..=4 {
+                let mut run = Run::new(pcpus, vms);
+                run.script(seed, 3000);
+                for v in 0..run.h.topology.nr_vcpus() {
+                    let wait = run.h.times(VcpuId(v as u32)).longest_wait;
+                    assert!(wait <= 4 * SLICE, "v{v} waited {wait} ns in {pcpus} pCPUs {vms:?} seed {seed}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn skew_stays_bounded_and_nobody_starves_with_every_vcpu_always_runnable() {
+        for (pcpus, vms) in [(2, &[(2, 256), (2, 256)][..]), (2, &[(4, 256), (2, 256)]), (1, &[(3, 256), (1, 256)])] {
+            let mut run = Run::new(pcpus, vms);
+            run.wake_all();
+            run.advance(2000 * MS);
+            for v in 0..run.h.topology.nr_vcpus() {
+                let wait = run.h.times(VcpuId(v as u32)).longest_wait;
+                assert!(wait <= 4 * SLICE, "v{v} waited {wait} ns in {pcpus} pCPUs {vms:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn two_siblings_on_one_pcpu_alternate_within_the_skew_bound() {
+        let mut run = Run::new(1, &[(2, 256)]);
+        run.wake_all();
+        let (a, b) = (VcpuId(0), VcpuId(1));
+        let mut switches = 0;
+        let mut last = run.h.running_vcpus();
+        for _ in 0..1000 {
+            run.advance(TICK);
+            let running = run.h.running_vcpus();
+            switches += usize::from(running != last);
+            last = running;
+        }
+        // Each runs until it leads by more than the skew, checked every tick: 8 ms turns.
+        assert!(switches >= 1000 / (2 * (SKEW + TICK) / MS) as usize - 1, "{switches} switches in 1 s");
+        for v in [a, b] {
+            let times = run.h.times(v);
+            assert!(times.run.abs_diff(500 * MS) <= SKEW + TICK, "{v} ran {} ns", times.run);
+            assert!(times.costop > 0, "{v} was never co-stopped");
+            assert!(times.longest_wait <= 2 * (SKEW + TICK), "{v} waited {} ns", times.longest_wait);
+        }
+    }
+
+    #[test]
+    fn nobody_is_costopped_while_every_vcpu_has_a_pcpu() {
+        for (pcpus, vms) in [(4, &[(2, 256), (2, 256)][..]), (3, &[(3, 256)]), (5, &[(4, 256), (1, 512)])] {
+            let mut run = Run::new(pcpus, vms);
+            run.script(7, 2000);
+            for v in 0..run.h.topology.nr_vcpus() {
+                let times = run.h.times(VcpuId(v as u32));
+                assert_eq!((times.costop, times.ready), (0, 0), "v{v} in {pcpus} pCPUs {vms:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_vcpu_waking_from_a_long_block_is_not_costopped_and_costops_nobody() {
+        let mut run = Run::new(2, &[(2, 256)]);
+        run.wake_all();
+        run.advance(10 * MS);
+        run.h.block(VcpuId(1));
+        run.advance(100 * MS);
+        run.wake(VcpuId(1));
+        assert!(run.h.running(VcpuId(0)) && run.h.running(VcpuId(1)));
+        run.advance(100 * MS);
+        for v in 0..2 {
+            assert_eq!(run.h.times(VcpuId(v)).costop, 0, "v{v}");
+        }
+        // Nor does a lead survive a block: a VCPU that ran ahead, then slept, wakes level with
+        // its slowest runnable sibling, not co-stopped.
+        let mut run = Run::new(1, &[(2, 256)]);
+        run.wake(VcpuId(0));
+        run.advance(10 * MS);
+        run.h.block(VcpuId(0));
+        run.wake(VcpuId(1));
+        run.advance(5 * MS);
+        run.wake(VcpuId(0));
+        assert!(!run.h.policy.costopped(VcpuId(0)));
+        run.advance(SKEW);
+        assert!(run.h.running(VcpuId(1)) && !run.h.policy.costopped(VcpuId(1)));
+    }
+
+    /// Each VM's run time over 10 s with every VCPU always runnable, against its fair share.
+    fn assert_fair(pcpus: u32, vms: &[(u32, u32)]) {
+        let duration = 10_000 * MS;
+        let mut run = Run::new(pcpus, vms);
+        run.wake_all();
+        run.advance(duration);
+        for (vm, share) in run.h.topology.fair_shares().into_iter().enumerate() {
+            let (ran, fair) = (run.h.vm_run(vm) as f64, share * duration as f64);
+            assert!((ran - fair).abs() < 0.03 * fair, "{pcpus} pCPUs {vms:?}: vm {vm} ran {ran} ns, fair is {fair}");
+        }
+    }
+
+    #[test]
+    fn vms_share_the_pcpus_by_weight() {
+        assert_fair(2, &[(2, 256), (2, 256)]);
+        assert_fair(2, &[(2, 1), (2, 2)]);
+        assert_fair(2, &[(4, 256), (2, 256)]);
+        assert_fair(2, &[(4, 100), (2, 300)]);
+        assert_fair(3, &[(2, 256), (2, 256), (1, 256)]);
+        // A 1-VCPU VM cannot use more than a pCPU: the wide one gets the rest.
+        assert_fair(4, &[(1, 256), (4, 256)]);
+    }
+
+    #[test]
+    fn a_costopped_vcpu_hands_its_pcpu_to_its_most_lagging_sibling() {
+        let mut run = Run::new(1, &[(3, 256)]);
+        run.wake_all();
+        let [a, b, c] = [0, 1, 2].map(VcpuId);
+        run.advance(SKEW + TICK);
+        assert!(run.h.policy.costopped(a) && run.h.running(b));
+        run.advance(SKEW + TICK);
+        // a still leads c by more than the skew; b now does too.
+        assert!(run.h.policy.costopped(a) && run.h.policy.costopped(b) && run.h.running(c));
+        // Nobody took a fresh slice: the pCPU ends the first one at its due time.
+        run.advance(SLICE - 2 * (SKEW + TICK) - TICK);
+        assert_eq!(run.h.policy.next_tick(), Some(SLICE));
+    }
+
+    #[test]
+    fn the_laggard_takes_precedence_over_other_vms_for_the_pcpu_its_leader_gives_up() {
+        // v1 ran 20 ms before v0 (VM 0), so it has more virtual time than v2 (VM 1): by virtual
+        // time v2 would be next, but v0's co-stop gives its pCPU to v1.
+        let mut run = Run::new(1, &[(2, 256), (1, 256)]);
+        let [v0, v1, v2] = [0, 1, 2].map(VcpuId);
+        run.wake(v1);
+        run.advance(20 * MS);
+        run.h.block(v1);
+        run.wake(v0);
+        run.wake(v2);
+        run.wake(v1);
+        assert!(run.h.running(v0));
+        run.advance(SKEW + TICK);
+        assert!(run.h.policy.costopped(v0) && run.h.running(v1), "{:?}", run.h.running_vcpus());
+    }
+
+    #[test]
+    fn skew_is_the_lead_over_the_slowest_runnable_sibling() {
+        let topology = topology(1, &[(3, 256)]);
+        let mut policy = Relaxed::new(&params(), &topology);
+        let [a, b, c] = [0, 1, 2].map(VcpuId);
+        policy.handle(0, Event::Wake(a));
+        policy.handle(0, Event::Wake(b));
+        policy.handle(2 * MS, Event::Tick);
+        assert_eq!((policy.skew(a), policy.skew(b), policy.skew(c)), (2 * MS, 0, 0));
+        // A blocked sibling does not count: b leaving makes a the slowest.
+        policy.handle(2 * MS, Event::Yield { vcpu: a, to: Some(b) });
+        policy.handle(3 * MS, Event::Block(b));
+        assert_eq!((policy.skew(a), policy.skew(b)), (0, 0));
+        // c comes online level with a.
+        policy.handle(4 * MS, Event::Wake(c));
+        assert_eq!((policy.skew(a), policy.skew(c)), (0, 0));
+    }
+
+    #[test]
+    fn a_directed_yield_hands_the_pcpu_to_the_sibling_whatever_its_virtual_time() {
+        let mut h = harness(1, &[(2, 256), (1, 256)]);
+        let [v0, v1, v2] = [0, 1, 2].map(VcpuId);
+        // v1 runs 10 ms first, so it has more virtual time than v2.
+        h.wake(v1);
+        h.advance(10 * MS);
+        h.block(v1);
+        h.wake(v0);
+        h.wake(v2);
+        h.wake(v1);
+        assert!(h.running(v0));
+        h.advance(MS);
+        h.yield_to(v0, Some(v1));
+        assert!(h.running(v1));
+        // An undirected yield goes by virtual time: v2 has run least.
+        h.advance(MS);
+        h.yield_to(v1, None);
+        assert!(h.running(v2));
+        // With nobody ready, the yielding VCPU runs on.
+        let mut h = harness(1, &[(1, 256)]);
+        h.wake_all();
+        h.yield_to(v0, None);
+        assert!(h.running(v0));
+    }
+
+    #[test]
+    fn a_sleeping_vcpu_banks_at_most_a_slice_of_credit() {
+        let mut h = harness(1, &[(1, 256), (1, 256)]);
+        let [v0, v1] = [0, 1].map(VcpuId);
+        h.wake(v0);
+        h.advance(10_000 * MS);
+        h.wake(v1);
+        let before = (h.times(v0).run, h.times(v1).run);
+        h.advance(300 * MS);
+        let (stayed, woken) = (h.times(v0).run - before.0, h.times(v1).run - before.1);
+        // Without the catch-up, v1 would run the whole 300 ms.
+        assert!(woken <= stayed + 2 * SLICE, "the woken VCPU ran {woken} ns, the other {stayed} ns");
+    }
+
+    #[test]
+    fn ticks_come_every_tick_and_at_slice_ends_while_something_runs() {
+        let mut h = harness(1, &[(1, 256), (1, 256)]);
+        let [v0, v1] = [0, 1].map(VcpuId);
+        assert_eq!(h.policy.next_tick(), None);
+        h.advance(5 * MS);
+        h.wake(v0);
+        assert_eq!(h.policy.next_tick(), Some(6 * MS));
+        h.advance(MS / 2);
+        h.wake(v1);
+        assert_eq!(h.policy.next_tick(), Some(6 * MS + MS / 2));
+        h.advance(SLICE - MS / 2);
+        // A check 1 ms after each event and tick, the last one at the slice end, where v1 took over.
+        assert_eq!(h.ticks(), 30);
+        assert!(h.running(v1));
+        h.block(v1);
+        h.block(v0);
+        assert_eq!(h.policy.next_tick(), None);
     }
 }
