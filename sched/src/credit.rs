@@ -449,6 +449,7 @@ impl Policy for Credit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::Lcg;
     use crate::harness::{Harness, State};
     use crate::{MS, VmSpec};
 
@@ -486,16 +487,6 @@ mod tests {
             let fair = share * h.now() as f64;
             let run = h.vm_run(vm) as f64;
             assert!((run - fair).abs() <= 0.02 * fair, "VM {vm} ran {run} ns, its fair share is {fair}");
-        }
-    }
-
-    /// A small deterministic pseudo-random sequence (Knuth's MMIX LCG).
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn below(&mut self, bound: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 33) % bound
         }
     }
 

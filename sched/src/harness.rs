@@ -217,3 +217,15 @@ impl Harness {
         }
     }
 }
+
+/// A small deterministic pseudo-random sequence (an LCG with Knuth's MMIX constants), for
+/// scripted runs that must replay identically without a crate.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next value, below `bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound
+    }
+}

@@ -28,6 +28,9 @@ pub type Ns = u64;
 /// One millisecond.
 pub const MS: Ns = 1_000_000;
 
+/// The weight at which a VM's virtual time runs at wall-clock speed (Xen's default weight).
+pub const UNIT_WEIGHT: u64 = 256;
+
 /// A VCPU, numbered across all VMs of a [`Topology`]: VM 0's VCPUs first, then VM 1's, ...
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VcpuId(pub u32);

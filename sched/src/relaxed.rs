@@ -32,11 +32,7 @@
 //! - A yield to a ready sibling hands it the pCPU for the rest of the slice (directed yield);
 //!   another yield gives the pCPU to the ready VCPU with the least virtual time, if any.
 
-use crate::{Event, Ns, Params, Policy, Topology, VcpuId};
-
-/// Virtual time is in nanoseconds of run time as charged to a 1-VCPU VM of this weight (Xen's
-/// default).
-const UNIT_WEIGHT: u64 = 256;
+use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
 pub struct Relaxed {
     topology: Topology,
@@ -238,6 +234,7 @@ impl Policy for Relaxed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::Lcg;
     use crate::harness::{Harness, State};
     use crate::{MS, VmSpec};
 
@@ -370,16 +367,6 @@ mod tests {
                 }
                 self.advance(rng.below(20 * MS));
             }
-        }
-    }
-
-    /// A linear congruential generator: deterministic scripts without a crate.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (self.0 >> 33) % n
         }
     }
 

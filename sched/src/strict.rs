@@ -30,10 +30,7 @@
 //! - A VM with more online VCPUs than pCPUs never fits: it never runs, and never holds up the
 //!   others. The scenario layer refuses such VMs; this policy does not panic on them.
 
-use crate::{Event, Ns, Params, Policy, Topology, VcpuId};
-
-/// Virtual time is in nanoseconds of one pCPU as charged to a VM of this weight (Xen's default).
-const UNIT_WEIGHT: u64 = 256;
+use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
 pub struct Strict {
     topology: Topology,
@@ -229,6 +226,7 @@ impl Policy for Strict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::Lcg;
     use crate::harness::{Harness, State};
     use crate::{MS, VmSpec};
 
@@ -284,16 +282,6 @@ mod tests {
             let until = h.policy.next_tick().map_or(end, |tick| tick.min(end));
             h.advance(until - h.now());
             check(h);
-        }
-    }
-
-    /// A linear congruential generator: deterministic scripts without a crate.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (self.0 >> 33) % n
         }
     }
 
