@@ -65,12 +65,6 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let image = image::DEFAULT_GUEST;
     let mut results: Vec<ScenarioResult> = Vec::new();
     for run in 0..args.runs {
-        // References are measured again in every round: the machine's speed drifts between
-        // minutes, and a ratio is only as good as the reference taken next to it.
-        let mut references = References::default();
-        for scenario in &scenarios {
-            references.measure(&kvm, image, scenario, true)?;
-        }
         for scenario in &scenarios {
             for &policy in &args.policies {
                 let scenario = match scenario.with(Some(policy), None) {
@@ -84,6 +78,11 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                     }
                 };
                 eprintln!("run {}/{}: {} under {policy}", run + 1, args.runs, name(&scenario));
+                // Each run gets its own references, measured just before it: the speed of these
+                // shared machines drifts by tens of percent within a minute, and a ratio is only
+                // as good as the reference taken next to it.
+                let mut references = References::default();
+                references.measure(&kvm, image, &scenario, false)?;
                 let result = runner::run(&kvm, image, &scenario, Some(&references))?;
                 if let Some(failed) = result.vms.iter().find(|vm| !vm.ok) {
                     bail!("{} under {policy}: {}", name(&scenario), failed.outcome);

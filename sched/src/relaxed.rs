@@ -3,16 +3,20 @@
 //! VCPUs are scheduled one by one, as by a proportional-share scheduler, so no pCPU idles for
 //! a gang's sake; but a VCPU may not run too far ahead of its slowest sibling, because the
 //! guest expects its CPUs to advance together (a spinning VCPU waiting on a descheduled lock
-//! holder or IPI target only burns time). The lead is measured, and bounded by stopping the
-//! leaders, not by running the siblings together.
+//! holder or IPI target only burns time). Siblings are started together where pCPUs allow, and
+//! the lead that builds anyway is measured and bounded by stopping the leaders.
 //!
 //! The rules:
 //! - Share: each VCPU has a virtual time, its run time divided by its share of its VM's
-//!   weight (the weight split evenly among the VM's VCPUs). A pCPU that frees up takes the
-//!   ready VCPU (runnable, not co-stopped, not running) with the least virtual time (ties by
-//!   id); idle pCPUs are filled at once. A running VCPU keeps its pCPU until its slice ends,
-//!   it blocks, yields or goes down, or it is co-stopped. At a slice end it stays on for a new
-//!   slice unless a ready VCPU has less virtual time.
+//!   weight (the weight split evenly among the VM's VCPUs).
+//! - Co-start: slices end on all pCPUs at once. At a slice end the pCPUs are dealt out afresh
+//!   VM by VM: the VM whose ready VCPU (runnable, not co-stopped) has the least virtual time
+//!   goes first and gets a pCPU for each of its ready VCPUs, least virtual time first; then the
+//!   next VM, until the pCPUs run out (ties by id). A VCPU dealt a pCPU again keeps the one it
+//!   had. Within a slice, a pCPU that frees up takes the ready VCPU with the least virtual time;
+//!   a running VCPU keeps its pCPU until the slice ends, it blocks, yields or goes down, or it
+//!   is co-stopped. Without the VM-by-VM deal, two VMs of two VCPUs on two pCPUs settle into
+//!   one VCPU of each running at a time, and a synchronizing guest spins away half its time.
 //! - A VCPU waking has its virtual time raised to at least the floor minus one slice of its own
 //!   running, so sleeping banks at most a slice of credit. The floor is the least virtual time
 //!   of the runnable VCPUs, never moving back (as Linux's `min_vruntime`).
@@ -40,8 +44,8 @@ pub struct Relaxed {
     max_skew: Ns,
     tick: Ns,
     assignment: Vec<Option<VcpuId>>,
-    /// When each pCPU's slice ends.
-    slice_end: Vec<Ns>,
+    /// When the current slice ends, on every pCPU.
+    slice_end: Ns,
     runnable: Vec<bool>,
     costopped: Vec<bool>,
     /// Per VCPU: run time divided by its share of its VM's weight.
@@ -65,7 +69,7 @@ impl Relaxed {
             max_skew: params.skew,
             tick: params.tick.max(1),
             assignment: vec![None; pcpus],
-            slice_end: vec![0; pcpus],
+            slice_end: 0,
             runnable: vec![false; vcpus],
             costopped: vec![false; vcpus],
             vtime: vec![0; vcpus],
@@ -149,14 +153,13 @@ impl Relaxed {
         }
     }
 
-    fn yield_pcpu(&mut self, vcpu: VcpuId, to: Option<VcpuId>, now: Ns) {
+    fn yield_pcpu(&mut self, vcpu: VcpuId, to: Option<VcpuId>) {
         let Some(pcpu) = self.pcpu_of(vcpu) else { return };
         let vm = self.topology.vm_of(vcpu);
         if let Some(to) = to.filter(|&to| self.topology.vm_of(to) == vm && self.ready(to)) {
             self.assignment[pcpu] = Some(to);
         } else if let Some(&next) = self.ready_by_vtime().first() {
             self.assignment[pcpu] = Some(next);
-            self.slice_end[pcpu] = now + self.slice;
         }
     }
 
@@ -172,31 +175,37 @@ impl Relaxed {
         }
     }
 
-    /// Ends the slices that are over: each such pCPU's VCPU stays for a new slice unless a
-    /// ready VCPU has less virtual time.
+    /// Ends the slice if it is over, dealing the pCPUs out VM by VM (see the module docs).
     fn rotate(&mut self, now: Ns) {
-        for pcpu in 0..self.assignment.len() {
-            let Some(current) = self.assignment[pcpu] else { continue };
-            if self.slice_end[pcpu] > now {
-                continue;
-            }
-            if let Some(&next) = self.ready_by_vtime().first()
-                && self.vtime[next.index()] < self.vtime[current.index()]
-            {
-                self.assignment[pcpu] = Some(next);
-            }
-            self.slice_end[pcpu] = now + self.slice;
+        if self.slice_end > now {
+            return;
+        }
+        self.slice_end = now + self.slice;
+        let candidates = |v: &VcpuId| self.runnable[v.index()] && !self.costopped[v.index()];
+        let mut vms: Vec<Vec<VcpuId>> = (0..self.topology.vms.len())
+            .map(|vm| {
+                let mut ready: Vec<VcpuId> = self.topology.vcpus_of(vm).filter(candidates).collect();
+                ready.sort_by_key(|v| (self.vtime[v.index()], v.0));
+                ready
+            })
+            .filter(|ready| !ready.is_empty())
+            .collect();
+        vms.sort_by_key(|ready| (self.vtime[ready[0].index()], ready[0].0));
+        let dealt: Vec<VcpuId> = vms.into_iter().flatten().take(self.assignment.len()).collect();
+        for slot in &mut self.assignment {
+            *slot = slot.filter(|v| dealt.contains(v));
+        }
+        let mut newcomers = dealt.into_iter().filter(|&v| self.pcpu_of(v).is_none()).collect::<Vec<_>>().into_iter();
+        for slot in self.assignment.iter_mut().filter(|slot| slot.is_none()) {
+            *slot = newcomers.next();
         }
     }
 
     /// Gives the idle pCPUs the ready VCPUs with the least virtual time.
-    fn fill(&mut self, now: Ns) {
+    fn fill(&mut self) {
         let mut ready = self.ready_by_vtime().into_iter();
-        for (pcpu, slot) in self.assignment.iter_mut().enumerate() {
-            if slot.is_none() {
-                *slot = ready.next();
-                self.slice_end[pcpu] = now + self.slice;
-            }
+        for slot in self.assignment.iter_mut().filter(|slot| slot.is_none()) {
+            *slot = ready.next();
         }
     }
 }
@@ -208,12 +217,12 @@ impl Policy for Relaxed {
         match event {
             Event::Wake(vcpu) => self.wake(vcpu),
             Event::Block(vcpu) | Event::Down(vcpu) => self.leave(vcpu),
-            Event::Yield { vcpu, to } => self.yield_pcpu(vcpu, to, now),
+            Event::Yield { vcpu, to } => self.yield_pcpu(vcpu, to),
             Event::Tick => {}
         }
         self.check_skew();
         self.rotate(now);
-        self.fill(now);
+        self.fill();
     }
 
     fn assignment(&self) -> &[Option<VcpuId>] {
@@ -221,9 +230,7 @@ impl Policy for Relaxed {
     }
 
     fn next_tick(&self) -> Option<Ns> {
-        let busy = (0..self.assignment.len()).filter(|&pcpu| self.assignment[pcpu].is_some());
-        let slice_end = busy.map(|pcpu| self.slice_end[pcpu]).min()?;
-        Some(slice_end.min(self.checked_at + self.tick))
+        self.assignment.iter().any(Option::is_some).then(|| self.slice_end.min(self.checked_at + self.tick))
     }
 
     fn costopped(&self, vcpu: VcpuId) -> bool {
@@ -482,6 +489,25 @@ mod tests {
         assert_fair(3, &[(2, 256), (2, 256), (1, 256)]);
         // A 1-VCPU VM cannot use more than a pCPU: the wide one gets the rest.
         assert_fair(4, &[(1, 256), (4, 256)]);
+    }
+
+    #[test]
+    fn siblings_are_started_together_and_vms_take_turns() {
+        for vms in [&[(2, 256), (2, 256)][..], &[(2, 256), (2, 256), (2, 256)]] {
+            let mut run = Run::new(2, vms);
+            run.wake_all();
+            let mut turns = vec![0usize; vms.len()];
+            for _ in 0..1000 {
+                run.advance(TICK);
+                let running = run.h.running_vcpus();
+                let vm = run.h.topology.vm_of(running[0]);
+                assert!(running.len() == 2 && running.iter().all(|&v| run.h.topology.vm_of(v) == vm), "{running:?}");
+                turns[vm] += 1;
+            }
+            // Whole slices each, in turn.
+            let fair = 1000 / vms.len();
+            assert!(turns.iter().all(|&t| t.abs_diff(fair) <= 30), "{vms:?}: {turns:?} ms each");
+        }
     }
 
     #[test]
