@@ -1,5 +1,5 @@
 //! The guest kernel as a `workloads::Runtime`: guest threads, the spinlock family chosen at
-//! boot, the blocking primitives of [`crate::sync`], and the TSC clock.
+//! boot (spinning or paravirtual, see [`crate::sync::pv`]), the blocking primitives of [`crate::sync`], and the TSC clock.
 
 use alloc::vec::Vec;
 
@@ -7,6 +7,7 @@ use workloads::record::LockStats;
 use workloads::sync::{KindedBarrier, TicketLock};
 use workloads::{BarrierKind, Lock, Runtime};
 
+use crate::sync::pv::{self, GuestWait};
 use crate::sync::{Condvar, Mutex, MutexGuard, WaitQueue, relax};
 use crate::{boot, clock, sched};
 
@@ -42,13 +43,13 @@ impl workloads::Condvar for Condvar {
 pub type GuestBarrier = KindedBarrier<WaitQueue>;
 
 impl Runtime for GuestRuntime {
-    type SpinLock<T: Send> = TicketLock<T>;
+    type SpinLock<T: Send> = TicketLock<T, GuestWait>;
     type Mutex<T: Send> = Mutex<T>;
     type Condvar = Condvar;
     type Barrier = GuestBarrier;
 
-    fn spin_lock<T: Send>(&self, value: T) -> TicketLock<T> {
-        TicketLock::new(value)
+    fn spin_lock<T: Send>(&self, value: T) -> TicketLock<T, GuestWait> {
+        TicketLock::with_wait(value, GuestWait::new())
     }
 
     fn mutex<T: Send>(&self, value: T) -> Mutex<T> {
@@ -60,7 +61,7 @@ impl Runtime for GuestRuntime {
     }
 
     fn barrier(&self, parties: usize, kind: BarrierKind) -> GuestBarrier {
-        KindedBarrier::new(kind, parties, relax, WaitQueue::new())
+        KindedBarrier::new(kind, parties, if pv::enabled() { pv::relax } else { relax }, WaitQueue::new())
     }
 
     fn wait<'a, T: Send>(
@@ -96,6 +97,6 @@ impl Runtime for GuestRuntime {
     }
 
     fn lock_family(&self) -> &'static str {
-        "spin"
+        if pv::enabled() { "pv" } else { "spin" }
     }
 }

@@ -73,7 +73,7 @@ pub struct RunArgs {
     /// Write the result records the guest reported to FILE, as a JSON array
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Arguments for the program, after `--` (workloads also take locks=spin)
+    /// Arguments for the program, after `--` (workloads also take locks=spin|pv, pv_yield_us, pv_block_us)
     #[arg(last = true, value_name = "KEY=VALUE")]
     pub args: Vec<String>,
 }

@@ -101,8 +101,33 @@ fn workloads_are_listed_with_their_parameters() {
         let output = Command::new(env!("CARGO_BIN_EXE_tandem")).args(args).output().unwrap();
         assert!(output.status.success());
         let stdout = String::from_utf8_lossy(&output.stdout);
-        for text in ["cpu", "nbody", "locks", "pipeline", "threads=", "barrier=spin|block", "locks=spin"] {
+        for text in
+            ["cpu", "nbody", "locks", "pipeline", "threads=", "barrier=spin|block", "locks=spin|pv", "pv_block_us="]
+        {
             assert!(stdout.contains(text), "{args:?} lacks {text:?}:\n{stdout}");
         }
     }
+}
+
+#[test]
+fn pv_locks_count_exactly_and_take_their_slow_path_when_vcpus_outnumber_cores() {
+    if !kvm_available() {
+        return;
+    }
+    let run = |vcpus: &str, locks: &str, ops: &str| {
+        let params = [&format!("locks={locks}"), ops];
+        one(records(
+            argv(&["run", "locks", "--vcpus", vcpus, "--timeout", "120"], &params),
+            &format!("pv-{vcpus}-{locks}"),
+        ))
+    };
+    let (spin, pv) = (run("2", "spin", "ops=20000"), run("2", "pv", "ops=20000"));
+    assert_eq!((spin.locks.as_str(), pv.locks.as_str()), ("spin", "pv"));
+    assert_eq!(pv.checksum, spin.checksum, "the same work under either family");
+    // Four VCPUs on this machine's two cores: waiters outlive the first bound.
+    let overcommitted = run("4", "pv", "ops=5000");
+    let stats = overcommitted.lock_stats.expect("locks reports its lock's counters");
+    assert_eq!(stats.acquisitions, 4 * 5000);
+    assert!(stats.slow_paths > 0, "{stats:?}");
+    assert!(stats.spurious_wakeups <= stats.blocks, "{stats:?}");
 }

@@ -45,8 +45,12 @@ pub struct WorkloadInfo {
 }
 
 /// Parameters every workload takes in the guest, for the guest runtime rather than the
-/// workload: the spinlock family.
-pub const GUEST_PARAMS: &[ParamSpec] = &[ParamSpec::choice("locks", "spin", &["spin"], "the spinlock family")];
+/// workload: the spinlock family and the bounds of a paravirtual wait.
+pub const GUEST_PARAMS: &[ParamSpec] = &[
+    ParamSpec::choice("locks", "spin", &["spin", "pv"], "the spinlock family: spin only, or paravirtual"),
+    ParamSpec::int("pv_yield_us", "10", "pv: spin this long before looking at the VCPU waited for"),
+    ParamSpec::int("pv_block_us", "200", "pv: block the VCPU after waiting this long"),
+];
 
 /// Splits `key=value` words into the guest runtime's ([`GUEST_PARAMS`]) and the workload's.
 pub fn split_guest_args<'a>(

@@ -14,13 +14,45 @@ pub struct LockStats {
     pub contended: u64,
     /// TSC cycles spent waiting for the lock.
     pub spin_cycles: u64,
+    /// Paravirtual locks: waits that spun past the first bound and looked at the holder.
+    #[serde(default)]
+    pub slow_paths: u64,
+    /// Paravirtual locks: yields to the preempted VCPU the waiter waits for.
+    #[serde(default)]
+    pub directed_yields: u64,
+    /// Paravirtual locks: waits that blocked the VCPU until kicked.
+    #[serde(default)]
+    pub blocks: u64,
+    /// Paravirtual locks: kicks sent by unlockers to blocked waiters.
+    #[serde(default)]
+    pub kicks: u64,
+    /// Paravirtual locks: blocks that ended without the waiter's turn having come.
+    #[serde(default)]
+    pub spurious_wakeups: u64,
 }
 
 impl LockStats {
+    /// All zero; `Default` in a `const` context.
+    pub const ZERO: LockStats = LockStats {
+        acquisitions: 0,
+        contended: 0,
+        spin_cycles: 0,
+        slow_paths: 0,
+        directed_yields: 0,
+        blocks: 0,
+        kicks: 0,
+        spurious_wakeups: 0,
+    };
+
     pub fn add(&mut self, other: LockStats) {
         self.acquisitions += other.acquisitions;
         self.contended += other.contended;
         self.spin_cycles += other.spin_cycles;
+        self.slow_paths += other.slow_paths;
+        self.directed_yields += other.directed_yields;
+        self.blocks += other.blocks;
+        self.kicks += other.kicks;
+        self.spurious_wakeups += other.spurious_wakeups;
     }
 }
 
@@ -87,6 +119,16 @@ impl Record {
                 stats.contended,
                 stats.spin_cycles
             );
+            if self.locks == "pv" {
+                line += &alloc::format!(
+                    " (pv: {} slow paths, {} directed yields, {} blocks, {} kicks, {} spurious wake-ups)",
+                    stats.slow_paths,
+                    stats.directed_yields,
+                    stats.blocks,
+                    stats.kicks,
+                    stats.spurious_wakeups
+                );
+            }
         }
         line
     }

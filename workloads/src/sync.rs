@@ -15,27 +15,71 @@ pub fn tsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// A FIFO ticket spinlock that only spins. Counts acquisitions, contended acquisitions and
-/// spin cycles; the counters are updated by the holder, so they cost no extra atomics.
-pub struct TicketLock<T> {
+/// How a [`TicketLock`]'s waiters wait for their turn: the seam where a paravirtual runtime
+/// plugs in. [`Spin`] only spins.
+pub trait TicketWait: Send + Sync {
+    /// Called by every locker right after it took `ticket`, before it waits (a paravirtual
+    /// lock records who holds or waits for which ticket).
+    fn took(&self, _ticket: u32) {}
+
+    /// Waits until `serving` reaches `ticket`; adds what it did to `stats` (all but the
+    /// acquisition itself, which the lock counts).
+    fn wait(&self, serving: &AtomicU32, ticket: u32, stats: &mut LockStats);
+
+    /// Called right after an unlock moved `serving` on to `next`.
+    fn unlocked(&self, _next: u32) {}
+
+    /// Counters kept by the waiting strategy itself rather than the holder (kicks sent by
+    /// unlockers), added to the lock's.
+    fn stats(&self) -> LockStats {
+        LockStats::default()
+    }
+}
+
+/// Waiters spin until their turn, whatever happens to the holder: the non-PV family.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spin;
+
+impl TicketWait for Spin {
+    fn wait(&self, serving: &AtomicU32, ticket: u32, stats: &mut LockStats) {
+        let start = tsc();
+        while serving.load(Ordering::Acquire) != ticket {
+            core::hint::spin_loop();
+        }
+        stats.spin_cycles += tsc() - start;
+    }
+}
+
+/// A FIFO ticket spinlock; its waiters wait as `W` says. Counts acquisitions, contended
+/// acquisitions and spin cycles; the counters are updated by the holder, so they cost no
+/// extra atomics.
+pub struct TicketLock<T, W = Spin> {
     next: AtomicU32,
     serving: AtomicU32,
+    wait: W,
     stats: UnsafeCell<LockStats>,
     value: UnsafeCell<T>,
 }
 
 // SAFETY: the lock hands out `&mut T` to one holder at a time (ticket order), and `stats`
 // is only touched by the holder.
-unsafe impl<T: Send> Sync for TicketLock<T> {}
+unsafe impl<T: Send, W: Sync> Sync for TicketLock<T, W> {}
 // SAFETY: owning the lock owns the `T`.
-unsafe impl<T: Send> Send for TicketLock<T> {}
+unsafe impl<T: Send, W: Send> Send for TicketLock<T, W> {}
 
 impl<T> TicketLock<T> {
     pub const fn new(value: T) -> Self {
+        TicketLock::with_wait(value, Spin)
+    }
+}
+
+impl<T, W> TicketLock<T, W> {
+    pub const fn with_wait(value: T, wait: W) -> Self {
         TicketLock {
             next: AtomicU32::new(0),
             serving: AtomicU32::new(0),
-            stats: UnsafeCell::new(LockStats { acquisitions: 0, contended: 0, spin_cycles: 0 }),
+            wait,
+            stats: UnsafeCell::new(LockStats::ZERO),
             value: UnsafeCell::new(value),
         }
     }
@@ -45,38 +89,32 @@ impl<T> TicketLock<T> {
     pub fn tickets(&self) -> (u32, u32) {
         (self.serving.load(Ordering::Relaxed), self.next.load(Ordering::Relaxed))
     }
-
-    #[cold]
-    fn wait_for_turn(&self, ticket: u32) -> u64 {
-        let start = tsc();
-        while self.serving.load(Ordering::Acquire) != ticket {
-            core::hint::spin_loop();
-        }
-        tsc() - start
-    }
 }
 
 /// Holds a [`TicketLock`]; unlocks when dropped.
-pub struct TicketGuard<'a, T> {
-    lock: &'a TicketLock<T>,
+pub struct TicketGuard<'a, T, W: TicketWait> {
+    lock: &'a TicketLock<T, W>,
 }
 
-impl<T: Send> Lock<T> for TicketLock<T> {
+impl<T: Send, W: TicketWait> Lock<T> for TicketLock<T, W> {
     type Guard<'a>
-        = TicketGuard<'a, T>
+        = TicketGuard<'a, T, W>
     where
         Self: 'a;
 
-    fn lock(&self) -> TicketGuard<'_, T> {
+    fn lock(&self) -> TicketGuard<'_, T, W> {
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        let spun = if self.serving.load(Ordering::Acquire) == ticket { 0 } else { self.wait_for_turn(ticket) };
+        self.wait.took(ticket);
+        let mut waited = LockStats::default();
+        let contended = self.serving.load(Ordering::Acquire) != ticket;
+        if contended {
+            self.wait.wait(&self.serving, ticket, &mut waited);
+        }
         // SAFETY: this thread holds the lock.
         let stats = unsafe { &mut *self.stats.get() };
-        stats.acquisitions += 1;
-        if spun > 0 {
-            stats.contended += 1;
-            stats.spin_cycles += spun;
-        }
+        waited.acquisitions = 1;
+        waited.contended = u64::from(contended);
+        stats.add(waited);
         TicketGuard { lock: self }
     }
 
@@ -87,11 +125,12 @@ impl<T: Send> Lock<T> for TicketLock<T> {
         let mut stats = unsafe { *guard.lock.stats.get() };
         // Not this read's own acquisition.
         stats.acquisitions -= 1;
+        stats.add(self.wait.stats());
         stats
     }
 }
 
-impl<T> Deref for TicketGuard<'_, T> {
+impl<T, W: TicketWait> Deref for TicketGuard<'_, T, W> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the guard holds the lock.
@@ -99,16 +138,17 @@ impl<T> Deref for TicketGuard<'_, T> {
     }
 }
 
-impl<T> DerefMut for TicketGuard<'_, T> {
+impl<T, W: TicketWait> DerefMut for TicketGuard<'_, T, W> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the guard holds the lock exclusively.
         unsafe { &mut *self.lock.value.get() }
     }
 }
 
-impl<T> Drop for TicketGuard<'_, T> {
+impl<T, W: TicketWait> Drop for TicketGuard<'_, T, W> {
     fn drop(&mut self) {
-        self.lock.serving.fetch_add(1, Ordering::Release);
+        let next = self.lock.serving.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+        self.lock.wait.unlocked(next);
     }
 }
 

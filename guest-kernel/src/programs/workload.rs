@@ -1,6 +1,6 @@
 //! Runs a workload of the `workloads` crate on guest threads: prints its summary and reports
 //! its record. Besides the workload's own parameters it takes the guest runtime's:
-//! `locks`, the spinlock family.
+//! `locks`, the spinlock family, and the bounds of a paravirtual wait.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -9,6 +9,7 @@ use workloads::Params;
 
 use crate::cmdline::Command;
 use crate::runtime::GuestRuntime;
+use crate::sync::pv;
 use crate::{hypercall, println, sched};
 
 /// Exit code of a workload whose self-check failed.
@@ -22,9 +23,18 @@ pub fn exists(name: &str) -> bool {
 /// Runs the workload `command` names on guest threads; returns the exit code.
 pub fn run(command: &Command<'_>) -> i64 {
     let (guest_args, workload_args) = workloads::split_guest_args(command.words());
-    if let Err(error) = Params::parse(workloads::GUEST_PARAMS, guest_args) {
-        println!("{}: {error}", command.program);
-        return crate::EXIT_USAGE;
+    let guest = match Params::parse(workloads::GUEST_PARAMS, guest_args) {
+        Ok(guest) => guest,
+        Err(error) => {
+            println!("{}: {error}", command.program);
+            return crate::EXIT_USAGE;
+        }
+    };
+    if guest.str("locks") == "pv" {
+        pv::enable(pv::Thresholds {
+            yield_after_ns: guest.u64("pv_yield_us") * 1_000,
+            block_after_ns: guest.u64("pv_block_us") * 1_000,
+        });
     }
     let name = command.program.to_string();
     let args: Vec<String> = workload_args.into_iter().map(String::from).collect();

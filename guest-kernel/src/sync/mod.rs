@@ -3,6 +3,8 @@
 //! spin-then-block barrier, which is shared with the native runtime in `workloads::sync`
 //! together with the pure-spinning family (ticket spinlock, spinning barrier).
 
+pub mod pv;
+
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::cell::UnsafeCell;
@@ -148,7 +150,7 @@ impl<T> Mutex<T> {
         Mutex {
             locked: AtomicBool::new(false),
             waiters: WaitQueue::new(),
-            stats: UnsafeCell::new(LockStats { acquisitions: 0, contended: 0, spin_cycles: 0 }),
+            stats: UnsafeCell::new(LockStats::ZERO),
             value: UnsafeCell::new(value),
         }
     }
