@@ -28,6 +28,7 @@ const CHECKS: &[(&str, fn())] = &[
     ("condvar hands over every item", condvar_hands_over_every_item),
     ("sleep lasts at least its time", sleep_lasts_at_least_its_time),
     ("few threads on many VCPUs", few_threads_on_many_vcpus),
+    ("threads survive thousands of grant changes", threads_survive_grant_changes),
     ("demand is published", demand_is_published),
 ];
 
@@ -186,6 +187,55 @@ fn few_threads_on_many_vcpus() {
     for _ in 0..50 {
         let handles: Vec<_> = (0..2u64).map(|i| sched::spawn(move || i + 1)).collect();
         assert_eq!(handles.into_iter().map(sched::JoinHandle::join).sum::<u64>(), 3);
+    }
+}
+
+/// 16 threads count and yield while the VCPU grant in the shared page (the monitor's word,
+/// written here as a `dynamic` monitor would) changes 2 000 times: every count is exact, no
+/// thread is lost or stuck on an offline VCPU, and the VCPUs come back when the grant does.
+fn threads_survive_grant_changes() {
+    const THREADS: usize = 16;
+    const ROUNDS: u64 = 2_000;
+    const CHANGES: u32 = 2_000;
+    let page = boot::shared_page();
+    let vcpus = boot::nr_vcpus();
+    let counts: Arc<Vec<AtomicU32>> = Arc::new((0..THREADS).map(|_| AtomicU32::new(0)).collect());
+    let workers: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let counts = Arc::clone(&counts);
+            sched::spawn(move || {
+                for _ in 0..ROUNDS {
+                    counts[i].fetch_add(1, Ordering::AcqRel);
+                    sched::yield_now();
+                }
+                0
+            })
+        })
+        .collect();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..CHANGES {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let grant = 1 + (rng % u64::from(vcpus)) as u32;
+        page.grant_vcpus.store(grant, Ordering::Release);
+        page.grant_seq.fetch_add(1, Ordering::AcqRel);
+        // Mostly let the VCPUs follow; sometimes change the grant again half-way.
+        let deadline = clock::deadline_after_ns(if rng % 4 == 0 { 20_000 } else { 10_000_000 });
+        while sched::online_vcpus() != grant && clock::tsc() < deadline {
+            sched::yield_now();
+        }
+    }
+    page.grant_vcpus.store(vcpus, Ordering::Release);
+    page.grant_seq.fetch_add(1, Ordering::AcqRel);
+    workers.into_iter().for_each(|h| _ = h.join());
+    for (i, count) in counts.iter().enumerate() {
+        assert_eq!(u64::from(count.load(Ordering::Acquire)), ROUNDS, "thread {i}");
+    }
+    let deadline = clock::deadline_after_ns(1_000_000_000);
+    while sched::online_vcpus() != vcpus {
+        assert!(clock::tsc() < deadline, "{} of {vcpus} VCPUs back online", sched::online_vcpus());
+        sched::yield_now();
     }
 }
 

@@ -7,6 +7,15 @@
 //! whoever queues work for a blocked VCPU kicks it. Each VCPU keeps its demand (queued +
 //! running threads) current in the shared page.
 //!
+//! The VCPUs online are the first `ONLINE` ones, and they follow the monitor's grant in the
+//! shared page (dynamic VCPU allocation): when it falls, `ONLINE` falls first, so no new
+//! work is queued for the surplus VCPUs; each of them, at its next scheduling point, hands
+//! its queued threads and timers to the VCPUs that stay and goes down. A running thread on a
+//! surplus VCPU reaches that point at its next yield (spin-waits yield there too). When the
+//! grant rises, a VCPU at a scheduling point raises `ONLINE` and brings the next VCPU up.
+//! VCPU 0 always stays. A queue of a VCPU going down refuses new threads (under its lock),
+//! so a thread queued by a waker that read `ONLINE` before it fell is redirected, not lost.
+//!
 //! Blocking is race-free through a per-thread state: a thread that is about to block marks
 //! itself `BLOCKING` *before* it publishes itself on a wait queue; a waker that finds it still
 //! `BLOCKING` marks it `WOKEN`, and the scheduler, once the thread is off its stack, requeues
@@ -23,7 +32,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use pv_abi::MAX_VCPUS;
-use pv_abi::hypercall::NO_DEADLINE;
+use pv_abi::hypercall::{HcError, NO_DEADLINE};
 use spinning_top::Spinlock;
 
 use crate::{boot, clock, hypercall, percpu, smp};
@@ -75,6 +84,8 @@ struct PerCpu {
     running: AtomicBool,
     /// Set while the VCPU has nothing to run and is about to block or blocked.
     idle: AtomicBool,
+    /// Set, under the queue's lock, when the VCPU goes down: its queue takes no threads.
+    down: AtomicBool,
     /// The scheduler's saved stack pointer, and the running thread; this VCPU's only.
     scheduler_sp: UnsafeCell<usize>,
     current: UnsafeCell<Option<Arc<Thread>>>,
@@ -94,6 +105,7 @@ impl PerCpu {
             queued: AtomicU32::new(0),
             running: AtomicBool::new(false),
             idle: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             scheduler_sp: UnsafeCell::new(0),
             current: UnsafeCell::new(None),
             reason: UnsafeCell::new(Reason::Yield),
@@ -102,10 +114,23 @@ impl PerCpu {
         }
     }
 
-    fn push(&self, thread: Arc<Thread>) {
+    /// Queues `thread`, unless the VCPU is going down: then it is handed back.
+    fn push(&self, thread: Arc<Thread>) -> Result<(), Arc<Thread>> {
         let mut queue = self.queue.lock();
+        if self.down.load(Ordering::Relaxed) {
+            return Err(thread);
+        }
         queue.push_back(thread);
         self.queued.store(queue.len() as u32, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Refuses threads from now on and returns those queued.
+    fn close(&self) -> VecDeque<Arc<Thread>> {
+        let mut queue = self.queue.lock();
+        self.down.store(true, Ordering::Relaxed);
+        self.queued.store(0, Ordering::SeqCst);
+        core::mem::take(&mut *queue)
     }
 
     fn pop(&self) -> Option<Arc<Thread>> {
@@ -128,6 +153,8 @@ static CPUS: [PerCpu; MAX_VCPUS] = [const { PerCpu::new() }; MAX_VCPUS];
 /// VCPUs running a scheduler: ids `0..ONLINE`.
 static ONLINE: AtomicU32 = AtomicU32::new(0);
 static NEXT_SPAWN_CPU: AtomicU32 = AtomicU32::new(0);
+/// Set while a VCPU is bringing another one up.
+static GROWING: AtomicBool = AtomicBool::new(false);
 
 fn this_cpu() -> &'static PerCpu {
     &CPUS[percpu::vcpu_id() as usize]
@@ -135,6 +162,11 @@ fn this_cpu() -> &'static PerCpu {
 
 fn online() -> u32 {
     ONLINE.load(Ordering::Acquire)
+}
+
+/// VCPUs taking threads now: ids `0..online_vcpus()`.
+pub fn online_vcpus() -> u32 {
+    online()
 }
 
 /// Publishes VCPU `id`'s demand (queued + running threads) in the shared page. Called by
@@ -154,10 +186,10 @@ fn publish_demand(id: u32) {
     }
 }
 
-/// Brings every VCPU up as a scheduler, runs `main` in a thread and exits the VM with its
-/// result.
+/// Brings the granted VCPUs up as schedulers, runs `main` in a thread and exits the VM with
+/// its result.
 pub fn start(main: impl FnOnce() -> i64 + Send + 'static) -> ! {
-    let vcpus = boot::nr_vcpus();
+    let vcpus = granted();
     ONLINE.store(vcpus, Ordering::Release);
     for vcpu in 1..vcpus {
         smp::start(vcpu, enter_scheduler).expect("vcpu_up failed");
@@ -170,10 +202,78 @@ fn enter_scheduler(_vcpu: u32) {
     scheduler_loop()
 }
 
+/// The VCPUs the monitor grants, within `1..=nr_vcpus`.
+fn granted() -> u32 {
+    boot::shared_page().grant_vcpus.load(Ordering::SeqCst).clamp(1, boot::nr_vcpus())
+}
+
+/// Whether the VCPUs online do not match the grant yet: this VCPU should, at its next
+/// scheduling point, go down, or lower `ONLINE` (and wake the idle surplus VCPUs), or bring
+/// a VCPU up.
+fn off_grant() -> bool {
+    let grant = granted();
+    percpu::vcpu_id() >= grant || ONLINE.load(Ordering::SeqCst) != grant
+}
+
+/// Moves `ONLINE` towards the grant: down by going down if this VCPU is surplus, up by
+/// bringing the next VCPU up.
+fn follow_grant(id: u32, cpu: &PerCpu) {
+    let grant = granted();
+    let was = online();
+    if grant < was && ONLINE.compare_exchange(was, grant, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        // Idle surplus VCPUs are blocked: wake them to go down.
+        for surplus in (grant..was).filter(|&v| v != id && CPUS[v as usize].idle.load(Ordering::SeqCst)) {
+            let _ = hypercall::kick(surplus);
+        }
+    }
+    if id >= online() {
+        go_down(cpu);
+    }
+    if grant > was && GROWING.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        // Raised first, so that the new VCPU does not see itself surplus; until it runs,
+        // its queue still refuses threads (it is marked down).
+        if ONLINE.compare_exchange(was, was + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            // A VCPU still on its way down (closed, but not yet offline) cannot be started
+            // yet: wait for it to get there. One that never went down is still up.
+            while smp::start(was, enter_scheduler) == Err(HcError::BadState)
+                && CPUS[was as usize].down.load(Ordering::Relaxed)
+            {
+                core::hint::spin_loop();
+            }
+        }
+        GROWING.store(false, Ordering::Release);
+    }
+    let page = boot::shared_page();
+    if online() == grant {
+        page.grant_ack.store(page.grant_seq.load(Ordering::Acquire), Ordering::Release);
+    }
+}
+
+/// Hands this VCPU's threads and timers to the VCPUs that stay, and goes down.
+fn go_down(cpu: &PerCpu) -> ! {
+    let id = percpu::vcpu_id();
+    let threads = cpu.close();
+    publish_demand(id);
+    for thread in threads {
+        enqueue(id % online(), thread);
+    }
+    let timers = core::mem::take(&mut *cpu.timers.lock());
+    cpu.next_timer.store(NO_DEADLINE, Ordering::Release);
+    for (deadline, thread) in timers {
+        add_timer(&CPUS[0], deadline, thread);
+    }
+    if CPUS[0].idle.load(Ordering::SeqCst) {
+        let _ = hypercall::kick(0);
+    }
+    hypercall::vcpu_down()
+}
+
 fn scheduler_loop() -> ! {
     let id = percpu::vcpu_id();
     let cpu = &CPUS[id as usize];
+    cpu.down.store(false, Ordering::Relaxed);
     loop {
+        follow_grant(id, cpu);
         fire_timers(cpu);
         match cpu.pop().or_else(|| steal(id)) {
             Some(thread) => run(id, cpu, thread),
@@ -200,7 +300,7 @@ fn run(id: u32, cpu: &PerCpu, thread: Arc<Thread>) {
     match reason {
         Reason::Yield => {
             thread.state.store(RUNNABLE, Ordering::Release);
-            cpu.push(thread);
+            requeue(cpu, thread);
         }
         Reason::Block => park(cpu, thread),
         Reason::Sleep(deadline) => {
@@ -216,7 +316,14 @@ fn run(id: u32, cpu: &PerCpu, thread: Arc<Thread>) {
 fn park(cpu: &PerCpu, thread: Arc<Thread>) {
     if thread.state.compare_exchange(BLOCKING, BLOCKED, Ordering::AcqRel, Ordering::Acquire).is_err() {
         thread.state.store(RUNNABLE, Ordering::Release);
-        cpu.push(thread);
+        requeue(cpu, thread);
+    }
+}
+
+/// Queues a thread back on the VCPU it ran on (which is not down: it is running).
+fn requeue(cpu: &PerCpu, thread: Arc<Thread>) {
+    if cpu.push(thread).is_err() {
+        unreachable!("a running VCPU's queue is open");
     }
 }
 
@@ -253,13 +360,13 @@ fn idle(cpu: &PerCpu) {
     let next_timer = cpu.next_timer.load(Ordering::Acquire);
     let poll_until = clock::deadline_after_ns(IDLE_POLL_NS).min(next_timer);
     while clock::tsc() < poll_until {
-        if work_queued() {
+        if work_queued() || off_grant() {
             return;
         }
         core::hint::spin_loop();
     }
     cpu.idle.store(true, Ordering::SeqCst);
-    if !work_queued() {
+    if !work_queued() && !off_grant() {
         hypercall::block(next_timer);
     }
     cpu.idle.store(false, Ordering::SeqCst);
@@ -292,7 +399,14 @@ fn fire_timers(cpu: &PerCpu) {
 /// Queues a runnable thread on VCPU `target` and makes sure some VCPU will run it: kicks the
 /// target if it is idle, or else another idle VCPU, which will steal it.
 fn enqueue(target: u32, thread: Arc<Thread>) {
-    CPUS[target as usize].push(thread);
+    // A VCPU going down hands the thread back; VCPU 0 never goes down.
+    let target = match CPUS[target as usize].push(thread) {
+        Ok(()) => target,
+        Err(thread) => {
+            CPUS[0].push(thread).unwrap_or_else(|_| unreachable!("VCPU 0 never goes down"));
+            0
+        }
+    };
     publish_demand(target);
     let me = percpu::vcpu_id();
     let n = online();
@@ -362,15 +476,18 @@ fn switch_to_scheduler(reason: Reason) {
 pub fn yield_now() {
     let cpu = this_cpu();
     if cpu.current().is_some()
-        && (cpu.queued.load(Ordering::Relaxed) > 0 || clock::tsc() >= cpu.next_timer.load(Ordering::Relaxed))
+        && (cpu.queued.load(Ordering::Relaxed) > 0
+            || clock::tsc() >= cpu.next_timer.load(Ordering::Relaxed)
+            || off_grant())
     {
         switch_to_scheduler(Reason::Yield);
     }
 }
 
-/// Whether other threads wait for this VCPU (a spinning thread should yield to them).
+/// Whether other threads wait for this VCPU, or the grant asks it to act (either way a
+/// spinning thread should yield).
 pub fn others_waiting() -> bool {
-    this_cpu().queued.load(Ordering::Relaxed) > 0
+    this_cpu().queued.load(Ordering::Relaxed) > 0 || off_grant()
 }
 
 /// Blocks the running thread for at least `ns` nanoseconds.
