@@ -221,7 +221,7 @@ fn threads_survive_grant_changes() {
         page.grant_vcpus.store(grant, Ordering::Release);
         page.grant_seq.fetch_add(1, Ordering::AcqRel);
         // Mostly let the VCPUs follow; sometimes change the grant again half-way.
-        let deadline = clock::deadline_after_ns(if rng % 4 == 0 { 20_000 } else { 10_000_000 });
+        let deadline = clock::deadline_after_ns(if rng.is_multiple_of(4) { 20_000 } else { 10_000_000 });
         while sched::online_vcpus() != grant && clock::tsc() < deadline {
             sched::yield_now();
         }
