@@ -9,15 +9,20 @@
 //! assigned to it. Under a policy that does not gate (`host`), threads are only pinned to the
 //! pCPU set and Linux schedules them.
 //!
+//! Under a policy that grants VCPUs (`dynamic`), the timer thread also polls each VM's guest
+//! for its demand every [`GUEST_POLL`], hands changes to the policy, and publishes the grants
+//! the policy decides; it measures how long each VM takes to follow a new grant (published to
+//! the last VCPU up or down).
+//!
 //! Checked and measured here: the gate (a per-pCPU occupant word each thread claims when it
 //! passes the gate; a failed claim is a violation), the time each decision takes (policy plus
 //! applying the assignment) and the preemption latency (decision to VCPU out of KVM_RUN).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use sched::{Event, Ns, Policy, VcpuId};
+use sched::{Event, Ns, Policy, Topology, VcpuId};
 use serde::Serialize;
 
 use crate::kick::Kicker;
@@ -27,6 +32,17 @@ use crate::kick::Kicker;
 const SAMPLES_MAX: usize = 1 << 20;
 
 const NOBODY: u32 = u32::MAX;
+
+/// How often a policy that grants VCPUs sees the guests' demand.
+const GUEST_POLL: Duration = Duration::from_millis(1);
+
+/// What the dispatcher sees of a VM's guest, for a policy that grants VCPUs.
+pub trait Guest: Send + Sync {
+    /// Runnable threads the guest reports, over all its VCPUs.
+    fn demand(&self) -> u32;
+    /// Publishes how many VCPUs the guest should keep online, and wakes its VCPUs to follow.
+    fn grant(&self, vcpus: u32);
+}
 
 /// The VM ended while the VCPU waited for a pCPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +86,12 @@ struct State {
     preemptions: u64,
     events: u64,
     trace: Vec<Span>,
+    /// Per VM: the demand last handed to the policy, and the grant last published.
+    demands: Vec<Option<u32>>,
+    grants: Vec<Option<u32>>,
+    /// Per VM: when a grant change was published that its VCPUs have not followed yet.
+    reconfiguring_since: Vec<Option<Instant>>,
+    reconfiguration_ns: Vec<u64>,
     stop: bool,
 }
 
@@ -90,6 +112,9 @@ pub struct Dispatcher {
     revoked: Vec<AtomicBool>,
     /// Per VCPU: its thread's kicker, registered by its VM.
     kickers: Mutex<Vec<Option<Arc<Kicker>>>>,
+    /// Per VM: its guest, attached by the VM.
+    guests: Mutex<Vec<Option<Weak<dyn Guest>>>>,
+    topology: Topology,
     /// Per VCPU: set when its VM stops.
     stopped: Vec<AtomicBool>,
     /// Per pCPU: the VCPU that passed the gate onto it, or `NOBODY`.
@@ -114,6 +139,8 @@ pub struct DispatchReport {
     pub decision_ns: Percentiles,
     /// Decision to the VCPU out of KVM_RUN, per preemption, in nanoseconds.
     pub preemption_ns: Percentiles,
+    /// A grant change published to the VM's VCPUs all up or down to match, in nanoseconds.
+    pub reconfiguration_ns: Percentiles,
     /// Co-stopped time per VCPU (global id), in nanoseconds.
     pub costop_ns: Vec<u64>,
     /// Who ran where when.
@@ -141,10 +168,11 @@ impl Percentiles {
 }
 
 impl Dispatcher {
-    /// A dispatcher for `policy` over the host cores `cores` (one pCPU each) and `nr_vcpus`
-    /// VCPUs, with its timer thread started.
-    pub fn start(policy: Box<dyn Policy>, cores: Vec<usize>, nr_vcpus: usize) -> std::io::Result<Arc<Dispatcher>> {
+    /// A dispatcher for `policy` over the host cores `cores` (one pCPU each) and the VCPUs of
+    /// `topology`, with its timer thread started.
+    pub fn start(policy: Box<dyn Policy>, cores: Vec<usize>, topology: &Topology) -> std::io::Result<Arc<Dispatcher>> {
         let gates = policy.gates();
+        let (nr_vcpus, nr_vms) = (topology.nr_vcpus(), topology.vms.len());
         let dispatcher = Arc::new(Dispatcher {
             state: Mutex::new(State {
                 policy,
@@ -159,12 +187,18 @@ impl Dispatcher {
                 preemptions: 0,
                 events: 0,
                 trace: Vec::new(),
+                demands: vec![None; nr_vms],
+                grants: vec![None; nr_vms],
+                reconfiguring_since: vec![None; nr_vms],
+                reconfiguration_ns: Vec::new(),
                 stop: false,
             }),
             granted: (0..nr_vcpus).map(|_| Condvar::new()).collect(),
             timer: Condvar::new(),
             revoked: (0..nr_vcpus).map(|_| AtomicBool::new(false)).collect(),
             kickers: Mutex::new(vec![None; nr_vcpus]),
+            guests: Mutex::new(vec![None; nr_vms]),
+            topology: topology.clone(),
             stopped: (0..nr_vcpus).map(|_| AtomicBool::new(false)).collect(),
             occupants: cores.iter().map(|_| AtomicU32::new(NOBODY)).collect(),
             violations: AtomicU64::new(0),
@@ -197,6 +231,21 @@ impl Dispatcher {
         self.kickers.lock().expect("kickers lock")[vcpu.index()] = Some(kicker);
     }
 
+    /// Attaches VM `vm`'s guest, and publishes its grant if the policy grants VCPUs (before
+    /// the guest boots, this is the number of VCPUs it starts with).
+    pub fn attach(&self, vm: usize, guest: Weak<dyn Guest>) {
+        let grant = {
+            let mut state = self.lock();
+            let grant = state.policy.grant(vm);
+            state.grants[vm] = grant;
+            grant
+        };
+        if let (Some(grant), Some(guest)) = (grant, guest.upgrade()) {
+            guest.grant(grant);
+        }
+        self.guests.lock().expect("guests lock")[vm] = Some(guest);
+    }
+
     /// Marks the VCPUs of an ending VM stopped and wakes those waiting at the gate.
     pub fn stop_vcpus(&self, vcpus: impl Iterator<Item = VcpuId>) {
         let _state = self.lock();
@@ -215,8 +264,12 @@ impl Dispatcher {
     /// with its thread pinned there.
     pub fn wake(&self, vcpu: VcpuId) -> Result<(), VmStopped> {
         let mut state = self.lock();
+        let came_online = state.phases[vcpu.index()] == Phase::Offline;
         state.phases[vcpu.index()] = Phase::Waiting;
         self.decide(&mut state, Event::Wake(vcpu));
+        if came_online {
+            self.check_reconfigured(&mut state, vcpu);
+        }
         self.acquire(state, vcpu)
     }
 
@@ -233,6 +286,25 @@ impl Dispatcher {
         if state.phases[vcpu.index()] != Phase::Offline {
             self.release(&mut state, vcpu, Phase::Offline);
             self.decide(&mut state, Event::Down(vcpu));
+            self.check_reconfigured(&mut state, vcpu);
+        }
+    }
+
+    /// VCPUs of `vm` online (running, waiting or blocked).
+    fn online(&self, state: &State, vm: usize) -> u32 {
+        self.topology.vcpus_of(vm).filter(|v| state.phases[v.index()] != Phase::Offline).count() as u32
+    }
+
+    /// After `vcpu` came online or went down: if its VM now has as many VCPUs online as its
+    /// pending grant, the reconfiguration is over.
+    fn check_reconfigured(&self, state: &mut State, vcpu: VcpuId) {
+        let vm = self.topology.vm_of(vcpu);
+        let Some(since) = state.reconfiguring_since[vm] else { return };
+        if Some(self.online(state, vm)) == state.grants[vm] {
+            state.reconfiguring_since[vm] = None;
+            if state.reconfiguration_ns.len() < SAMPLES_MAX {
+                state.reconfiguration_ns.push(since.elapsed().as_nanos() as u64);
+            }
         }
     }
 
@@ -370,11 +442,17 @@ impl Dispatcher {
         state.costop_ns[vcpu.index()] + state.costopped_since[vcpu.index()].map_or(0, |s| s.elapsed().as_nanos() as u64)
     }
 
-    /// Delivers the ticks the policy asks for, until `finish`.
+    /// Delivers the ticks the policy asks for, and under a policy that grants VCPUs polls the
+    /// guests' demand and publishes their grants, until `finish`.
     fn run_timer(&self) {
         let mut state = self.lock();
+        let grants = self.gates && (0..self.topology.vms.len()).any(|vm| state.policy.grant(vm).is_some());
         while !state.stop {
-            let next = if self.gates { state.policy.next_tick() } else { None };
+            if grants {
+                state = self.poll_guests(state);
+            }
+            let poll = grants.then(|| self.now() + GUEST_POLL.as_nanos() as Ns);
+            let next = if self.gates { state.policy.next_tick().into_iter().chain(poll).min() } else { None };
             let now = self.now();
             match next {
                 Some(tick) if tick <= now => self.decide(&mut state, Event::Tick),
@@ -385,6 +463,42 @@ impl Dispatcher {
                 None => state = self.timer.wait(state).expect("dispatcher lock"),
             }
         }
+    }
+
+    /// Hands changed demands to the policy and publishes the grants that changed. The guests
+    /// are read and written without the dispatcher's lock (waking a VCPU takes its own lock,
+    /// which VCPU threads take before the dispatcher's).
+    fn poll_guests<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        drop(state);
+        let guests: Vec<(usize, Arc<dyn Guest>)> = {
+            let guests = self.guests.lock().expect("guests lock");
+            guests.iter().enumerate().filter_map(|(vm, guest)| Some((vm, guest.as_ref()?.upgrade()?))).collect()
+        };
+        let demands: Vec<(usize, u32)> = guests.iter().map(|(vm, guest)| (*vm, guest.demand())).collect();
+        let mut state = self.lock();
+        for (vm, threads) in demands {
+            if state.demands[vm] != Some(threads) {
+                state.demands[vm] = Some(threads);
+                self.decide(&mut state, Event::Demand { vm, threads });
+            }
+        }
+        let mut changed = Vec::new();
+        for (vm, guest) in guests {
+            let grant = state.policy.grant(vm);
+            if let Some(grant) = grant.filter(|&grant| state.grants[vm] != Some(grant)) {
+                state.grants[vm] = Some(grant);
+                state.reconfiguring_since[vm] = (self.online(&state, vm) != grant).then(Instant::now);
+                changed.push((guest, grant));
+            }
+        }
+        if changed.is_empty() {
+            return state;
+        }
+        drop(state);
+        for (guest, grant) in changed {
+            guest.grant(grant);
+        }
+        self.lock()
     }
 
     /// Stops the timer and returns what was measured. Call after every VM has ended.
@@ -403,6 +517,7 @@ impl Dispatcher {
             preemptions: state.preemptions,
             decision_ns: Percentiles::of(std::mem::take(&mut state.decision_ns)),
             preemption_ns: Percentiles::of(std::mem::take(&mut state.preemption_ns)),
+            reconfiguration_ns: Percentiles::of(std::mem::take(&mut state.reconfiguration_ns)),
             costop_ns: state.costop_ns.clone(),
             trace: std::mem::take(&mut state.trace),
         }

@@ -80,6 +80,15 @@ pub fn table(result: &ScenarioResult) -> String {
         micros(d.preemption_ns.p99),
         d.gate_violations
     );
+    if d.reconfiguration_ns.count > 0 {
+        let _ = writeln!(
+            out,
+            "grant changes followed: {}, grant published to VCPUs up or down p50 {:.1} us p99 {:.1} us",
+            d.reconfiguration_ns.count,
+            micros(d.reconfiguration_ns.p50),
+            micros(d.reconfiguration_ns.p99)
+        );
+    }
     out
 }
 

@@ -130,7 +130,7 @@ pub fn run(
 ) -> anyhow::Result<ScenarioResult> {
     let topology = scenario.topology();
     let policy = scenario.policy.build(&scenario.params, &topology);
-    let dispatcher = Dispatcher::start(policy, scenario.cores.clone(), topology.nr_vcpus())
+    let dispatcher = Dispatcher::start(policy, scenario.cores.clone(), &topology)
         .context("cannot start the dispatcher's timer thread")?;
     let reports = run_vms(kvm, image, scenario, &dispatcher);
     let dispatch = dispatcher.finish();
@@ -193,7 +193,7 @@ fn run_vms(
     let mut vms = Vec::new();
     for (index, plan) in scenario.vms.iter().enumerate() {
         let config = plan.vm_config(scenario.timeout_s)?;
-        let seat = Seat { dispatcher: Arc::clone(dispatcher), first_vcpu: topology.vcpu(index, 0).0 };
+        let seat = Seat { dispatcher: Arc::clone(dispatcher), vm: index, first_vcpu: topology.vcpu(index, 0).0 };
         let vm = Vm::new(kvm, &config, image, seat).with_context(|| format!("cannot create VM {}", plan.name))?;
         vms.push((vm, Duration::from_millis(plan.start_delay_ms)));
     }

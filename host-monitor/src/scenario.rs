@@ -5,8 +5,9 @@
 //! timeout_s = 300               # VMs still running then are stopped
 //!
 //! [policy]
-//! name = "credit"               # host, credit, cosched-strict, cosched-relaxed
-//! slice_ms = 30                 # optional tunables (see `sched::Params`)
+//! name = "credit"               # host, credit, cosched-strict, cosched-relaxed, dynamic
+//! slice_ms = 30                 # optional tunables (see `sched::Params`): slice_ms,
+//!                               # accounting_ms, skew_ms, tick_ms, raise_ms, lower_ms
 //!
 //! [[vm]]
 //! name = "a"
@@ -92,6 +93,8 @@ struct PolicyTable {
     accounting_ms: Option<Spanned<f64>>,
     skew_ms: Option<Spanned<f64>>,
     tick_ms: Option<Spanned<f64>>,
+    raise_ms: Option<Spanned<f64>>,
+    lower_ms: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +197,8 @@ impl Scenario {
             accounting: millis(&source, &policy_table.accounting_ms, "policy.accounting_ms", defaults.accounting)?,
             skew: millis(&source, &policy_table.skew_ms, "policy.skew_ms", defaults.skew)?,
             tick: millis(&source, &policy_table.tick_ms, "policy.tick_ms", defaults.tick)?,
+            raise_after: millis(&source, &policy_table.raise_ms, "policy.raise_ms", defaults.raise_after)?,
+            lower_after: millis(&source, &policy_table.lower_ms, "policy.lower_ms", defaults.lower_after)?,
         };
 
         let timeout_s = *file.timeout_s.get_ref();

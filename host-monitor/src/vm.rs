@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -18,7 +18,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::accounting::VcpuTimes;
 use crate::console::Console;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Guest};
 use crate::image;
 use crate::layout::{self, LARGE_PAGE_SIZE};
 use crate::vcpu::{self, Start, VcpuControl, VcpuStats};
@@ -116,10 +116,12 @@ pub(crate) struct VmShared {
     pub first_vcpu: u32,
 }
 
-/// Where a VM's VCPUs are scheduled: a dispatcher, and its id of the VM's VCPU 0.
+/// Where a VM's VCPUs are scheduled: a dispatcher, its number of the VM, and its id of the
+/// VM's VCPU 0.
 #[derive(Clone)]
 pub struct Seat {
     pub dispatcher: Arc<Dispatcher>,
+    pub vm: usize,
     pub first_vcpu: u32,
 }
 
@@ -129,9 +131,9 @@ impl Seat {
     pub fn alone(vcpus: u32) -> anyhow::Result<Seat> {
         let topology = Topology::new(host_cpus() as u32, vec![VmSpec { vcpus, weight: 256, cap: None }]);
         let policy = PolicyKind::Host.build(&Params::default(), &topology);
-        let dispatcher = Dispatcher::start(policy, (0..host_cpus()).collect(), topology.nr_vcpus())
+        let dispatcher = Dispatcher::start(policy, (0..host_cpus()).collect(), &topology)
             .context("cannot start the dispatcher's timer thread")?;
-        Ok(Seat { dispatcher, first_vcpu: 0 })
+        Ok(Seat { dispatcher, vm: 0, first_vcpu: 0 })
     }
 }
 
@@ -281,6 +283,23 @@ impl VmShared {
     }
 }
 
+/// The guest as a policy that grants VCPUs sees it, through the shared page.
+impl Guest for VmShared {
+    fn demand(&self) -> u32 {
+        // Guest-written words: any values, summed without overflow.
+        let slots = &self.shared_page().vcpus[..self.nr_vcpus as usize];
+        slots.iter().fold(0u32, |sum, slot| sum.saturating_add(slot.demand.load(Ordering::Relaxed)))
+    }
+
+    fn grant(&self, vcpus: u32) {
+        let page = self.shared_page();
+        page.grant_vcpus.store(vcpus, Ordering::Release);
+        page.grant_seq.fetch_add(1, Ordering::AcqRel);
+        // Blocked VCPUs would see it only at their next timer.
+        self.vcpus.iter().for_each(VcpuControl::kick);
+    }
+}
+
 /// A VM ready to run.
 #[derive(Debug)]
 pub struct Vm {
@@ -329,8 +348,11 @@ impl Vm {
         }
         let tsc_khz = u64::from(vcpu_fds[0].get_tsc_khz().context("KVM_GET_TSC_KHZ failed")?);
 
+        let vm_index = seat.vm;
         let shared = Arc::new(VmShared::new(config, memory, tsc_khz, seat));
         write_boot_structures(&shared, config, placement.end, tsc_khz)?;
+        let guest: Weak<dyn Guest> = Arc::downgrade(&shared) as Weak<VmShared>;
+        shared.dispatcher.attach(vm_index, guest);
         Ok(Vm { shared, vcpu_fds, entry: placement.entry, timeout: config.timeout, _vm_fd: vm_fd })
     }
 

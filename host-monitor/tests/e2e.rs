@@ -86,7 +86,11 @@ fn thread_runtime_selftest_passes() {
         let run = tandem(&["run", "selftest", "--vcpus", &vcpus.to_string()], Duration::from_secs(120));
         assert_eq!(run.status, Some(0), "{vcpus} VCPUs: {}{}", run.stdout, run.stderr);
         assert!(run.stdout.contains("counters: 800000 under the mutex"), "{vcpus} VCPUs: {}", run.stdout);
-        assert!(run.stdout.contains(&format!("all 10 checks passed on {vcpus} VCPUs")), "{vcpus} VCPUs: {}", run.stdout);
+        assert!(
+            run.stdout.contains(&format!("all 10 checks passed on {vcpus} VCPUs")),
+            "{vcpus} VCPUs: {}",
+            run.stdout
+        );
     }
 }
 

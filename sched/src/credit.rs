@@ -422,7 +422,7 @@ impl Policy for Credit {
             Event::Block(vcpu) => self.leave(vcpu, Status::Blocked, now),
             Event::Down(vcpu) => self.leave(vcpu, Status::Offline, now),
             Event::Yield { vcpu, .. } => self.yield_pcpu(vcpu, now),
-            Event::Tick => {}
+            Event::Tick | Event::Demand { .. } => {}
         }
         self.fill_idle(now);
     }

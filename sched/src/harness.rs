@@ -139,6 +139,11 @@ impl Harness {
         self.deliver(Event::Yield { vcpu, to });
     }
 
+    /// VM `vm`'s guest reports `threads` runnable threads.
+    pub fn demand(&mut self, vm: usize, threads: u32) {
+        self.deliver(Event::Demand { vm, threads });
+    }
+
     /// Lets `duration` pass, delivering the ticks the policy asks for on the way.
     pub fn advance(&mut self, duration: Ns) {
         let end = self.now + duration;

@@ -144,6 +144,7 @@ impl Policy for Host {
                 }
             }
             Event::Tick => self.rotate(now),
+            Event::Demand { .. } => {}
         }
     }
 

@@ -11,8 +11,10 @@
 //! - [`credit`]: Xen's credit scheduler.
 //! - [`strict`]: ESX 2 gang scheduling.
 //! - [`relaxed`]: ESX 3/4 relaxed co-scheduling.
+//! - [`dynamic`]: dynamic VCPU allocation: `credit` over the VCPUs each VM is granted.
 
 pub mod credit;
+pub mod dynamic;
 pub mod harness;
 pub mod host;
 pub mod relaxed;
@@ -145,6 +147,8 @@ pub enum Event {
     Yield { vcpu: VcpuId, to: Option<VcpuId> },
     /// The time the policy asked for with [`Policy::next_tick`] has come.
     Tick,
+    /// The guest of VM `vm` reports `threads` runnable threads (its demand for VCPUs).
+    Demand { vm: usize, threads: u32 },
 }
 
 /// A VCPU scheduling policy. Events arrive in time order; `now` never goes backwards.
@@ -171,6 +175,12 @@ pub trait Policy: Send {
     fn gates(&self) -> bool {
         true
     }
+
+    /// How many VCPUs VM `vm` should keep online; `None` if the policy does not grant VCPUs
+    /// (the guest keeps all of them).
+    fn grant(&self, _vm: usize) -> Option<u32> {
+        None
+    }
 }
 
 /// The policies by name.
@@ -180,11 +190,17 @@ pub enum PolicyKind {
     Credit,
     CoschedStrict,
     CoschedRelaxed,
+    Dynamic,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 4] =
-        [PolicyKind::Host, PolicyKind::Credit, PolicyKind::CoschedStrict, PolicyKind::CoschedRelaxed];
+    pub const ALL: [PolicyKind; 5] = [
+        PolicyKind::Host,
+        PolicyKind::Credit,
+        PolicyKind::CoschedStrict,
+        PolicyKind::CoschedRelaxed,
+        PolicyKind::Dynamic,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -192,6 +208,7 @@ impl PolicyKind {
             PolicyKind::Credit => "credit",
             PolicyKind::CoschedStrict => "cosched-strict",
             PolicyKind::CoschedRelaxed => "cosched-relaxed",
+            PolicyKind::Dynamic => "dynamic",
         }
     }
 
@@ -202,6 +219,7 @@ impl PolicyKind {
             PolicyKind::Credit => Box::new(credit::Credit::new(params, topology)),
             PolicyKind::CoschedStrict => Box::new(strict::Strict::new(params, topology)),
             PolicyKind::CoschedRelaxed => Box::new(relaxed::Relaxed::new(params, topology)),
+            PolicyKind::Dynamic => Box::new(dynamic::Dynamic::new(params, topology)),
         }
     }
 }
@@ -236,11 +254,24 @@ pub struct Params {
     pub skew: Ns,
     /// Relaxed co-scheduling: how often skew is checked.
     pub tick: Ns,
+    /// Dynamic allocation: how long a VM's target must stay above its grant before the grant
+    /// rises.
+    pub raise_after: Ns,
+    /// Dynamic allocation: how long a VM's target must stay below its grant before the grant
+    /// falls (longer: a VCPU taken down and brought back costs two reconfigurations).
+    pub lower_after: Ns,
 }
 
 impl Default for Params {
     fn default() -> Params {
-        Params { slice: 30 * MS, accounting: 10 * MS, skew: 3 * MS, tick: MS }
+        Params {
+            slice: 30 * MS,
+            accounting: 10 * MS,
+            skew: 3 * MS,
+            tick: MS,
+            raise_after: 10 * MS,
+            lower_after: 50 * MS,
+        }
     }
 }
 

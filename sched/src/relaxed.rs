@@ -218,7 +218,7 @@ impl Policy for Relaxed {
             Event::Wake(vcpu) => self.wake(vcpu),
             Event::Block(vcpu) | Event::Down(vcpu) => self.leave(vcpu),
             Event::Yield { vcpu, to } => self.yield_pcpu(vcpu, to),
-            Event::Tick => {}
+            Event::Tick | Event::Demand { .. } => {}
         }
         self.check_skew();
         self.rotate(now);

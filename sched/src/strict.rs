@@ -203,7 +203,7 @@ impl Policy for Strict {
                 }
                 self.repair(self.topology.vm_of(vcpu));
             }
-            Event::Yield { .. } | Event::Tick => {}
+            Event::Yield { .. } | Event::Tick | Event::Demand { .. } => {}
         }
         let boundary = self.slice_end.is_some_and(|end| end <= now);
         self.select(boundary);
