@@ -22,10 +22,18 @@ use crate::scenario::Scenario;
 use crate::vm::{self, Outcome, RunReport, Seat, Vm, VmConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "tandem", version, about = "Runs paravirtual SMP unikernels under KVM")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Runs paravirtual SMP unikernels under KVM",
+    long_about = "Runs paravirtual SMP unikernels under KVM. Without a command, compares the VCPU \
+                  scheduling policies with spinning and paravirtual locks on a lock-heavy and a \
+                  barrier-synchronized workload at 2x overcommit (`tandem compare --workloads \
+                  locks,nbody --overcommit 2 --runs 1`)."
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -337,6 +345,17 @@ fn print_vcpu_stats(report: &RunReport) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        None => compare::run(&CompareArgs::quick()).map(|()| ExitCode::SUCCESS),
+        Some(command) => dispatch(command),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("tandem: error: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Run(args) => run(args),
         Command::Native(args) => native(args),
         Command::Scenario(args) => scenario(args),
@@ -346,9 +365,5 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(command) => bench::run(command).map(|()| ExitCode::SUCCESS),
-    };
-    result.unwrap_or_else(|error| {
-        eprintln!("tandem: error: {error:#}");
-        ExitCode::FAILURE
-    })
+    }
 }

@@ -1,6 +1,10 @@
-//! `tandem compare`: the same scenarios under each policy, side by side in one run, each VM's
-//! result as a fraction of its ideal (median over repeated, interleaved runs), as a table and
-//! an SVG bar chart.
+//! `tandem compare`: the same scenarios under each policy (and spinlock family), side by side
+//! in one run, each VM's result as a fraction of its ideal (median over repeated, interleaved
+//! runs), as a table and an SVG bar chart.
+//!
+//! Without scenario files it compares the co-design matrix: each workload at 1x, 2x and 3x
+//! overcommit of 2 pCPUs (one 2-VCPU VM; two; a 4-VCPU and a 2-VCPU VM), with spinning and
+//! paravirtual locks, under every policy.
 
 use std::path::PathBuf;
 
@@ -17,20 +21,33 @@ use crate::report;
 use crate::runner::{self, References, ScenarioResult};
 use crate::scenario::Scenario;
 
-/// The scenarios compared by default: the thesis's two cases at 1.5x to 3x overcommit.
-const BUILTIN: &[(&str, &str)] = &[
-    ("independent.toml", include_str!("../../scenarios/independent.toml")),
-    ("synchronizing.toml", include_str!("../../scenarios/synchronizing.toml")),
-    ("independent-3vm.toml", include_str!("../../scenarios/independent-3vm.toml")),
-    ("synchronizing-3vm.toml", include_str!("../../scenarios/synchronizing-3vm.toml")),
-    ("independent-wide.toml", include_str!("../../scenarios/independent-wide.toml")),
-    ("synchronizing-wide.toml", include_str!("../../scenarios/synchronizing-wide.toml")),
+/// Each workload's arguments in the matrix: about 0.2-0.3 s of work at 1x on this machine.
+const MATRIX_ARGS: &[(&str, &str)] = &[
+    ("locks", "{ ops = 300000 }"),
+    ("nbody", "{ barrier = \"spin\", steps = 300 }"),
+    ("cpu", "{ tasks = 120 }"),
+    ("pipeline", "{ items = 400000 }"),
 ];
+
+/// A VM stuck in a collapse (a convoy of spinning waiters) is stopped after this long.
+const MATRIX_TIMEOUT_S: u32 = 20;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Scenario files to compare (default: the built-in set, as in scenarios/)
+    /// Scenario files to compare (default: the co-design matrix of --workloads, --overcommit
+    /// and --locks)
     pub scenarios: Vec<PathBuf>,
+    /// Workloads of the matrix
+    #[arg(long, value_delimiter = ',', default_values = ["locks", "nbody", "cpu", "pipeline"])]
+    pub workloads: Vec<String>,
+    /// Overcommit levels of the matrix: 1 (a 2-VCPU VM on 2 pCPUs), 2 (two), 3 (a 4-VCPU and
+    /// a 2-VCPU VM)
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3], value_parser = clap::value_parser!(u32).range(1..=3))]
+    pub overcommit: Vec<u32>,
+    /// Spinlock families to compare, each scenario under each (default: spin,pv for the
+    /// matrix; each file's own)
+    #[arg(long, value_delimiter = ',', value_parser = ["spin", "pv"])]
+    pub locks: Vec<String>,
     /// Policies to compare
     #[arg(long, value_delimiter = ',', default_values_t = PolicyKind::ALL)]
     pub policies: Vec<PolicyKind>,
@@ -45,14 +62,33 @@ pub struct CompareArgs {
     pub json: Option<PathBuf>,
 }
 
+impl CompareArgs {
+    /// The main job, `tandem` without arguments: the lock-heavy and the barrier-synchronized
+    /// workload at 2x overcommit, spin and PV locks, every policy, once (about a minute).
+    pub fn quick() -> CompareArgs {
+        CompareArgs {
+            scenarios: Vec::new(),
+            workloads: vec!["locks".to_owned(), "nbody".to_owned()],
+            overcommit: vec![2],
+            locks: Vec::new(),
+            policies: PolicyKind::ALL.to_vec(),
+            runs: 1,
+            svg: None,
+            json: None,
+        }
+    }
+}
+
 /// One bar of the comparison: a VM of a scenario under a policy.
 #[derive(Debug, Clone, Serialize)]
 struct Cell {
     scenario: String,
     vm: String,
     policy: String,
-    /// Ratio to ideal in each run.
+    /// Ratio to ideal in each run (0 for a run stopped at the timeout).
     ratios: Vec<f64>,
+    /// Runs stopped at the timeout.
+    timeouts: usize,
     median: f64,
 }
 
@@ -60,7 +96,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let scenarios = load(&args.scenarios)?;
+    let scenarios = load(args)?;
     let kvm = open_kvm()?;
     let image = image::DEFAULT_GUEST;
     let mut results: Vec<ScenarioResult> = Vec::new();
@@ -84,7 +120,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                 let mut references = References::default();
                 references.measure(&kvm, image, &scenario, false)?;
                 let result = runner::run(&kvm, image, &scenario, Some(&references))?;
-                if let Some(failed) = result.vms.iter().find(|vm| !vm.ok) {
+                if let Some(failed) = result.vms.iter().find(|vm| !vm.ok && !vm.timed_out) {
                     bail!("{} under {policy}: {}", name(&scenario), failed.outcome);
                 }
                 results.push(result);
@@ -104,11 +140,45 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Scenario>> {
-    if paths.is_empty() {
-        return BUILTIN.iter().map(|(file, text)| Scenario::parse(&PathBuf::from(file), text)).collect();
+/// The files' scenarios, or the matrix's; each under every family of `--locks`.
+fn load(args: &CompareArgs) -> anyhow::Result<Vec<Scenario>> {
+    let (scenarios, locks) = if args.scenarios.is_empty() {
+        let families =
+            if args.locks.is_empty() { vec!["spin".to_owned(), "pv".to_owned()] } else { args.locks.clone() };
+        let mut scenarios = Vec::new();
+        for workload in &args.workloads {
+            for &level in &args.overcommit {
+                let name = PathBuf::from(format!("{workload}-{level}x.toml"));
+                scenarios.push(Scenario::parse(&name, &matrix_scenario(workload, level)?)?);
+            }
+        }
+        (scenarios, families)
+    } else {
+        let scenarios = args.scenarios.iter().map(|path| Scenario::load(path)).collect::<anyhow::Result<_>>()?;
+        (scenarios, args.locks.clone())
+    };
+    if locks.is_empty() {
+        return Ok(scenarios);
     }
-    paths.iter().map(|path| Scenario::load(path)).collect()
+    Ok(scenarios.iter().flat_map(|scenario| locks.iter().map(|family| scenario.with_locks(family))).collect())
+}
+
+/// The matrix's scenario of `workload` at `level` times overcommit of 2 pCPUs.
+fn matrix_scenario(workload: &str, level: u32) -> anyhow::Result<String> {
+    let Some((_, args)) = MATRIX_ARGS.iter().find(|(name, _)| *name == workload) else {
+        let known: Vec<&str> = MATRIX_ARGS.iter().map(|(name, _)| *name).collect();
+        bail!("--workloads: unknown workload `{workload}` (known: {})", known.join(", "));
+    };
+    let vms: &[(&str, u32)] = match level {
+        1 => &[("a", 2)],
+        2 => &[("a", 2), ("b", 2)],
+        _ => &[("wide", 4), ("narrow", 2)],
+    };
+    let mut text = format!("pcpus = 2\ntimeout_s = {MATRIX_TIMEOUT_S}\n[policy]\nname = \"credit\"\n");
+    for (name, vcpus) in vms {
+        text += &format!("[[vm]]\nname = \"{name}\"\nvcpus = {vcpus}\nworkload = \"{workload}\"\nargs = {args}\n");
+    }
+    Ok(text)
 }
 
 fn name(scenario: &Scenario) -> String {
@@ -122,17 +192,23 @@ fn cells(scenarios: &[Scenario], policies: &[PolicyKind], results: &[ScenarioRes
         let path = scenario.path.display().to_string();
         for vm in &scenario.vms {
             for policy in policies {
-                let ratios: Vec<f64> = results
+                let runs: Vec<&runner::VmResult> = results
                     .iter()
                     .filter(|r| r.scenario == path && r.policy == policy.name())
-                    .flat_map(|r| r.vms.iter().filter(|v| v.name == vm.name).filter_map(|v| v.ratio))
+                    .flat_map(|r| r.vms.iter().filter(|v| v.name == vm.name))
                     .collect();
+                // A run stopped at its timeout reports nothing: counted as 0 (a matrix run takes
+                // well under a second at its ideal, and is stopped after 20 s).
+                let ratios: Vec<f64> =
+                    runs.iter().filter_map(|v| if v.timed_out { Some(0.0) } else { v.ratio }).collect();
+                let timeouts = runs.iter().filter(|v| v.timed_out).count();
                 let median = if ratios.is_empty() { f64::NAN } else { Summary::of(ratios.clone()).median };
                 cells.push(Cell {
                     scenario: name(scenario),
                     vm: vm.name.clone(),
                     policy: policy.name().to_owned(),
                     ratios,
+                    timeouts,
                     median,
                 });
             }
@@ -154,9 +230,12 @@ fn print_table(scenarios: &[Scenario], policies: &[PolicyKind], cells: &[Cell]) 
             for policy in policies {
                 let cell =
                     cells.iter().find(|c| c.scenario == name(scenario) && c.vm == vm.name && c.policy == policy.name());
-                match cell.filter(|c| c.median.is_finite()) {
-                    Some(cell) => print!(" {:>16.3}", cell.median),
-                    None => print!(" {:>16}", "cannot run"),
+                match cell {
+                    Some(cell) if cell.timeouts > 0 => {
+                        print!(" {:>16}", format!("{:.3} ({} t/o)", cell.median, cell.timeouts))
+                    }
+                    Some(cell) if cell.median.is_finite() => print!(" {:>16.3}", cell.median),
+                    _ => print!(" {:>16}", "cannot run"),
                 }
             }
             println!();

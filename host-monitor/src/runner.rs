@@ -50,6 +50,8 @@ pub struct VmResult {
     pub outcome: String,
     /// Whether the guest exited with 0 (its self-checks passed).
     pub ok: bool,
+    /// Whether it was stopped at the scenario's timeout.
+    pub timed_out: bool,
     pub elapsed_s: f64,
     /// The workload's result record.
     pub record: Option<Record>,
@@ -157,6 +159,7 @@ pub fn run(
             cap: plan.cap,
             outcome: report.outcome.describe(&plan.name),
             ok: report.outcome == Outcome::Exited(0),
+            timed_out: matches!(report.outcome, Outcome::TimedOut(_)),
             elapsed_s: report.elapsed.as_secs_f64(),
             record,
             fair_share: share,

@@ -241,6 +241,19 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// The scenario with every VM on the spinlock family `locks`, named `<name>-<locks>`.
+    pub fn with_locks(&self, locks: &str) -> Scenario {
+        let mut scenario = self.clone();
+        let stem = self.path.file_stem().map_or_else(String::new, |stem| stem.to_string_lossy().into_owned());
+        scenario.path = self.path.with_file_name(format!("{stem}-{locks}.toml"));
+        for vm in &mut scenario.vms {
+            vm.locks = locks.to_owned();
+            vm.args.retain(|arg| !arg.starts_with("locks="));
+            vm.args.push(format!("locks={locks}"));
+        }
+        scenario
+    }
+
     /// Strict co-scheduling runs a VM only when all its VCPUs fit on distinct pCPUs.
     fn check_policy_fits(&self) -> Result<(), String> {
         if self.policy != PolicyKind::CoschedStrict {
