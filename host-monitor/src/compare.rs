@@ -255,6 +255,18 @@ fn print_dispatcher(results: &[ScenarioResult]) {
         median(gated.iter().map(|r| r.dispatch.preemption_ns.p50 as f64 / 1e3).collect()),
         median(gated.iter().map(|r| r.dispatch.preemption_ns.p99 as f64 / 1e3).collect()),
     );
+    let reconfigured: Vec<&ScenarioResult> =
+        results.iter().filter(|r| r.dispatch.reconfiguration_ns.count > 0).collect();
+    if !reconfigured.is_empty() {
+        println!(
+            "grant changes followed: {} in {} runs; grant published to VCPUs up or down, median over runs: p50 {:.1} us \
+             p99 {:.1} us",
+            reconfigured.iter().map(|r| r.dispatch.reconfiguration_ns.count).sum::<usize>(),
+            reconfigured.len(),
+            median(reconfigured.iter().map(|r| r.dispatch.reconfiguration_ns.p50 as f64 / 1e3).collect()),
+            median(reconfigured.iter().map(|r| r.dispatch.reconfiguration_ns.p99 as f64 / 1e3).collect()),
+        );
+    }
 }
 
 /// Grouped bars: one group per scenario VM, one bar per policy.
