@@ -206,7 +206,7 @@ fn guest_usage_errors_exit_64() {
     let run = tandem(&["run", "nosuch"], LIMIT);
     assert_eq!(run.status, Some(64));
     assert!(
-        run.stdout.contains("unknown program \"nosuch\"; the guest has: cpu nbody locks pipeline hello"),
+        run.stdout.contains("unknown program \"nosuch\"; the guest has: cpu nbody locks pipeline phases hello"),
         "{}",
         run.stdout
     );

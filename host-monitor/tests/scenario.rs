@@ -128,3 +128,23 @@ fn the_scenario_command_reports_a_bad_file_clearly_and_writes_json_and_a_trace()
     assert!(slices >= 4, "{slices} trace slices");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_guest_follows_the_grant_as_its_parallelism_changes() {
+    if !common::kvm_available() {
+        return;
+    }
+    // One 4-VCPU VM alone on 2 pCPUs, 4 rounds of a 4-thread and a 1-thread phase of 150 ms:
+    // under `dynamic` its grant is 2 in each parallel phase and 1 in each serial one.
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/dynamic/phases.toml")).unwrap();
+    let text = text.replace("rounds = 20, phase_ms = 200", "rounds = 4, phase_ms = 150");
+    let scenario = Scenario::parse(Path::new("phases.toml"), &text).expect("2 host CPUs");
+    let result = runner::run(&open_kvm().unwrap(), DEFAULT_GUEST, &scenario, None).unwrap();
+    assert!(result.vms[0].ok, "{}", result.vms[0].outcome);
+    // 2 -> 1 in each serial phase and back in each later parallel one: 7 changes, each seen
+    // through to the VCPUs going down or up.
+    let changes = result.dispatch.reconfiguration_ns.count;
+    assert!(changes >= 6, "{changes} grant changes followed");
+    assert_eq!(result.dispatch.gate_violations, 0);
+}

@@ -16,6 +16,7 @@ const SMALL: &[(&str, &[&str])] = &[
     ("nbody", &["bodies=64", "steps=20"]),
     ("locks", &["ops=2000"]),
     ("pipeline", &["items=2000"]),
+    ("phases", &["rounds=3", "phase_ms=5"]),
 ];
 
 /// Runs `tandem ARGS --json FILE` and returns the records it wrote.

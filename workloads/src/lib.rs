@@ -4,7 +4,8 @@
 //! - `cpu`: independent single-threaded compute, one task at a time per thread, no sharing;
 //! - `nbody`: barrier-synchronized timesteps of a particle simulation;
 //! - `locks`: a shared table under a spinlock with tunable critical section and think time;
-//! - `pipeline`: producer/consumer stages over mutex + condition variable queues.
+//! - `pipeline`: producer/consumer stages over mutex + condition variable queues;
+//! - `phases`: parallel and serial phases in turn, so that the demand for CPUs changes.
 //!
 //! Each takes its parameters from `key=value` arguments ([`params`]), checks its own result,
 //! and returns a [`Record`].
@@ -21,6 +22,7 @@ pub mod locks;
 pub mod native;
 pub mod nbody;
 pub mod params;
+pub mod phases;
 pub mod pipeline;
 pub mod record;
 pub mod runtime;
@@ -79,6 +81,11 @@ pub const WORKLOADS: &[WorkloadInfo] = &[
         about: "producer/consumer stages over mutex + condvar queues",
         params: pipeline::PARAMS,
     },
+    WorkloadInfo {
+        name: "phases",
+        about: "parallel and serial phases in turn (Amdahl): changing demand for VCPUs",
+        params: phases::PARAMS,
+    },
 ];
 
 /// Why a workload did not produce a record.
@@ -126,6 +133,7 @@ pub fn run<R: Runtime>(rt: &R, workload: &str, args: &[&str]) -> Result<Record, 
         "nbody" => nbody::run(rt, &params),
         "locks" => locks::run(rt, &params),
         "pipeline" => pipeline::run(rt, &params),
+        "phases" => phases::run(rt, &params),
         other => unreachable!("workload {other} is listed but not dispatched"),
     }
 }
@@ -145,6 +153,7 @@ mod tests {
         ("cpu", &["tasks=5"]),
         ("nbody", &["bodies=24", "steps=10"]),
         ("locks", &["ops=2000", "buckets=16", "cs=10", "think=10"]),
+        ("phases", &["rounds=3", "phase_ms=2"]),
     ];
 
     fn run_native(workload: &str, args: &[&str]) -> Result<Record, Error> {
@@ -179,7 +188,7 @@ mod tests {
     fn errors_name_the_problem() {
         let error = run_native("gobmk", &[]).unwrap_err();
         assert_eq!(error, Error::UnknownWorkload("gobmk".into()));
-        assert_eq!(format!("{error}"), "unknown workload \"gobmk\" (known: cpu, nbody, locks, pipeline)");
+        assert_eq!(format!("{error}"), "unknown workload \"gobmk\" (known: cpu, nbody, locks, pipeline, phases)");
         assert!(matches!(run_native("cpu", &["tasks=x"]), Err(Error::Param(ParamError::NotInteger { .. }))));
         assert!(matches!(run_native("nbody", &["barrier=maybe"]), Err(Error::Param(ParamError::NotAChoice { .. }))));
         assert!(matches!(run_native("locks", &["threads=257"]), Err(Error::Param(ParamError::OutOfRange { .. }))));
