@@ -176,8 +176,8 @@ pub trait Policy: Send {
         true
     }
 
-    /// How many VCPUs VM `vm` should keep online; `None` if the policy does not grant VCPUs
-    /// (the guest keeps all of them).
+    /// How many VCPUs VM `vm` should keep online; `None` if the policy does not manage grants
+    /// (all of the VM's VCPUs may be online).
     fn grant(&self, _vm: usize) -> Option<u32> {
         None
     }
@@ -255,10 +255,14 @@ pub struct Params {
     /// Relaxed co-scheduling: how often skew is checked.
     pub tick: Ns,
     /// Dynamic allocation: how long a VM's target must stay above its grant before the grant
-    /// rises.
+    /// rises. 10 ms: the dispatcher polls demands every 5 ms, so a rise must be seen at two
+    /// polls in a row at least (one snapshot of a fork-join spawn brings no VCPU up), while a
+    /// VM waits for a VCPU it can use about one credit accounting period, no more.
     pub raise_after: Ns,
     /// Dynamic allocation: how long a VM's target must stay below its grant before the grant
-    /// falls (longer: a VCPU taken down and brought back costs two reconfigurations).
+    /// falls. 50 ms, longer than `raise_after`: a VCPU taken down and brought back costs two
+    /// reconfigurations and then `raise_after` without it, so short serial phases between
+    /// parallel ones keep their VCPUs; meanwhile credit still shares the pCPUs by weight.
     pub lower_after: Ns,
 }
 
