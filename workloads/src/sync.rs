@@ -105,16 +105,17 @@ impl<T: Send, W: TicketWait> Lock<T> for TicketLock<T, W> {
     fn lock(&self) -> TicketGuard<'_, T, W> {
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         self.wait.took(ticket);
-        let mut waited = LockStats::default();
-        let contended = self.serving.load(Ordering::Acquire) != ticket;
-        if contended {
+        let waited = (self.serving.load(Ordering::Acquire) != ticket).then(|| {
+            let mut waited = LockStats { contended: 1, ..LockStats::ZERO };
             self.wait.wait(&self.serving, ticket, &mut waited);
-        }
+            waited
+        });
         // SAFETY: this thread holds the lock.
         let stats = unsafe { &mut *self.stats.get() };
-        waited.acquisitions = 1;
-        waited.contended = u64::from(contended);
-        stats.add(waited);
+        stats.acquisitions += 1;
+        if let Some(waited) = waited {
+            stats.add(waited);
+        }
         TicketGuard { lock: self }
     }
 

@@ -244,8 +244,9 @@ fn follow_grant(id: u32, cpu: &PerCpu) {
         GROWING.store(false, Ordering::Release);
     }
     let page = boot::shared_page();
-    if online() == grant {
-        page.grant_ack.store(page.grant_seq.load(Ordering::Acquire), Ordering::Release);
+    let seq = page.grant_seq.load(Ordering::Acquire);
+    if online() == grant && page.grant_ack.load(Ordering::Relaxed) != seq {
+        page.grant_ack.store(seq, Ordering::Release);
     }
 }
 
