@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -18,7 +18,8 @@ use crate::compare::{self, CompareArgs};
 use crate::image;
 use crate::report;
 use crate::runner::{self, References};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Target};
+use crate::sim;
 use crate::vm::{self, Outcome, RunReport, Seat, Vm, VmConfig};
 
 #[derive(Debug, Parser)]
@@ -46,6 +47,8 @@ enum Command {
     Scenario(ScenarioArgs),
     /// Run scenarios under each policy, side by side, and compare each VM's result to its ideal
     Compare(CompareArgs),
+    /// Simulate a scenario file in virtual time (same policies, modelled guests)
+    Sim(SimArgs),
     /// List the workloads and their parameters
     Workloads,
     /// Measure boot time and hypercalls, or workloads in the guest against native
@@ -102,6 +105,30 @@ pub struct ScenarioArgs {
     #[arg(long)]
     pub no_reference: bool,
     /// Write the results (tables' content, dispatcher figures) to FILE as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write which VCPU ran on which pCPU when to FILE, as Chrome trace-event JSON (Perfetto)
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "The scenario file may have a [sim] table: scale, duration_s, seed, costs (\"measured\" or \
+    \"vmx\"), exit_us, kick_us, switch_us, preempt_us, grain_us, jitter. The same file and seed give the same \
+    output, byte for byte; the wall time and event rate go to stderr.")]
+pub struct SimArgs {
+    /// The scenario (TOML), as for `tandem scenario`, plus an optional [sim] table
+    pub file: PathBuf,
+    /// Use this policy instead of the file's
+    #[arg(long)]
+    pub policy: Option<PolicyKind>,
+    /// Simulate N pCPUs instead of the file's (before [sim] scale)
+    #[arg(long, value_name = "N")]
+    pub pcpus: Option<usize>,
+    /// Seed instead of the file's
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write the results to FILE as JSON (the shape `tandem scenario --json` writes)
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Write which VCPU ran on which pCPU when to FILE, as Chrome trace-event JSON (Perfetto)
@@ -285,6 +312,30 @@ fn scenario(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
+    let mut scenario = Scenario::load_for(&args.file, Target::Sim)?.with_sim(args.policy, args.pcpus)?;
+    if let Some(seed) = args.seed {
+        scenario.sim.seed = seed;
+    }
+    let started = Instant::now();
+    let outcome = sim::simulate(&scenario, &mut sim::References::default(), args.trace.is_some())?;
+    let wall = started.elapsed().as_secs_f64();
+    print!("{}", report::table(&outcome.result));
+    eprintln!(
+        "simulated {:.2} s in {wall:.2} s of wall time: {} events, {:.2} M events/s",
+        outcome.result.elapsed_s,
+        outcome.events,
+        outcome.events as f64 / wall.max(1e-9) / 1e6
+    );
+    if let Some(path) = &args.json {
+        report::write_json(path, &outcome.result)?;
+    }
+    if let Some(path) = &args.trace {
+        report::write_trace(path, &scenario, &outcome.result)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a workload on host threads.
 pub fn run_native(workload: &str, cpus: Option<usize>, args: &[String]) -> anyhow::Result<Record> {
     let runtime = NativeRuntime::new(cpus);
@@ -360,6 +411,7 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Native(args) => native(args),
         Command::Scenario(args) => scenario(args),
         Command::Compare(args) => compare::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => sim(args),
         Command::Workloads => {
             list_workloads();
             Ok(ExitCode::SUCCESS)

@@ -36,7 +36,7 @@ const NOBODY: u32 = u32::MAX;
 /// How often a policy that grants VCPUs sees the guests' demand: well under the grant's
 /// hysteresis (10 ms up), and rare enough to cost nothing measurable (polling every
 /// millisecond cost `cpu` 2-3% against `credit`).
-const GUEST_POLL: Duration = Duration::from_millis(5);
+pub const GUEST_POLL: Duration = Duration::from_millis(5);
 
 /// What the dispatcher sees of a VM's guest, for a policy that grants VCPUs.
 pub trait Guest: Send + Sync {
@@ -129,7 +129,7 @@ pub struct Dispatcher {
 }
 
 /// What the dispatcher measured over a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DispatchReport {
     /// Times a VCPU passed the gate onto a pCPU another VCPU occupied (must be 0).
     pub gate_violations: u64,
@@ -159,7 +159,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(mut sample: Vec<u64>) -> Percentiles {
+    pub(crate) fn of(mut sample: Vec<u64>) -> Percentiles {
         if sample.is_empty() {
             return Percentiles::default();
         }

@@ -25,6 +25,7 @@ pub mod layout;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod sim;
 pub mod vcpu;
 pub mod vm;
 pub mod x86;

@@ -25,6 +25,8 @@ use crate::vm::{Outcome, RunReport, Seat, Vm};
 pub struct ScenarioResult {
     pub scenario: String,
     pub policy: String,
+    /// Whether it comes from the simulator rather than real VMs.
+    pub simulated: bool,
     /// Host CPU of each pCPU.
     pub cores: Vec<usize>,
     /// From the first VM's start to the last VM's end.
@@ -175,6 +177,7 @@ pub fn run(
     Ok(ScenarioResult {
         scenario: scenario.path.display().to_string(),
         policy: scenario.policy.name().to_owned(),
+        simulated: false,
         cores: scenario.cores.clone(),
         elapsed_s: elapsed.as_secs_f64(),
         utilization,

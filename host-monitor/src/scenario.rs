@@ -18,6 +18,9 @@
 //! args = { barrier = "spin" }   # the workload's parameters
 //! locks = "spin"                # optional, the guest's spinlock family
 //! start_delay_ms = 0            # optional
+//!
+//! [sim]                         # optional, read by `tandem sim` only (see `sim::config`)
+//! scale = 4
 //! ```
 //!
 //! Every error names the file, the line and the key.
@@ -31,6 +34,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::cli::RunArgs;
+use crate::sim::{Costs, SimConfig};
 use crate::vm::{VmConfig, host_cpus};
 
 /// Xen's default weight.
@@ -47,7 +51,20 @@ pub struct Scenario {
     pub params: Params,
     pub timeout_s: f64,
     pub vms: Vec<VmPlan>,
+    /// How to simulate it (the `[sim]` table; defaults without one).
+    pub sim: SimConfig,
 }
+
+/// Whether a scenario is to run on this host or in the simulator, whose pCPUs are not the
+/// host's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Host,
+    Sim,
+}
+
+/// Most pCPUs a simulated scenario may have.
+pub const MAX_SIM_PCPUS: usize = 4096;
 
 /// One VM of a scenario.
 #[derive(Debug, Clone)]
@@ -72,6 +89,22 @@ struct File {
     timeout_s: Spanned<f64>,
     policy: Spanned<PolicyTable>,
     vm: Spanned<Vec<Spanned<VmTable>>>,
+    sim: Option<Spanned<SimTable>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimTable {
+    scale: Option<Spanned<i64>>,
+    duration_s: Option<Spanned<f64>>,
+    seed: Option<Spanned<i64>>,
+    costs: Option<Spanned<String>>,
+    exit_us: Option<Spanned<f64>>,
+    kick_us: Option<Spanned<f64>>,
+    switch_us: Option<Spanned<f64>>,
+    preempt_us: Option<Spanned<f64>>,
+    grain_us: Option<Spanned<f64>>,
+    jitter: Option<Spanned<f64>>,
 }
 
 fn default_timeout() -> Spanned<f64> {
@@ -141,23 +174,85 @@ fn millis(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns)
     }
 }
 
+/// Converts a duration in microseconds from the `[sim]` table, which must not be negative.
+fn micros(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns) -> anyhow::Result<Ns> {
+    match value {
+        None => Ok(default),
+        Some(us) if *us.get_ref() >= 0.0 && us.get_ref().is_finite() => Ok((us.get_ref() * 1000.0) as Ns),
+        Some(us) => source.error(us.span(), key, format!("must be a number of microseconds >= 0, not {}", us.get_ref())),
+    }
+}
+
+fn parse_sim(source: &Source, table: &SimTable) -> anyhow::Result<SimConfig> {
+    let defaults = SimConfig::default();
+    let scale = match &table.scale {
+        None => defaults.scale,
+        Some(scale) if (1..=1024).contains(scale.get_ref()) => *scale.get_ref() as u32,
+        Some(scale) => return source.error(scale.span(), "sim.scale", "must be 1 to 1024"),
+    };
+    let duration = match &table.duration_s {
+        None => None,
+        Some(d) if *d.get_ref() > 0.0 && *d.get_ref() <= 86_400.0 => Some((d.get_ref() * 1e9) as Ns),
+        Some(d) => return source.error(d.span(), "sim.duration_s", "must be more than 0 and at most 86400 seconds"),
+    };
+    let seed = match &table.seed {
+        None => defaults.seed,
+        Some(seed) if *seed.get_ref() >= 0 => *seed.get_ref() as u64,
+        Some(seed) => return source.error(seed.span(), "sim.seed", "must not be negative"),
+    };
+    let preset = match &table.costs {
+        None => defaults.costs,
+        Some(name) => match Costs::preset(name.get_ref()) {
+            Some(costs) => costs,
+            None => return source.error(name.span(), "sim.costs", "the presets are \"measured\" and \"vmx\""),
+        },
+    };
+    let costs = Costs {
+        exit: micros(source, &table.exit_us, "sim.exit_us", preset.exit)?,
+        kick: micros(source, &table.kick_us, "sim.kick_us", preset.kick)?,
+        switch: micros(source, &table.switch_us, "sim.switch_us", preset.switch)?,
+        preempt: micros(source, &table.preempt_us, "sim.preempt_us", preset.preempt)?,
+    };
+    let grain = micros(source, &table.grain_us, "sim.grain_us", defaults.grain)?.max(1);
+    let jitter = match &table.jitter {
+        None => defaults.jitter,
+        Some(j) if (0.0..0.5).contains(j.get_ref()) => *j.get_ref(),
+        Some(j) => return source.error(j.span(), "sim.jitter", "must be at least 0 and below 0.5"),
+    };
+    Ok(SimConfig { scale, duration, seed, costs, grain, jitter })
+}
+
 impl Scenario {
-    /// Reads and checks a scenario file.
+    /// Reads and checks a scenario file to run on this host.
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| anyhow::anyhow!("cannot read scenario {}: {error}", path.display()))?;
-        Scenario::parse(path, &text)
+        Scenario::load_for(path, Target::Host)
     }
 
-    /// Parses and checks scenario `text` read from `path`.
+    /// Reads and checks a scenario file for `target`; for the simulator, `[sim] scale` is
+    /// applied.
+    pub fn load_for(path: &Path, target: Target) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("cannot read scenario {}: {error}", path.display()))?;
+        Scenario::parse_for(path, &text, target)
+    }
+
+    /// Parses and checks scenario `text` read from `path`, to run on this host.
     pub fn parse(path: &Path, text: &str) -> anyhow::Result<Scenario> {
+        Scenario::parse_for(path, text, Target::Host)
+    }
+
+    /// Parses and checks scenario `text` read from `path` for `target`.
+    pub fn parse_for(path: &Path, text: &str, target: Target) -> anyhow::Result<Scenario> {
         let source = Source { path, text };
         let file: File = toml::from_str(text).map_err(|error| {
             let line = error.span().map(|span| format!(":{}", source.line(span))).unwrap_or_default();
             anyhow::anyhow!("{}{line}: {}", path.display(), error.message())
         })?;
 
-        let available = available_cores();
+        let available = match target {
+            Target::Host => available_cores(),
+            Target::Sim => (0..MAX_SIM_PCPUS).collect(),
+        };
         let cores = match file.pcpus.get_ref() {
             Pcpus::Count(n) if *n >= 1 && (*n as usize) <= available.len() => available[..*n as usize].to_vec(),
             Pcpus::Count(n) => {
@@ -217,23 +312,57 @@ impl Scenario {
             }
             vms.push(vm);
         }
-        let scenario = Scenario { path: path.to_owned(), cores, policy, params, timeout_s, vms };
+        let sim = match &file.sim {
+            Some(table) => parse_sim(&source, table.get_ref())?,
+            None => SimConfig::default(),
+        };
+        let mut scenario = Scenario { path: path.to_owned(), cores, policy, params, timeout_s, vms, sim };
+        if target == Target::Sim {
+            scenario = scenario.scaled(scenario.sim.scale);
+            if scenario.cores.len() > MAX_SIM_PCPUS {
+                return source.error(file.pcpus.span(), "pcpus", format!("at most {MAX_SIM_PCPUS} simulated pCPUs"));
+            }
+        }
         scenario
             .check_policy_fits()
             .or_else(|message| source.error(policy_table.name.span(), "policy.name", message))?;
         Ok(scenario)
     }
 
-    /// The same scenario under another policy or on another number of pCPUs.
+    /// The scenario `factor` times over: `factor` times the pCPUs, and each VM `factor` times
+    /// (VM `a` as `a.0`, `a.1`, ...). For the simulator: the pCPUs are numbered anew.
+    pub fn scaled(&self, factor: u32) -> Scenario {
+        if factor <= 1 {
+            return self.clone();
+        }
+        let mut scenario = self.clone();
+        scenario.cores = (0..self.cores.len() * factor as usize).collect();
+        scenario.vms = (0..factor)
+            .flat_map(|copy| {
+                self.vms.iter().map(move |vm| VmPlan { name: format!("{}.{copy}", vm.name), ..vm.clone() })
+            })
+            .collect();
+        scenario
+    }
+
+    /// The same scenario under another policy or on another number of this host's CPUs.
     pub fn with(&self, policy: Option<PolicyKind>, pcpus: Option<usize>) -> anyhow::Result<Scenario> {
+        self.with_cores(policy, pcpus, &available_cores())
+    }
+
+    /// The same simulated scenario under another policy or on another number of pCPUs.
+    pub fn with_sim(&self, policy: Option<PolicyKind>, pcpus: Option<usize>) -> anyhow::Result<Scenario> {
+        self.with_cores(policy, pcpus, &(0..MAX_SIM_PCPUS).collect::<Vec<_>>())
+    }
+
+    fn with_cores(&self, policy: Option<PolicyKind>, pcpus: Option<usize>, available: &[usize]) -> anyhow::Result<Scenario> {
         let mut scenario = self.clone();
         if let Some(policy) = policy {
             scenario.policy = policy;
         }
         if let Some(n) = pcpus {
-            let available = available_cores();
             if n == 0 || n > available.len() {
-                bail!("--pcpus {n}: this process may use 1 to {} host CPUs", available.len());
+                bail!("--pcpus {n}: 1 to {} pCPUs may be used", available.len());
             }
             scenario.cores = available[..n].to_vec();
         }

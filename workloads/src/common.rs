@@ -41,7 +41,7 @@ pub(crate) fn thread_count<R: Runtime>(
 }
 
 /// Part `i` of `0..total` cut into `parts` contiguous ranges whose lengths differ by at most one.
-pub(crate) fn share(total: usize, parts: usize, i: usize) -> Range<usize> {
+pub fn share(total: usize, parts: usize, i: usize) -> Range<usize> {
     let (base, extra) = (total / parts, total % parts);
     let start = i * base + i.min(extra);
     start..start + base + usize::from(i < extra)

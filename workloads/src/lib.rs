@@ -32,6 +32,7 @@ use alloc::string::{String, ToString};
 use core::fmt;
 
 pub use params::{ParamError, ParamSpec, Params};
+pub use common::share;
 pub use record::Record;
 pub use runtime::{Barrier, BarrierKind, Condvar, Lock, Runtime};
 

@@ -1,0 +1,541 @@
+//! A discrete-event simulator of pCPUs, VMs, VCPUs and the workloads in them, driving the
+//! very same `sched` policies as the real dispatcher, through the same [`Policy`] trait, in
+//! virtual time.
+//!
+//! The engine (this module) plays the dispatcher: it delivers VCPU events and ticks to the
+//! policy, and carries out its assignment with the monitor's costs ([`Costs`]): a preempted
+//! VCPU runs on for the preemption latency, a VCPU given a pCPU starts after the switch time.
+//! The guest side ([`guest`]) plays the unikernel: cooperative threads running [`model`]
+//! programs on the VCPUs, ticket spinlocks and barriers that spin or, with PV locks, yield to
+//! a preempted VCPU and block until kicked, idle VCPUs that poll and then block, demand
+//! reported and the VCPU grant followed. Nothing depends on the wall clock or on hashing
+//! order: the same scenario and seed give the same result, byte for byte.
+
+pub mod config;
+mod guest;
+pub mod model;
+pub mod queue;
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use sched::harness::State;
+use sched::{Event, Ns, Policy, PolicyKind, VcpuId};
+
+pub use config::{Costs, SimConfig};
+use guest::{Activity, Guest};
+use queue::EventQueue;
+
+use crate::accounting::VcpuTimes;
+use crate::dispatch::{DispatchReport, GUEST_POLL, Percentiles, Span};
+use crate::runner::{ScenarioResult, VmResult, jain};
+use crate::scenario::{Scenario, VmPlan};
+
+/// What the engine schedules.
+#[derive(Clone, Copy, Debug)]
+enum Ev {
+    /// VM `vm` boots.
+    Start(usize),
+    /// The VCPU's activity is due (if it is still generation `epoch`).
+    Vcpu { vcpu: usize, epoch: u64 },
+    /// A kick or vcpu_up reaches a blocked or offline VCPU.
+    Wake(usize),
+    /// A pCPU's preemption takes effect.
+    Preempt(usize),
+    /// A pCPU's next VCPU starts.
+    Switch(usize),
+    /// The monitor reads the guests' demand and publishes grants.
+    Poll,
+}
+
+/// Where a VCPU's time goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Category {
+    Run,
+    Ready,
+    Costop,
+    Wait,
+    Off,
+}
+
+/// The engine's view of a VCPU, and what its guest is doing on it.
+struct Vcpu {
+    vm: usize,
+    index: u32,
+    state: State,
+    /// The pCPU it runs guest code on.
+    pcpu: Option<usize>,
+    /// Bumped whenever it stops or is re-evaluated: events of older epochs are stale.
+    epoch: u64,
+    /// When its activity's progress was last brought up to date.
+    mark: Ns,
+    category: Category,
+    since: Ns,
+    times: VcpuTimes,
+    /// The guest thread it runs.
+    thread: Option<usize>,
+    activity: Activity,
+    /// What it goes back to after a hypercall (or a block).
+    resume_to: Activity,
+    /// A kick arrived while it was not blocked: its next block returns at once.
+    kick_pending: bool,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Pcpu {
+    running: Option<usize>,
+    target: Option<usize>,
+    preempt_pending: bool,
+    switch_pending: bool,
+}
+
+/// A simulation of one scenario.
+pub struct Sim {
+    now: Ns,
+    end: Ns,
+    config: SimConfig,
+    kind: PolicyKind,
+    policy: Box<dyn Policy>,
+    queue: EventQueue<Ev>,
+    vcpus: Vec<Vcpu>,
+    pcpus: Vec<Pcpu>,
+    guests: Vec<Guest>,
+    /// VMs booted or still to boot that have not ended.
+    live: usize,
+    /// The VCPU now in the monitor for a hypercall: its pCPU passes on without preemption.
+    exited: Option<usize>,
+    rng: u64,
+    policy_events: u64,
+    preemptions: u64,
+    handled: u64,
+    reconfigurations: Vec<u64>,
+    trace: Option<Vec<Span>>,
+    last_start: Vec<Ns>,
+}
+
+/// A finished simulation: per VM what it did, and the engine's counters.
+pub struct SimOutcome {
+    pub result: ScenarioResult,
+    /// Engine events handled (the simulator's unit of work).
+    pub events: u64,
+}
+
+impl Sim {
+    /// A simulation of `scenario` (already scaled) with `config`; with `trace`, who ran where
+    /// when is recorded.
+    pub fn new(scenario: &Scenario, config: &SimConfig, trace: bool) -> anyhow::Result<Sim> {
+        let topology = scenario.topology();
+        let policy = scenario.policy.build(&scenario.params, &topology);
+        let mut vcpus = Vec::new();
+        let mut guests = Vec::new();
+        for (vm, plan) in scenario.vms.iter().enumerate() {
+            let first = vcpus.len();
+            for index in 0..plan.vcpus {
+                vcpus.push(Vcpu {
+                    vm,
+                    index,
+                    state: State::Offline,
+                    pcpu: None,
+                    epoch: 0,
+                    mark: 0,
+                    category: Category::Off,
+                    since: 0,
+                    times: VcpuTimes::default(),
+                    thread: None,
+                    activity: Activity::Off,
+                    resume_to: Activity::Off,
+                    kick_pending: false,
+                });
+            }
+            let guest = Guest::new(plan, first, config.grain)
+                .with_context(|| format!("{}: VM {}", scenario.path.display(), plan.name))?;
+            guests.push(guest);
+        }
+        let end = config.duration.unwrap_or((scenario.timeout_s * 1e9) as Ns);
+        let mut sim = Sim {
+            now: 0,
+            end,
+            config: config.clone(),
+            kind: scenario.policy,
+            policy,
+            queue: EventQueue::new(),
+            last_start: vec![0; vcpus.len()],
+            vcpus,
+            pcpus: vec![Pcpu::default(); scenario.cores.len()],
+            live: guests.len(),
+            guests,
+            exited: None,
+            rng: config.seed,
+            policy_events: 0,
+            preemptions: 0,
+            handled: 0,
+            reconfigurations: Vec::new(),
+            trace: trace.then(Vec::new),
+        };
+        for (vm, plan) in scenario.vms.iter().enumerate() {
+            sim.queue.push(plan.start_delay_ms * sched::MS, Ev::Start(vm));
+        }
+        if sim.policy.grant(0).is_some() {
+            sim.queue.push(GUEST_POLL.as_nanos() as Ns, Ev::Poll);
+        }
+        Ok(sim)
+    }
+
+    /// Runs until every VM has ended or the virtual time is up.
+    pub fn run(mut self, scenario: &Scenario) -> SimOutcome {
+        loop {
+            let tick = self.policy.next_tick();
+            let event = self.queue.next_time();
+            let at = match (tick, event) {
+                (Some(tick), Some(event)) => tick.min(event),
+                (Some(at), None) | (None, Some(at)) => at,
+                (None, None) => break,
+            };
+            if self.live == 0 {
+                break;
+            }
+            if at >= self.end {
+                self.now = self.end;
+                break;
+            }
+            self.now = at.max(self.now);
+            self.handled += 1;
+            if tick == Some(at) && event.is_none_or(|event| event > at) {
+                self.policy_event(Event::Tick);
+                self.follow_grants();
+                continue;
+            }
+            let (_, ev) = self.queue.pop().expect("an event is due");
+            match ev {
+                Ev::Start(vm) => self.boot(vm),
+                Ev::Vcpu { vcpu, epoch } => {
+                    if self.vcpus[vcpu].epoch == epoch && self.vcpus[vcpu].pcpu.is_some() {
+                        self.step(vcpu);
+                    }
+                }
+                Ev::Wake(vcpu) => self.wake(vcpu),
+                Ev::Preempt(pcpu) => self.preempt(pcpu),
+                Ev::Switch(pcpu) => self.switch(pcpu),
+                Ev::Poll => {
+                    for vm in 0..self.guests.len() {
+                        if self.guests[vm].running() {
+                            let threads = self.guests[vm].demand();
+                            self.policy_event(Event::Demand { vm, threads });
+                        }
+                    }
+                    self.follow_grants();
+                    self.queue.push(self.now + GUEST_POLL.as_nanos() as Ns, Ev::Poll);
+                }
+            }
+        }
+        self.finish(scenario)
+    }
+
+    fn schedule(&mut self, at: Ns, ev: Ev) {
+        self.queue.push(at, ev);
+    }
+
+    /// Schedules VCPU `v`'s next activity event `after` from now.
+    fn schedule_vcpu(&mut self, v: usize, after: Ns) {
+        let epoch = self.vcpus[v].epoch;
+        self.queue.push(self.now + after, Ev::Vcpu { vcpu: v, epoch });
+    }
+
+    /// A compute step's length: `ns` times a factor within `1 ± jitter` (xorshift on the seed).
+    fn jitter(&mut self, ns: Ns) -> Ns {
+        if self.config.jitter <= 0.0 || ns == 0 {
+            return ns;
+        }
+        let mut x = self.rng.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        (ns as f64 * (1.0 + self.config.jitter * (2.0 * unit - 1.0))) as Ns
+    }
+
+    /// Hands `event` to the policy and carries out its new assignment.
+    fn policy_event(&mut self, event: Event) {
+        self.policy.handle(self.now, event);
+        self.policy_events += 1;
+        self.apply();
+    }
+
+    /// Starts, preempts and switches pCPUs toward the policy's assignment.
+    fn apply(&mut self) {
+        for p in 0..self.pcpus.len() {
+            let want = self.policy.assignment()[p]
+                .map(|vcpu| vcpu.index())
+                .filter(|&v| self.vcpus[v].state == State::Runnable);
+            if self.pcpus[p].target == want {
+                continue;
+            }
+            self.pcpus[p].target = want;
+            match self.pcpus[p].running {
+                Some(old) if Some(old) != want => {
+                    if !self.pcpus[p].preempt_pending {
+                        self.pcpus[p].preempt_pending = true;
+                        self.schedule(self.now + self.config.costs.preempt, Ev::Preempt(p));
+                    }
+                }
+                Some(_) => {}
+                None => self.switch_soon(p),
+            }
+        }
+        if self.kind == PolicyKind::CoschedRelaxed {
+            for v in 0..self.vcpus.len() {
+                if self.vcpus[v].state == State::Runnable && self.vcpus[v].pcpu.is_none() {
+                    self.recategorize(v);
+                }
+            }
+        }
+    }
+
+    /// Starts pCPU `p`'s target: at once for a VCPU back from the monitor on its own pCPU,
+    /// else after the switch time.
+    fn switch_soon(&mut self, p: usize) {
+        let Some(v) = self.pcpus[p].target else { return };
+        if self.vcpus[v].pcpu.is_some() {
+            return; // still running elsewhere: its stop calls back
+        }
+        if self.exited == Some(v) {
+            self.start(v, p);
+        } else if !self.pcpus[p].switch_pending {
+            self.pcpus[p].switch_pending = true;
+            self.schedule(self.now + self.config.costs.switch, Ev::Switch(p));
+        }
+    }
+
+    fn preempt(&mut self, p: usize) {
+        self.pcpus[p].preempt_pending = false;
+        if let Some(old) = self.pcpus[p].running
+            && self.pcpus[p].target != Some(old)
+        {
+            self.preemptions += 1;
+            self.stop(old);
+            self.preempted(old);
+        }
+        if self.pcpus[p].running.is_none() {
+            self.switch_soon(p);
+        }
+    }
+
+    fn switch(&mut self, p: usize) {
+        self.pcpus[p].switch_pending = false;
+        if self.pcpus[p].running.is_none()
+            && let Some(v) = self.pcpus[p].target
+            && self.vcpus[v].pcpu.is_none()
+            && self.vcpus[v].state == State::Runnable
+        {
+            self.start(v, p);
+        }
+    }
+
+    /// VCPU `v` starts running guest code on pCPU `p`.
+    fn start(&mut self, v: usize, p: usize) {
+        self.pcpus[p].running = Some(v);
+        let vcpu = &mut self.vcpus[v];
+        vcpu.pcpu = Some(p);
+        vcpu.mark = self.now;
+        vcpu.epoch += 1;
+        self.last_start[v] = self.now;
+        self.recategorize(v);
+        self.step(v);
+    }
+
+    /// VCPU `v` stops running guest code.
+    fn stop(&mut self, v: usize) {
+        let Some(p) = self.vcpus[v].pcpu else { return };
+        self.sync(v);
+        self.vcpus[v].pcpu = None;
+        self.vcpus[v].epoch += 1;
+        self.pcpus[p].running = None;
+        if let Some(trace) = &mut self.trace {
+            trace.push(Span { vcpu: v as u32, pcpu: Some(p as u32), start_ns: self.last_start[v], end_ns: self.now });
+        }
+        self.recategorize(v);
+        // A pCPU waiting for this VCPU to leave another one can have it now.
+        if let Some(q) = self.pcpus.iter().position(|pcpu| pcpu.target == Some(v) && pcpu.running.is_none()) {
+            self.switch_soon(q);
+        }
+        if self.pcpus[p].running.is_none() && self.pcpus[p].target != Some(v) {
+            self.switch_soon(p);
+        }
+    }
+
+    /// Moves VCPU `v` to policy state `state`.
+    fn set_state(&mut self, v: usize, state: State) {
+        self.vcpus[v].state = state;
+        self.recategorize(v);
+    }
+
+    /// Closes the VCPU's current time category and opens the one it is in now.
+    fn recategorize(&mut self, v: usize) {
+        let vcpu = &self.vcpus[v];
+        let category = match vcpu.state {
+            State::Offline => Category::Off,
+            State::Blocked => Category::Wait,
+            State::Runnable if vcpu.pcpu.is_some() => Category::Run,
+            State::Runnable if self.policy.costopped(VcpuId(v as u32)) => Category::Costop,
+            State::Runnable => Category::Ready,
+        };
+        let vcpu = &mut self.vcpus[v];
+        if category == vcpu.category {
+            return;
+        }
+        let spent = self.now - vcpu.since;
+        match vcpu.category {
+            Category::Run => vcpu.times.run_ns += spent,
+            Category::Ready => vcpu.times.ready_ns += spent,
+            Category::Costop => vcpu.times.costop_ns += spent,
+            Category::Wait => vcpu.times.wait_ns += spent,
+            Category::Off => {}
+        }
+        vcpu.category = category;
+        vcpu.since = self.now;
+    }
+
+    /// A kick or vcpu_up arrives.
+    fn wake(&mut self, v: usize) {
+        if self.vcpus[v].state == State::Runnable {
+            self.vcpus[v].kick_pending = true;
+            return;
+        }
+        if !self.wants_up(v) {
+            return;
+        }
+        let vcpu = &mut self.vcpus[v];
+        vcpu.activity = match vcpu.state {
+            State::Offline => Activity::Idle { poll_until: 0 },
+            _ => vcpu.resume_to,
+        };
+        self.set_state(v, State::Runnable);
+        self.policy_event(Event::Wake(VcpuId(v as u32)));
+    }
+
+    /// Publishes changed grants to the guests.
+    fn follow_grants(&mut self) {
+        for vm in 0..self.guests.len() {
+            if let Some(grant) = self.policy.grant(vm)
+                && grant != self.guests[vm].grant
+                && self.guests[vm].running()
+            {
+                self.set_grant(vm, grant);
+            }
+        }
+    }
+
+    /// The scenario's results, in the shape a real run has.
+    fn finish(mut self, scenario: &Scenario) -> SimOutcome {
+        for v in 0..self.vcpus.len() {
+            if self.vcpus[v].pcpu.is_some() {
+                self.stop(v);
+            }
+            self.vcpus[v].state = State::Offline;
+            self.recategorize(v);
+        }
+        let topology = scenario.topology();
+        let shares = topology.fair_shares();
+        let mut vms = Vec::new();
+        let mut run_ns = 0;
+        for (vm, (plan, share)) in scenario.vms.iter().zip(shares).enumerate() {
+            let guest = &self.guests[vm];
+            let started = plan.start_delay_ms * sched::MS;
+            let ended = guest.end_time();
+            let elapsed = ended.unwrap_or(self.now).saturating_sub(started);
+            let vcpu_times: Vec<VcpuTimes> = topology.vcpus_of(vm).map(|v| self.vcpus[v.index()].times).collect();
+            run_ns += vcpu_times.iter().map(|t| t.run_ns).sum::<u64>();
+            let outcome = if ended.is_some() {
+                format!("{} ended", plan.name)
+            } else {
+                format!("{} was still running at the end of simulated time", plan.name)
+            };
+            vms.push(VmResult {
+                name: plan.name.clone(),
+                workload: plan.workload.clone(),
+                locks: plan.locks.clone(),
+                vcpus: plan.vcpus,
+                weight: plan.weight,
+                cap: plan.cap,
+                outcome,
+                ok: true,
+                timed_out: ended.is_none(),
+                elapsed_s: elapsed as f64 / 1e9,
+                record: Some(guest.record(plan, elapsed)),
+                fair_share: share,
+                ideal_rate: None,
+                ratio: None,
+                vcpu_times,
+            });
+        }
+        let elapsed = self.now;
+        let utilization = run_ns as f64 / (elapsed as f64 * self.pcpus.len() as f64).max(1.0);
+        let mut dispatch = DispatchReport {
+            events: self.policy_events,
+            preemptions: self.preemptions,
+            reconfiguration_ns: Percentiles::of(std::mem::take(&mut self.reconfigurations)),
+            costop_ns: self.vcpus.iter().map(|v| v.times.costop_ns).collect(),
+            trace: self.trace.take().unwrap_or_default(),
+            ..DispatchReport::default()
+        };
+        dispatch.preemption_ns =
+            Percentiles { count: self.preemptions as usize, p50: self.config.costs.preempt, p99: self.config.costs.preempt };
+        let result = ScenarioResult {
+            scenario: scenario.path.display().to_string(),
+            policy: scenario.policy.name().to_owned(),
+            simulated: true,
+            cores: scenario.cores.clone(),
+            elapsed_s: elapsed as f64 / 1e9,
+            utilization,
+            fairness: None,
+            vms,
+            dispatch,
+        };
+        SimOutcome { result, events: self.handled }
+    }
+}
+
+/// Simulated reference rates (each VM alone at 1x under credit), by VM configuration.
+#[derive(Default)]
+pub struct References {
+    rates: HashMap<String, f64>,
+}
+
+impl References {
+    fn rate(&mut self, scenario: &Scenario, vm: &VmPlan) -> anyhow::Result<f64> {
+        let width = vm.vcpus.min(scenario.cores.len() as u32);
+        let key = format!("{} {} on {width}", vm.workload, vm.args.join(" "));
+        if let Some(rate) = self.rates.get(&key) {
+            return Ok(*rate);
+        }
+        let solo = Scenario {
+            cores: (0..width as usize).collect(),
+            policy: PolicyKind::Credit,
+            vms: vec![VmPlan { vcpus: width, start_delay_ms: 0, weight: crate::scenario::DEFAULT_WEIGHT, cap: None, ..vm.clone() }],
+            ..scenario.clone()
+        };
+        let outcome = Sim::new(&solo, &scenario.sim, false)?.run(&solo);
+        let rate = outcome.result.vms[0].rate().filter(|rate| *rate > 0.0).with_context(|| {
+            format!("the simulated reference run of {} did no work in {:.1} s", vm.workload, outcome.result.elapsed_s)
+        })?;
+        self.rates.insert(key, rate);
+        Ok(rate)
+    }
+}
+
+/// Simulates `scenario` (its `[sim]` table applied) and sets each VM's result against its
+/// simulated reference, like a real run.
+pub fn simulate(scenario: &Scenario, references: &mut References, trace: bool) -> anyhow::Result<SimOutcome> {
+    let mut outcome = Sim::new(scenario, &scenario.sim, trace)?.run(scenario);
+    let pcpus = scenario.cores.len() as u32;
+    for (vm, plan) in outcome.result.vms.iter_mut().zip(&scenario.vms) {
+        let reference = references.rate(scenario, plan)?;
+        let ideal = reference * vm.fair_share / f64::from(plan.vcpus.min(pcpus));
+        vm.ideal_rate = Some(ideal);
+        vm.ratio = vm.rate().map(|rate| rate / ideal);
+    }
+    let ratios: Vec<f64> = outcome.result.vms.iter().filter_map(|vm| vm.ratio).collect();
+    outcome.result.fairness = (ratios.len() == outcome.result.vms.len()).then(|| jain(&ratios));
+    Ok(outcome)
+}
