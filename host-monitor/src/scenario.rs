@@ -103,6 +103,9 @@ struct SimTable {
     kick_us: Option<Spanned<f64>>,
     switch_us: Option<Spanned<f64>>,
     preempt_us: Option<Spanned<f64>>,
+    timer_us: Option<Spanned<f64>>,
+    host_tick_us: Option<Spanned<f64>>,
+    boot_us: Option<Spanned<f64>>,
     grain_us: Option<Spanned<f64>>,
     jitter: Option<Spanned<f64>>,
 }
@@ -212,6 +215,9 @@ fn parse_sim(source: &Source, table: &SimTable) -> anyhow::Result<SimConfig> {
         kick: micros(source, &table.kick_us, "sim.kick_us", preset.kick)?,
         switch: micros(source, &table.switch_us, "sim.switch_us", preset.switch)?,
         preempt: micros(source, &table.preempt_us, "sim.preempt_us", preset.preempt)?,
+        timer: micros(source, &table.timer_us, "sim.timer_us", preset.timer)?,
+        host_tick: micros(source, &table.host_tick_us, "sim.host_tick_us", preset.host_tick)?,
+        boot: micros(source, &table.boot_us, "sim.boot_us", preset.boot)?,
     };
     let grain = micros(source, &table.grain_us, "sim.grain_us", defaults.grain)?.max(1);
     let jitter = match &table.jitter {

@@ -5,7 +5,8 @@
 //! scale = 32          # pCPUs and VMs times 32 (VM "a" becomes a.0 .. a.31)
 //! duration_s = 60     # virtual seconds at most (default: the scenario's timeout_s)
 //! seed = 1            # seeds the jitter of compute steps
-//! costs = "measured"  # or "vmx"; then any of exit_us, kick_us, switch_us, preempt_us
+//! costs = "measured"  # or "vmx"; then any of exit_us, kick_us, switch_us, preempt_us,
+//!                     # timer_us, host_tick_us, boot_us
 //! grain_us = 20       # how much work one simulated step of a fine-grained workload stands for
 //! jitter = 0.02       # compute steps last up to this fraction more or less
 //! ```
@@ -27,17 +28,36 @@ pub struct Costs {
     /// From a policy's decision to the preempted VCPU leaving guest mode (signal plus
     /// immediate_exit); the VCPU runs on meanwhile.
     pub preempt: Ns,
+    /// How late the dispatcher's timer may fire (timer slack plus wake-up): each policy tick
+    /// comes up to this much after the time asked for.
+    pub timer: Ns,
+    /// Linux's scheduler tick, at which it notices a slice's end: under `host` each policy
+    /// tick comes up to this much late (4 ms at CONFIG_HZ=250, this machine's).
+    pub host_tick: Ns,
+    /// The guest's initialisation on VCPU 0, before it brings up the other VCPUs and
+    /// starts the workload.
+    pub boot: Ns,
 }
 
 impl Costs {
     /// Measured on this project's test machines (KVM on PVM, x86-64, see the README):
     /// hypercall round trip 23.5 µs median; kick by signal and immediate_exit ~20 µs;
-    /// a parked VCPU thread resumed in 10-34 µs p50; preemption latency 46-55 µs p50.
-    pub const MEASURED: Costs = Costs { exit: 24 * US, kick: 20 * US, switch: 20 * US, preempt: 50 * US };
+    /// a parked VCPU thread resumed in 10-34 µs p50; preemption latency 46-55 µs p50;
+    /// the guest's own part of a 6.6 ms boot about 1 ms.
+    pub const MEASURED: Costs = Costs {
+        exit: 24 * US,
+        kick: 20 * US,
+        switch: 20 * US,
+        preempt: 50 * US,
+        timer: 60 * US,
+        host_tick: 4_000 * US,
+        boot: 1_000 * US,
+    };
 
     /// VMX hardware, from published figures: a VM exit round trip of about 1-2 µs, an
-    /// IPI-driven kick or preemption of a few µs, a host thread woken in ~5 µs.
-    pub const VMX: Costs = Costs { exit: 1_500, kick: 3 * US, switch: 5 * US, preempt: 3 * US };
+    /// IPI-driven kick or preemption of a few µs, a host thread woken in ~5 µs. Timers, the
+    /// host's tick and the guest's boot are as measured here.
+    pub const VMX: Costs = Costs { exit: 1_500, kick: 3 * US, switch: 5 * US, preempt: 3 * US, ..Costs::MEASURED };
 
     /// A preset by name.
     pub fn preset(name: &str) -> Option<Costs> {

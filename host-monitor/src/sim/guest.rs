@@ -55,6 +55,8 @@ pub(super) enum Activity {
 pub(super) enum Then {
     /// Nothing more (a kick or vcpu_up already sent).
     Return,
+    /// The guest's initialisation is done: bring up the granted VCPUs, start the workload.
+    Boot,
     Block,
     Yield(Option<usize>),
     Down,
@@ -153,6 +155,11 @@ impl Guest {
         self.ended
     }
 
+    /// How long the workload has run by `now` (from its start to its end, if it ended).
+    pub(super) fn workload_time(&self, now: Ns) -> Ns {
+        self.started.map_or(0, |started| self.ended.unwrap_or(now) - started)
+    }
+
     /// Booted and not ended.
     pub(super) fn running(&self) -> bool {
         self.started.is_some() && self.ended.is_none()
@@ -198,16 +205,25 @@ impl Guest {
 }
 
 impl Sim {
-    /// VM `vm` boots: VCPU 0 comes up, and brings up the others it is granted.
+    /// VM `vm` starts: VCPU 0 comes up and initialises the guest.
     pub(super) fn boot(&mut self, vm: usize) {
+        let guest = &mut self.guests[vm];
+        guest.grant = self.policy.grant(vm).unwrap_or(guest.vcpus);
+        let first = guest.first;
+        self.wake(first);
+        self.vcpus[first].activity = Activity::Exit { left: self.config.costs.boot, then: Then::Boot };
+        self.vcpus[first].resume_to = Activity::Idle { poll_until: 0 };
+    }
+
+    /// VM `vm`'s guest is initialised: VCPU 0 brings up the others one vcpu_up at a time,
+    /// and the workload starts.
+    fn booted(&mut self, vm: usize) {
         let guest = &mut self.guests[vm];
         guest.started = Some(self.now);
         guest.opened_at = self.now;
-        guest.grant = self.policy.grant(vm).unwrap_or(guest.vcpus);
         let (first, grant) = (guest.first, guest.grant);
-        self.wake(first);
-        for v in first + 1..first + grant as usize {
-            self.schedule(self.now + self.config.costs.exit, super::Ev::Wake(v));
+        for (n, v) in (first + 1..first + grant as usize).enumerate() {
+            self.schedule(self.now + (n as Ns + 1) * self.config.costs.exit, super::Ev::Wake(v));
         }
     }
 
@@ -215,7 +231,7 @@ impl Sim {
     pub(super) fn wants_up(&self, v: usize) -> bool {
         let guest = &self.guests[self.vcpus[v].vm];
         match self.vcpus[v].state {
-            State::Offline => guest.running() && self.vcpus[v].index < guest.grant,
+            State::Offline => guest.ended.is_none() && self.vcpus[v].index < guest.grant,
             State::Blocked => true,
             State::Runnable => false,
         }
@@ -272,6 +288,7 @@ impl Sim {
                     self.vcpus[v].activity = self.vcpus[v].resume_to;
                     match then {
                         Then::Return => {}
+                        Then::Boot => self.booted(vm),
                         Then::Block if self.should_block(v) => return self.block(v),
                         Then::Block => {}
                         Then::Yield(to) => return self.yield_to(v, to),
@@ -361,7 +378,11 @@ impl Sim {
                             }
                             self.vcpus[v].activity = resume;
                         }
-                        // Looks happen when a sibling is preempted (see `preempted`).
+                    }
+                    if let Activity::BarrierWait { next_look, .. } = self.vcpus[v].activity
+                        && self.guests[vm].pv.is_some()
+                    {
+                        next = next.min(next_look);
                     }
                     if next != Ns::MAX {
                         next = next.max(self.now);

@@ -31,6 +31,9 @@ use crate::dispatch::{DispatchReport, GUEST_POLL, Percentiles, Span};
 use crate::runner::{ScenarioResult, VmResult, jain};
 use crate::scenario::{Scenario, VmPlan};
 
+/// VMs start within this of each other (their threads are spawned one after another).
+const START_SPREAD: Ns = 200_000;
+
 /// What the engine schedules.
 #[derive(Clone, Copy, Debug)]
 enum Ev {
@@ -105,6 +108,8 @@ pub struct Sim {
     /// The VCPU now in the monitor for a hypercall: its pCPU passes on without preemption.
     exited: Option<usize>,
     rng: u64,
+    /// The policy's next tick as asked for, and when it is delivered (late, as timers are).
+    tick: Option<(Ns, Ns)>,
     policy_events: u64,
     preemptions: u64,
     handled: u64,
@@ -166,6 +171,7 @@ impl Sim {
             guests,
             exited: None,
             rng: config.seed,
+            tick: None,
             policy_events: 0,
             preemptions: 0,
             handled: 0,
@@ -173,7 +179,8 @@ impl Sim {
             trace: trace.then(Vec::new),
         };
         for (vm, plan) in scenario.vms.iter().enumerate() {
-            sim.queue.push(plan.start_delay_ms * sched::MS, Ev::Start(vm));
+            let start = (START_SPREAD as f64 * sim.random()) as Ns;
+            sim.queue.push(plan.start_delay_ms * sched::MS + start, Ev::Start(vm));
         }
         if sim.policy.grant(0).is_some() {
             sim.queue.push(GUEST_POLL.as_nanos() as Ns, Ev::Poll);
@@ -184,7 +191,7 @@ impl Sim {
     /// Runs until every VM has ended or the virtual time is up.
     pub fn run(mut self, scenario: &Scenario) -> SimOutcome {
         loop {
-            let tick = self.policy.next_tick();
+            let tick = self.next_tick();
             let event = self.queue.next_time();
             let at = match (tick, event) {
                 (Some(tick), Some(event)) => tick.min(event),
@@ -241,18 +248,42 @@ impl Sim {
         self.queue.push(self.now + after, Ev::Vcpu { vcpu: v, epoch });
     }
 
-    /// A compute step's length: `ns` times a factor within `1 ± jitter` (xorshift on the seed).
-    fn jitter(&mut self, ns: Ns) -> Ns {
-        if self.config.jitter <= 0.0 || ns == 0 {
-            return ns;
-        }
+    /// Uniform in `[0, 1)`, from the seed (xorshift).
+    fn random(&mut self) -> f64 {
         let mut x = self.rng.max(1);
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         self.rng = x;
-        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
-        (ns as f64 * (1.0 + self.config.jitter * (2.0 * unit - 1.0))) as Ns
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `ns` times a random factor within `1 ± spread`.
+    fn vary(&mut self, ns: Ns, spread: f64) -> Ns {
+        if spread <= 0.0 || ns == 0 {
+            return ns;
+        }
+        (ns as f64 * (1.0 + spread * (2.0 * self.random() - 1.0))) as Ns
+    }
+
+    /// A compute step's length: `ns` within `1 ± jitter`.
+    fn jitter(&mut self, ns: Ns) -> Ns {
+        self.vary(ns, self.config.jitter)
+    }
+
+    /// When the policy's next tick is delivered: up to a timer's lateness after it is due
+    /// (Linux's tick under `host`).
+    fn next_tick(&mut self) -> Option<Ns> {
+        let due = self.policy.next_tick()?;
+        match self.tick {
+            Some((asked, at)) if asked == due => Some(at),
+            _ => {
+                let late = if self.kind == PolicyKind::Host { self.config.costs.host_tick } else { self.config.costs.timer };
+                let at = due.max(self.now) + (late as f64 * self.random()) as Ns;
+                self.tick = Some((due, at));
+                Some(at)
+            }
+        }
     }
 
     /// Hands `event` to the policy and carries out its new assignment.
@@ -441,9 +472,8 @@ impl Sim {
         let mut run_ns = 0;
         for (vm, (plan, share)) in scenario.vms.iter().zip(shares).enumerate() {
             let guest = &self.guests[vm];
-            let started = plan.start_delay_ms * sched::MS;
             let ended = guest.end_time();
-            let elapsed = ended.unwrap_or(self.now).saturating_sub(started);
+            let elapsed = guest.workload_time(self.now);
             let vcpu_times: Vec<VcpuTimes> = topology.vcpus_of(vm).map(|v| self.vcpus[v.index()].times).collect();
             run_ns += vcpu_times.iter().map(|t| t.run_ns).sum::<u64>();
             let outcome = if ended.is_some() {
