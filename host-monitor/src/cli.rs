@@ -20,6 +20,8 @@ use crate::report;
 use crate::runner::{self, References};
 use crate::scenario::{Scenario, Target};
 use crate::sim;
+use crate::sweep::{self, SweepArgs};
+use crate::validate::{self, ValidateArgs};
 use crate::vm::{self, Outcome, RunReport, Seat, Vm, VmConfig};
 
 #[derive(Debug, Parser)]
@@ -49,6 +51,11 @@ enum Command {
     Compare(CompareArgs),
     /// Simulate a scenario file in virtual time (same policies, modelled guests)
     Sim(SimArgs),
+    /// Run scenarios on KVM and in the simulator, and compare each VM's results
+    Validate(ValidateArgs),
+    /// Simulate a grid of pCPU counts, overcommit ratios, workload mixes, lock families and
+    /// policies; write CSV, JSON and SVG plots
+    Sweep(SweepArgs),
     /// List the workloads and their parameters
     Workloads,
     /// Measure boot time and hypercalls, or workloads in the guest against native
@@ -413,6 +420,8 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Scenario(args) => scenario(args),
         Command::Compare(args) => compare::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => sim(args),
+        Command::Validate(args) => validate::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sweep(args) => sweep::run(args).map(|()| ExitCode::SUCCESS),
         Command::Workloads => {
             list_workloads();
             Ok(ExitCode::SUCCESS)

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use plotters::prelude::*;
 use sched::PolicyKind;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bench::Summary;
 use crate::cli::open_kvm;
@@ -32,8 +32,10 @@ const MATRIX_ARGS: &[(&str, &str)] = &[
 /// A VM stuck in a collapse (a convoy of spinning waiters) is stopped after this long.
 const MATRIX_TIMEOUT_S: u32 = 20;
 
+/// Which scenarios to run, under which policies, how many times: shared by `compare` and
+/// `validate`.
 #[derive(Debug, Args)]
-pub struct CompareArgs {
+pub struct Selection {
     /// Scenario files to compare (default: the co-design matrix of --workloads, --overcommit
     /// and --locks)
     pub scenarios: Vec<PathBuf>,
@@ -54,6 +56,12 @@ pub struct CompareArgs {
     /// Runs of each scenario under each policy (interleaved); the table shows medians
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub selection: Selection,
     /// Write a bar chart of the median ratios to FILE (SVG)
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -67,12 +75,14 @@ impl CompareArgs {
     /// workload at 2x overcommit, spin and PV locks, every policy, once (about a minute).
     pub fn quick() -> CompareArgs {
         CompareArgs {
-            scenarios: Vec::new(),
-            workloads: vec!["locks".to_owned(), "nbody".to_owned()],
-            overcommit: vec![2],
-            locks: Vec::new(),
-            policies: PolicyKind::ALL.to_vec(),
-            runs: 1,
+            selection: Selection {
+                scenarios: Vec::new(),
+                workloads: vec!["locks".to_owned(), "nbody".to_owned()],
+                overcommit: vec![2],
+                locks: Vec::new(),
+                policies: PolicyKind::ALL.to_vec(),
+                runs: 1,
+            },
             svg: None,
             json: None,
         }
@@ -80,28 +90,44 @@ impl CompareArgs {
 }
 
 /// One bar of the comparison: a VM of a scenario under a policy.
-#[derive(Debug, Clone, Serialize)]
-struct Cell {
-    scenario: String,
-    vm: String,
-    policy: String,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cell {
+    pub scenario: String,
+    pub vm: String,
+    pub policy: String,
     /// Ratio to ideal in each run (0 for a run stopped at the timeout).
-    ratios: Vec<f64>,
+    pub ratios: Vec<f64>,
     /// Runs stopped at the timeout.
-    timeouts: usize,
-    median: f64,
+    pub timeouts: usize,
+    pub median: f64,
 }
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
+    let selection = &args.selection;
+    let scenarios = load(selection)?;
+    let results = measure(selection, &scenarios)?;
+    let cells = cells(&scenarios, &selection.policies, &results);
+    print_table(&scenarios, &selection.policies, &cells);
+    print_dispatcher(&results);
+    if let Some(path) = &args.svg {
+        chart(path, &selection.policies, &cells)?;
+    }
+    if let Some(path) = &args.json {
+        report::write_json(path, &serde_json::json!({ "cells": cells, "runs": results }))?;
+    }
+    Ok(())
+}
+
+/// Runs every scenario under every policy of `selection`, `runs` times over, interleaved.
+pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<ScenarioResult>> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let scenarios = load(args)?;
     let kvm = open_kvm()?;
     let image = image::DEFAULT_GUEST;
     let mut results: Vec<ScenarioResult> = Vec::new();
     for run in 0..args.runs {
-        for scenario in &scenarios {
+        for scenario in scenarios {
             for &policy in &args.policies {
                 let scenario = match scenario.with(Some(policy), None) {
                     Ok(scenario) => scenario,
@@ -127,21 +153,11 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             }
         }
     }
-
-    let cells = cells(&scenarios, &args.policies, &results);
-    print_table(&scenarios, &args.policies, &cells);
-    print_dispatcher(&results);
-    if let Some(path) = &args.svg {
-        chart(path, &args.policies, &cells)?;
-    }
-    if let Some(path) = &args.json {
-        report::write_json(path, &serde_json::json!({ "cells": cells, "runs": results }))?;
-    }
-    Ok(())
+    Ok(results)
 }
 
 /// The files' scenarios, or the matrix's; each under every family of `--locks`.
-fn load(args: &CompareArgs) -> anyhow::Result<Vec<Scenario>> {
+pub fn load(args: &Selection) -> anyhow::Result<Vec<Scenario>> {
     let (scenarios, locks) = if args.scenarios.is_empty() {
         let families =
             if args.locks.is_empty() { vec!["spin".to_owned(), "pv".to_owned()] } else { args.locks.clone() };
@@ -181,12 +197,14 @@ fn matrix_scenario(workload: &str, level: u32) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn name(scenario: &Scenario) -> String {
+/// A scenario's short name: its file's stem.
+pub fn name(scenario: &Scenario) -> String {
     let path = &scenario.path;
     path.file_stem().map_or_else(|| path.display().to_string(), |stem| stem.to_string_lossy().into_owned())
 }
 
-fn cells(scenarios: &[Scenario], policies: &[PolicyKind], results: &[ScenarioResult]) -> Vec<Cell> {
+/// Each scenario VM's ratios under each policy, with their median.
+pub fn cells(scenarios: &[Scenario], policies: &[PolicyKind], results: &[ScenarioResult]) -> Vec<Cell> {
     let mut cells = Vec::new();
     for scenario in scenarios {
         let path = scenario.path.display().to_string();

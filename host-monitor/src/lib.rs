@@ -26,6 +26,8 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod sim;
+pub mod sweep;
+pub mod validate;
 pub mod vcpu;
 pub mod vm;
 pub mod x86;

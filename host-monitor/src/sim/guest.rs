@@ -77,6 +77,8 @@ struct Thread {
     /// The barrier generation it waits to pass, if it waits at the barrier.
     waiting: Option<u64>,
     ops: u64,
+    /// Operations the lock was last taken for.
+    batch: u64,
 }
 
 /// A pipeline queue, in batches.
@@ -132,7 +134,7 @@ impl Guest {
             params: params.values().clone(),
             first,
             vcpus: plan.vcpus,
-            threads: vec![Thread { pc: 0, state: ThreadState::Ready, waiting: None, ops: 0 }; threads],
+            threads: vec![Thread { pc: 0, state: ThreadState::Ready, waiting: None, ops: 0, batch: 1 }; threads],
             pool: (0..threads).collect(),
             holder: None,
             lock_queue: VecDeque::new(),
@@ -444,9 +446,9 @@ impl Sim {
     fn run_step(&mut self, v: usize) -> bool {
         let vm = self.vcpus[v].vm;
         let t = self.vcpus[v].thread.expect("a running VCPU has a thread");
-        let pc = self.guests[vm].threads[t].pc;
+        let Thread { pc, ops: done, batch, .. } = self.guests[vm].threads[t];
         let mut kicked = false;
-        let step = self.guests[vm].model.step(t, pc);
+        let step = self.guests[vm].model.step(t, pc, done);
         let guest = &mut self.guests[vm];
         match step {
             Step::Compute { ns, ops } => {
@@ -458,15 +460,24 @@ impl Sim {
                 self.vcpus[v].activity = Activity::Busy { until: guest.opened_at + ns, yield_at: self.now + slice };
             }
             Step::Lock => {
+                let (ops, most, ..) = guest.model.lock_ops().expect("a locking model");
                 guest.stats.acquisitions += 1;
                 if guest.holder.is_none() {
                     guest.holder = Some(t);
                     guest.threads[t].pc += 1;
+                    guest.threads[t].batch = most.min(ops - done);
                 } else {
                     guest.stats.contended += 1;
+                    guest.threads[t].batch = 1;
                     guest.lock_queue.push_back(t);
                     self.vcpus[v].activity = Activity::LockWait { since: self.now };
                 }
+            }
+            Step::Critical | Step::Think => {
+                let (_, _, cs, think) = guest.model.lock_ops().expect("a locking model");
+                let (ns, ops) = if step == Step::Critical { (cs * batch, 0) } else { (think * batch, batch) };
+                let left = self.jitter(ns);
+                self.vcpus[v].activity = Activity::Compute { left, ops };
             }
             Step::Unlock => {
                 guest.threads[t].pc += 1;

@@ -15,6 +15,8 @@ pub mod config;
 mod guest;
 pub mod model;
 pub mod queue;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 
@@ -110,6 +112,8 @@ pub struct Sim {
     rng: u64,
     /// The policy's next tick as asked for, and when it is delivered (late, as timers are).
     tick: Option<(Ns, Ns)>,
+    /// Whether the policy has handled an event since its next tick was asked for.
+    tick_stale: bool,
     policy_events: u64,
     preemptions: u64,
     handled: u64,
@@ -172,6 +176,7 @@ impl Sim {
             exited: None,
             rng: config.seed,
             tick: None,
+            tick_stale: true,
             policy_events: 0,
             preemptions: 0,
             handled: 0,
@@ -272,24 +277,37 @@ impl Sim {
     }
 
     /// When the policy's next tick is delivered: up to a timer's lateness after it is due
-    /// (Linux's tick under `host`).
+    /// (at Linux's next tick under `host`). Asked of the policy only after it changed.
     fn next_tick(&mut self) -> Option<Ns> {
-        let due = self.policy.next_tick()?;
-        match self.tick {
-            Some((asked, at)) if asked == due => Some(at),
-            _ => {
-                let late = if self.kind == PolicyKind::Host { self.config.costs.host_tick } else { self.config.costs.timer };
-                let at = due.max(self.now) + (late as f64 * self.random()) as Ns;
-                self.tick = Some((due, at));
-                Some(at)
-            }
+        if !self.tick_stale {
+            return self.tick.map(|(_, at)| at);
         }
+        self.tick_stale = false;
+        let Some(due) = self.policy.next_tick() else {
+            self.tick = None;
+            return None;
+        };
+        if let Some((asked, at)) = self.tick
+            && asked == due
+        {
+            return Some(at);
+        }
+        let at = if self.kind == PolicyKind::Host {
+            // Linux notices a slice's end at its next tick, on every CPU at once.
+            let tick = self.config.costs.host_tick.max(1);
+            due.max(self.now).div_ceil(tick) * tick
+        } else {
+            due.max(self.now) + (self.config.costs.timer as f64 * self.random()) as Ns
+        };
+        self.tick = Some((due, at));
+        Some(at)
     }
 
     /// Hands `event` to the policy and carries out its new assignment.
     fn policy_event(&mut self, event: Event) {
         self.policy.handle(self.now, event);
         self.policy_events += 1;
+        self.tick_stale = true;
         self.apply();
     }
 

@@ -6,9 +6,11 @@
 //! stored. The models keep each workload's structure: `cpu`'s independent tasks, `nbody`'s
 //! two barriers per timestep, `locks`' acquire / critical section / release / think cycle,
 //! `pipeline`'s bounded queues between stages, `phases`' busy phases joined at the end.
-//! Fine-grained work is grouped: one simulated lock operation or pipeline item stands for a
-//! batch of real ones of about [`SimConfig::grain`](super::config::SimConfig) (the fraction of
-//! time spent in critical sections, which decides what a preemption hits, is unchanged).
+//! Fine-grained work is grouped: one simulated pipeline item stands for a batch of real ones
+//! of about [`SimConfig::grain`](super::config::SimConfig), and so does a lock acquisition
+//! found free (the fraction of time spent in critical sections, which decides what a
+//! preemption hits, is unchanged). An acquisition that had to wait covers one operation: a
+//! lock handed over between VCPUs, above all to a preempted one, costs per operation.
 
 use anyhow::Context;
 use sched::Ns;
@@ -44,10 +46,14 @@ pub enum Step {
     /// Compute until `ns` after the VM's barrier last opened (the phase's end on the
     /// clock), yielding to the VCPU's other threads every grain.
     Busy { ns: Ns },
-    /// Take the VM's ticket spinlock.
+    /// Take the VM's ticket spinlock, for a batch of operations if it is free, else for one.
     Lock,
+    /// The critical sections of the operations the lock was taken for.
+    Critical,
     /// Release it.
     Unlock,
+    /// The work outside the lock of those operations; they are done at its end.
+    Think,
     /// Wait at the VM's barrier; `ops` units are done when it opens.
     Barrier { ops: u64 },
     /// Take a batch from queue `q`, blocking while it is empty.
@@ -130,8 +136,17 @@ impl Model {
         Ok(Model { workload: plan.workload.clone(), unit, threads, barrier, queues, kind })
     }
 
-    /// Thread `thread`'s step number `pc`.
-    pub fn step(&self, thread: usize, pc: u64) -> Step {
+    /// For `locks`: (operations per thread, most operations per acquisition, critical
+    /// section and think time of one operation).
+    pub fn lock_ops(&self) -> Option<(u64, u64, Ns, Ns)> {
+        match self.kind {
+            Kind::Locks { ops, batch, cs, think } => Some((ops, batch, cs, think)),
+            _ => None,
+        }
+    }
+
+    /// Thread `thread`'s step number `pc`, when it has done `done` ops.
+    pub fn step(&self, thread: usize, pc: u64, done: u64) -> Step {
         let threads = self.threads;
         match self.kind {
             Kind::Cpu { tasks } => {
@@ -153,19 +168,13 @@ impl Model {
                     _ => Step::Barrier { ops: 1 },
                 }
             }
-            Kind::Locks { ops, batch, cs, think } => {
-                let (op, part) = (pc / 4 * batch, pc % 4);
-                if op >= ops {
-                    return Step::Done;
-                }
-                let this = batch.min(ops - op);
-                match part {
-                    0 => Step::Lock,
-                    1 => Step::Compute { ns: this * cs, ops: 0 },
-                    2 => Step::Unlock,
-                    _ => Step::Compute { ns: this * think, ops: this },
-                }
-            }
+            Kind::Locks { ops, .. } => match pc % 4 {
+                0 if done >= ops => Step::Done,
+                0 => Step::Lock,
+                1 => Step::Critical,
+                2 => Step::Unlock,
+                _ => Step::Think,
+            },
             Kind::Pipeline { items, batch, stage } => {
                 // Stage 0 computes and pushes; the middle ones pop, compute and push; the
                 // last pops and computes.
@@ -228,11 +237,18 @@ mod tests {
         Model::new(&plan, 20_000).unwrap()
     }
 
-    /// Every step of `thread` up to its end.
+    /// Every step of `thread` up to its end, each lock acquisition for `batch` operations.
     fn program(model: &Model, thread: usize) -> Vec<Step> {
+        let batch = model.lock_ops().map_or(0, |(_, batch, ..)| batch);
         let mut steps = Vec::new();
+        let mut done = 0;
         for pc in 0.. {
-            let step = model.step(thread, pc);
+            let step = model.step(thread, pc, done);
+            done += match step {
+                Step::Compute { ops, .. } | Step::Barrier { ops } => ops,
+                Step::Think => batch,
+                _ => 0,
+            };
             steps.push(step);
             if step == Step::Done {
                 return steps;
@@ -272,22 +288,19 @@ mod tests {
     }
 
     #[test]
-    fn locks_batches_operations_but_keeps_their_number_and_critical_fraction() {
-        let locks = model("locks", 2, &["ops=1001", "cs=100", "think=400"]);
-        let Kind::Locks { batch, cs, think, .. } = locks.kind else { panic!() };
+    fn locks_take_the_lock_for_a_batch_of_short_operations_then_think() {
+        let locks = model("locks", 2, &["ops=1000", "cs=100", "think=400"]);
+        let (ops, batch, cs, think) = locks.lock_ops().unwrap();
+        assert_eq!(ops, 1000);
         assert!(batch > 1 && batch * cs <= MAX_CRITICAL_BATCH);
+        assert_eq!(cs, 100 * WORK_UNIT_PS / 1000);
+        assert_eq!(think, 400 * WORK_UNIT_PS / 1000 + LOCK_OP);
         let steps = program(&locks, 0);
-        assert_eq!(ops(&steps), 1001);
-        // Lock, critical section, unlock, think, in turn.
-        assert_eq!(&steps[..4], &[Step::Lock, Step::Compute { ns: batch * cs, ops: 0 }, Step::Unlock,
-            Step::Compute { ns: batch * think, ops: batch }]);
-        let (held, total) = steps.iter().enumerate().fold((0, 0), |(held, total), (i, step)| match step {
-            Step::Compute { ns, .. } if i % 4 == 1 => (held + ns, total + ns),
-            Step::Compute { ns, .. } => (held, total + ns),
-            _ => (held, total),
-        });
-        let fraction = held as f64 / total as f64;
-        assert!((fraction - cs as f64 / (cs + think) as f64).abs() < 1e-3, "{fraction}");
+        assert_eq!(&steps[..4], &[Step::Lock, Step::Critical, Step::Unlock, Step::Think]);
+        assert_eq!(steps.len(), 4 * 1000usize.div_ceil(batch as usize) + 1);
+        // The end depends on the operations done, not on the steps taken.
+        assert_eq!(locks.step(1, 8, 999), Step::Lock);
+        assert_eq!(locks.step(1, 8, 1000), Step::Done);
     }
 
     #[test]
