@@ -99,7 +99,14 @@ pub struct Cell {
     pub ratios: Vec<f64>,
     /// Runs stopped at the timeout.
     pub timeouts: usize,
+    /// NaN (`null` in JSON) if the policy cannot run the scenario.
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
+}
+
+/// Reads `null` (JSON has no NaN) as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(value: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(value)?.unwrap_or(f64::NAN))
 }
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {

@@ -55,7 +55,9 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
     };
     let simulated = compare::cells(&scenarios, &selection.policies, &simulate(selection, &scenarios, args.seeds)?);
     let mut rows = Vec::new();
-    for sim in simulated {
+    // A scenario a policy cannot run (VMs wider than the pCPUs under strict co-scheduling)
+    // has no result either way.
+    for sim in simulated.into_iter().filter(|cell| !cell.median.is_nan()) {
         let Some(real) =
             real.iter().find(|r| r.scenario == sim.scenario && r.vm == sim.vm && r.policy == sim.policy).cloned()
         else {

@@ -53,14 +53,38 @@ impl Host {
         self.assignment.iter().position(|&slot| slot == Some(vcpu))
     }
 
+    /// Whether each task has a pCPU (one pass over the pCPUs, not one per task).
+    fn assigned(&self) -> Vec<bool> {
+        let mut assigned = vec![false; self.runnable.len()];
+        for vcpu in self.assignment.iter().flatten() {
+            assigned[vcpu.index()] = true;
+        }
+        assigned
+    }
+
     /// Runnable tasks without a pCPU, least vruntime first (ties by id).
     fn waiting(&self) -> Vec<VcpuId> {
+        let assigned = self.assigned();
         let mut waiting: Vec<VcpuId> = (0..self.runnable.len())
+            .filter(|&v| self.runnable[v] && !assigned[v])
             .map(|v| VcpuId(v as u32))
-            .filter(|&v| self.runnable[v.index()] && self.pcpu_of(v).is_none())
             .collect();
         waiting.sort_by_key(|v| (self.vruntime[v.index()], v.0));
         waiting
+    }
+
+    /// The waiting task with the least vruntime (ties by id): the head of [`Self::waiting`].
+    fn least_waiting(&self) -> Option<VcpuId> {
+        let assigned = self.assigned();
+        (0..self.runnable.len())
+            .filter(|&v| self.runnable[v] && !assigned[v])
+            .min_by_key(|&v| (self.vruntime[v], v))
+            .map(|v| VcpuId(v as u32))
+    }
+
+    /// Whether a runnable task has no pCPU (every task with a pCPU is runnable).
+    fn any_waiting(&self) -> bool {
+        self.runnable.iter().filter(|&&runnable| runnable).count() > self.assignment.iter().flatten().count()
     }
 
     fn runnable_vruntimes(&self) -> impl Iterator<Item = Ns> + '_ {
@@ -74,6 +98,9 @@ impl Host {
 
     /// Gives idle pCPUs the waiting tasks with the least vruntime.
     fn fill_idle(&mut self, now: Ns) {
+        if self.assignment.iter().all(Option::is_some) {
+            return;
+        }
         let mut waiting = self.waiting().into_iter();
         for pcpu in 0..self.assignment.len() {
             if self.assignment[pcpu].is_none() {
@@ -117,7 +144,7 @@ impl Host {
             if self.slice_end[pcpu] > now {
                 continue;
             }
-            let next = self.waiting().into_iter().next();
+            let next = self.least_waiting();
             match next {
                 Some(next) if self.vruntime[next.index()] < self.vruntime[current.index()] => {
                     self.put(pcpu, Some(next), now)
@@ -136,7 +163,7 @@ impl Policy for Host {
             Event::Block(vcpu) | Event::Down(vcpu) => self.leave(vcpu, now),
             Event::Yield { vcpu, .. } => {
                 if let Some(pcpu) = self.pcpu_of(vcpu)
-                    && let Some(&next) = self.waiting().first()
+                    && let Some(next) = self.least_waiting()
                 {
                     let last = self.runnable_vruntimes().max().unwrap_or(0);
                     self.vruntime[vcpu.index()] = last + 1;
@@ -154,7 +181,7 @@ impl Policy for Host {
 
     fn next_tick(&self) -> Option<Ns> {
         // Slices matter only while some task waits.
-        if self.waiting().is_empty() {
+        if !self.any_waiting() {
             return None;
         }
         (0..self.assignment.len()).filter(|&pcpu| self.assignment[pcpu].is_some()).map(|p| self.slice_end[p]).min()

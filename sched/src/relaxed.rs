@@ -109,8 +109,14 @@ impl Relaxed {
 
     /// The ready VCPUs, least virtual time first (ties by id).
     fn ready_by_vtime(&self) -> Vec<VcpuId> {
-        let mut ready: Vec<VcpuId> =
-            (0..self.runnable.len()).map(|v| VcpuId(v as u32)).filter(|&v| self.ready(v)).collect();
+        let mut assigned = vec![false; self.runnable.len()];
+        for vcpu in self.assignment.iter().flatten() {
+            assigned[vcpu.index()] = true;
+        }
+        let mut ready: Vec<VcpuId> = (0..self.runnable.len())
+            .filter(|&v| self.runnable[v] && !self.costopped[v] && !assigned[v])
+            .map(|v| VcpuId(v as u32))
+            .collect();
         ready.sort_by_key(|v| (self.vtime[v.index()], v.0));
         ready
     }
@@ -167,7 +173,14 @@ impl Relaxed {
     /// running VCPU co-stopped passes to its most lagging ready sibling, slice and all (if it
     /// has none, the pCPU is filled as any idle one).
     fn check_skew(&mut self) {
-        self.costopped = (0..self.runnable.len()).map(|v| self.skew(VcpuId(v as u32)) > self.max_skew).collect();
+        let slowest: Vec<Option<Ns>> = (0..self.topology.vms.len()).map(|vm| self.slowest(vm)).collect();
+        for vm in 0..self.topology.vms.len() {
+            for vcpu in self.topology.vcpus_of(vm) {
+                let v = vcpu.index();
+                let skew = slowest[vm].filter(|_| self.runnable[v]).map_or(0, |slowest| self.progress[v] - slowest);
+                self.costopped[v] = skew > self.max_skew;
+            }
+        }
         for pcpu in 0..self.assignment.len() {
             let Some(leader) = self.assignment[pcpu].filter(|v| self.costopped[v.index()]) else { continue };
             let siblings = self.topology.vcpus_of(self.topology.vm_of(leader));
@@ -203,6 +216,9 @@ impl Relaxed {
 
     /// Gives the idle pCPUs the ready VCPUs with the least virtual time.
     fn fill(&mut self) {
+        if self.assignment.iter().all(Option::is_some) {
+            return;
+        }
         let mut ready = self.ready_by_vtime().into_iter();
         for slot in self.assignment.iter_mut().filter(|slot| slot.is_none()) {
             *slot = ready.next();

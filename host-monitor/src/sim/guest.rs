@@ -485,6 +485,13 @@ impl Sim {
                 if let Some(next) = guest.holder
                     && let ThreadState::On(x) = guest.threads[next].state
                 {
+                    // Handed to a running VCPU, the lock passes on at cache speed: a batch
+                    // again. Handed to a preempted or blocked one, it waits for that VCPU
+                    // for each operation.
+                    if self.vcpus[x].pcpu.is_some() {
+                        let (ops, most, ..) = guest.model.lock_ops().expect("a locking model");
+                        guest.threads[next].batch = most.min(ops - guest.threads[next].ops);
+                    }
                     match self.vcpus[x].state {
                         State::Runnable => self.poke(x, 0),
                         State::Blocked => {

@@ -9,8 +9,8 @@
 //! Fine-grained work is grouped: one simulated pipeline item stands for a batch of real ones
 //! of about [`SimConfig::grain`](super::config::SimConfig), and so does a lock acquisition
 //! found free (the fraction of time spent in critical sections, which decides what a
-//! preemption hits, is unchanged). An acquisition that had to wait covers one operation: a
-//! lock handed over between VCPUs, above all to a preempted one, costs per operation.
+//! preemption hits, is unchanged). A lock handed to a waiter whose VCPU is not running covers
+//! one operation: such a hand-over costs a VCPU switch per operation.
 
 use anyhow::Context;
 use sched::Ns;
@@ -34,8 +34,9 @@ const LOCK_OP: Ns = 8;
 const QUEUE_OP: Ns = 100;
 /// `phases`' unit of work between two yields (1000 units).
 const PHASES_CHUNK: Ns = 2_000;
-/// Critical sections are grouped into batches at most this long, well under the PV lock's
-/// first bound (10 µs), so that batching does not make a running holder look stuck.
+/// Critical sections are grouped into batches at most this long (or a tenth of the grain, if
+/// more), well under the PV lock's bounds (10 µs, then 200 µs), so that a queue of waiters
+/// behind running holders does not look stuck.
 const MAX_CRITICAL_BATCH: Ns = 5_000;
 
 /// What a thread does next.
@@ -115,7 +116,8 @@ impl Model {
             }
             "locks" => {
                 let (cs, think) = (units("cs"), units("think") + LOCK_OP);
-                let batch = (grain / (cs + think).max(1)).min(MAX_CRITICAL_BATCH / cs.max(1)).max(1);
+                let critical = MAX_CRITICAL_BATCH.max(grain / 10);
+                let batch = (grain / (cs + think).max(1)).min(critical / cs.max(1)).max(1);
                 let kind = Kind::Locks { ops: params.u64("ops"), batch, cs, think };
                 ("ops", per_cpu("threads", 1), BarrierKind::Spin, vec![], kind)
             }
