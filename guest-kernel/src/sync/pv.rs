@@ -5,7 +5,10 @@
 //! [`CHECK_EVERY_NS`], the VCPU that holds (or is next to take) the ticket being served: if
 //! the monitor shows that VCPU preempted, spinning is pointless and the waiter yields its
 //! physical CPU to it (a directed yield). Once it has waited [`Thresholds::block_after_ns`],
-//! it blocks its VCPU and the unlocker that serves its ticket kicks it. Both cost an exit
+//! it blocks its VCPU, whatever that VCPU's state, and the unlocker that serves its ticket
+//! kicks it: yields past that bound would go on for as long as the holder stays preempted,
+//! an exit each (the simulator showed such yield storms eating whole pCPUs at 10x
+//! overcommit), where one block and one kick do. Both cost an exit
 //! (~55 µs on these machines), so they are skipped when the shared page says they are
 //! useless: no yield unless the VCPU waited for is preempted, no kick unless a waiter is
 //! blocked on the very ticket now served. A spinning barrier's waiters yield to a preempted
@@ -138,11 +141,11 @@ impl TicketWait for GuestWait {
             stats.slow_paths += u64::from(!slow);
             slow = true;
             let owner = self.owners[served as usize % OWNER_SLOTS].load(Ordering::Relaxed);
-            if owner != me && state_of(owner) == Some(VcpuState::Preempted) {
+            if now >= block_at {
+                self.block(serving, ticket, stats);
+            } else if owner != me && state_of(owner) == Some(VcpuState::Preempted) {
                 let _ = hypercall::yield_to(Some(owner));
                 stats.directed_yields += 1;
-            } else if now >= block_at {
-                self.block(serving, ticket, stats);
             }
             next_check = clock::tsc() + clock::ns_to_ticks(CHECK_EVERY_NS);
         }

@@ -5,7 +5,7 @@
 //! yield point (a busy loop's chunk end, a spinning barrier's relax while another thread is
 //! ready). A ticket-lock waiter never leaves its VCPU: it spins, or with PV locks it looks
 //! at the VCPU of the thread being served after `pv_yield_us`, yields to it if preempted,
-//! and blocks its VCPU after `pv_block_us` until the unlocker kicks it. An idle VCPU polls
+//! and from `pv_block_us` on blocks its VCPU until the unlocker kicks it. An idle VCPU polls
 //! for 30 µs and then blocks until kicked. A VCPU beyond the grant goes down at its next
 //! scheduling point, handing its thread over; a VCPU within it comes up by vcpu_up.
 
@@ -342,12 +342,12 @@ impl Sim {
                         ThreadState::On(x) => Some(x),
                         _ => None,
                     });
-                    if let Some(owner) = owner.filter(|&x| x != v && self.preempted_now(x)) {
-                        self.guests[vm].stats.directed_yields += 1;
-                        self.hypercall(v, Then::Yield(Some(owner)), Activity::LockWait { since });
-                    } else if self.now >= since + block_after {
+                    if self.now >= since + block_after {
                         self.guests[vm].stats.blocks += 1;
                         self.hypercall(v, Then::Block, Activity::LockWait { since });
+                    } else if let Some(owner) = owner.filter(|&x| x != v && self.preempted_now(x)) {
+                        self.guests[vm].stats.directed_yields += 1;
+                        self.hypercall(v, Then::Yield(Some(owner)), Activity::LockWait { since });
                     } else {
                         return self.schedule_vcpu(v, since + block_after - self.now);
                     }
