@@ -62,18 +62,23 @@ impl Host {
         assigned
     }
 
-    /// Runnable tasks without a pCPU, least vruntime first (ties by id).
-    fn waiting(&self) -> Vec<VcpuId> {
+    /// The `n` runnable tasks without a pCPU of least vruntime, least first (ties by id).
+    fn least_waiting_n(&self, n: usize) -> Vec<VcpuId> {
         let assigned = self.assigned();
-        let mut waiting: Vec<VcpuId> = (0..self.runnable.len())
+        let mut waiting: Vec<(Ns, u32)> = (0..self.runnable.len())
             .filter(|&v| self.runnable[v] && !assigned[v])
-            .map(|v| VcpuId(v as u32))
+            .map(|v| (self.vruntime[v], v as u32))
             .collect();
-        waiting.sort_by_key(|v| (self.vruntime[v.index()], v.0));
-        waiting
+        // The keys are distinct (ids are), so selecting then sorting gives the sort's prefix.
+        if n > 0 && n < waiting.len() {
+            waiting.select_nth_unstable(n - 1);
+            waiting.truncate(n);
+        }
+        waiting.sort_unstable();
+        waiting.into_iter().take(n).map(|(_, v)| VcpuId(v)).collect()
     }
 
-    /// The waiting task with the least vruntime (ties by id): the head of [`Self::waiting`].
+    /// The waiting task with the least vruntime (ties by id).
     fn least_waiting(&self) -> Option<VcpuId> {
         let assigned = self.assigned();
         (0..self.runnable.len())
@@ -101,7 +106,8 @@ impl Host {
         if self.assignment.iter().all(Option::is_some) {
             return;
         }
-        let mut waiting = self.waiting().into_iter();
+        let idle = self.assignment.iter().filter(|slot| slot.is_none()).count();
+        let mut waiting = self.least_waiting_n(idle).into_iter();
         for pcpu in 0..self.assignment.len() {
             if self.assignment[pcpu].is_none() {
                 let next = waiting.next();

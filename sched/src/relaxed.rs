@@ -107,24 +107,29 @@ impl Relaxed {
         self.runnable[vcpu.index()] && !self.costopped[vcpu.index()] && self.pcpu_of(vcpu).is_none()
     }
 
-    /// The ready VCPUs, least virtual time first (ties by id).
-    fn ready_by_vtime(&self) -> Vec<VcpuId> {
+    /// The `n` ready VCPUs of least virtual time, least first (ties by id).
+    fn ready_by_vtime(&self, n: usize) -> Vec<VcpuId> {
         let mut assigned = vec![false; self.runnable.len()];
         for vcpu in self.assignment.iter().flatten() {
             assigned[vcpu.index()] = true;
         }
-        let mut ready: Vec<VcpuId> = (0..self.runnable.len())
+        let mut ready: Vec<(u64, u32)> = (0..self.runnable.len())
             .filter(|&v| self.runnable[v] && !self.costopped[v] && !assigned[v])
-            .map(|v| VcpuId(v as u32))
+            .map(|v| (self.vtime[v], v as u32))
             .collect();
-        ready.sort_by_key(|v| (self.vtime[v.index()], v.0));
-        ready
+        // The keys are distinct (ids are), so selecting then sorting gives the sort's prefix.
+        if n > 0 && n < ready.len() {
+            ready.select_nth_unstable(n - 1);
+            ready.truncate(n);
+        }
+        ready.sort_unstable();
+        ready.into_iter().take(n).map(|(_, v)| VcpuId(v)).collect()
     }
 
     /// Charges the running VCPUs' run time since the last charge to their virtual time and progress.
     fn charge(&mut self, now: Ns) {
-        let running: Vec<VcpuId> = self.assignment.iter().flatten().copied().collect();
-        for vcpu in running {
+        for pcpu in 0..self.assignment.len() {
+            let Some(vcpu) = self.assignment[pcpu] else { continue };
             self.vtime[vcpu.index()] += self.virtual_ns(vcpu, now - self.checked_at);
             self.progress[vcpu.index()] += now - self.checked_at;
         }
@@ -164,7 +169,7 @@ impl Relaxed {
         let vm = self.topology.vm_of(vcpu);
         if let Some(to) = to.filter(|&to| self.topology.vm_of(to) == vm && self.ready(to)) {
             self.assignment[pcpu] = Some(to);
-        } else if let Some(&next) = self.ready_by_vtime().first() {
+        } else if let Some(&next) = self.ready_by_vtime(1).first() {
             self.assignment[pcpu] = Some(next);
         }
     }
@@ -219,7 +224,8 @@ impl Relaxed {
         if self.assignment.iter().all(Option::is_some) {
             return;
         }
-        let mut ready = self.ready_by_vtime().into_iter();
+        let idle = self.assignment.iter().filter(|slot| slot.is_none()).count();
+        let mut ready = self.ready_by_vtime(idle).into_iter();
         for slot in self.assignment.iter_mut().filter(|slot| slot.is_none()) {
             *slot = ready.next();
         }

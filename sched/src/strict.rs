@@ -119,8 +119,12 @@ impl Strict {
 
     /// Gives `vm`'s online VCPUs that have no pCPU the lowest-numbered free ones.
     fn place(&mut self, vm: usize) {
+        let mut placed = vec![false; self.online.len()];
+        for vcpu in self.assignment.iter().flatten() {
+            placed[vcpu.index()] = true;
+        }
         for vcpu in self.topology.vcpus_of(vm) {
-            if self.online[vcpu.index()] && self.pcpu_of(vcpu).is_none() {
+            if self.online[vcpu.index()] && !placed[vcpu.index()] {
                 let free = self.assignment.iter().position(Option::is_none).expect("the chosen gangs fit");
                 self.assignment[free] = Some(vcpu);
             }
@@ -154,7 +158,11 @@ impl Strict {
     /// order of least virtual time (ties by VM number), each if it fits in the pCPUs still free.
     fn select(&mut self, from_scratch: bool) {
         let vms = self.topology.vms.len();
-        let mut chosen: Vec<bool> = (0..vms).map(|vm| !from_scratch && self.dispatched(vm)).collect();
+        let mut dispatched = vec![false; vms];
+        for vcpu in self.assignment.iter().flatten() {
+            dispatched[self.topology.vm_of(*vcpu)] = true;
+        }
+        let mut chosen: Vec<bool> = (0..vms).map(|vm| !from_scratch && dispatched[vm]).collect();
         let mut free =
             self.assignment.len() - (0..vms).filter(|&vm| chosen[vm]).map(|vm| self.width(vm)).sum::<usize>();
         let mut candidates: Vec<usize> = (0..vms).filter(|&vm| !chosen[vm] && self.eligible(vm)).collect();
@@ -167,8 +175,10 @@ impl Strict {
             }
         }
         // All the pCPUs of the gangs left out must be free before the new gangs are placed.
-        for vm in (0..vms).filter(|&vm| !chosen[vm]) {
-            self.deschedule(vm);
+        for slot in &mut self.assignment {
+            if slot.is_some_and(|vcpu| !chosen[self.topology.vm_of(vcpu)]) {
+                *slot = None;
+            }
         }
         for vm in (0..vms).filter(|&vm| chosen[vm]) {
             self.place(vm);

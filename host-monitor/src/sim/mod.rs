@@ -544,6 +544,9 @@ impl Sim {
     }
 }
 
+/// Most virtual time a reference run is simulated.
+const REFERENCE_LIMIT: Ns = 10_000_000_000;
+
 /// Simulated reference rates (each VM alone at 1x under credit), by VM configuration.
 #[derive(Default)]
 pub struct References {
@@ -563,7 +566,11 @@ impl References {
             vms: vec![VmPlan { vcpus: width, start_delay_ms: 0, weight: crate::scenario::DEFAULT_WEIGHT, cap: None, ..vm.clone() }],
             ..scenario.clone()
         };
-        let outcome = Sim::new(&solo, &scenario.sim, false)?.run(&solo);
+        // A workload without end reaches its steady rate long before this.
+        let mut config = scenario.sim.clone();
+        let end = config.duration.unwrap_or((scenario.timeout_s * 1e9) as Ns);
+        config.duration = Some(end.min(REFERENCE_LIMIT));
+        let outcome = Sim::new(&solo, &config, false)?.run(&solo);
         let rate = outcome.result.vms[0].rate().filter(|rate| *rate > 0.0).with_context(|| {
             format!("the simulated reference run of {} did no work in {:.1} s", vm.workload, outcome.result.elapsed_s)
         })?;
