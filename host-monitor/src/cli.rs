@@ -96,21 +96,17 @@ pub struct RunArgs {
     pub args: Vec<String>,
 }
 
+/// What `tandem scenario` and `tandem sim` may change of a scenario file, and where they
+/// write.
 #[derive(Debug, Args)]
-#[command(after_help = "Exit status: 0 if every VM exited with 0 (its self-checks passed), 1 otherwise or for a \
-    monitor error, 2 for bad command-line arguments.")]
-pub struct ScenarioArgs {
-    /// The scenario (TOML): pCPUs, policy, VMs (see scenarios/ for examples)
-    pub file: PathBuf,
-    /// Use this policy instead of the file's: host, credit, cosched-strict, cosched-relaxed
+pub struct ScenarioOptions {
+    /// Use this policy instead of the file's: host, credit, cosched-strict, cosched-relaxed,
+    /// dynamic
     #[arg(long)]
     pub policy: Option<PolicyKind>,
-    /// Use the first N host CPUs as pCPUs instead of the file's
+    /// Use N pCPUs instead of the file's (on KVM: the first N host CPUs)
     #[arg(long, value_name = "N")]
     pub pcpus: Option<usize>,
-    /// Skip the reference runs (each VM alone at 1x) that give the ideal results
-    #[arg(long)]
-    pub no_reference: bool,
     /// Write the results (tables' content, dispatcher figures) to FILE as JSON
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -120,28 +116,30 @@ pub struct ScenarioArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Exit status: 0 if every VM exited with 0 (its self-checks passed), 1 otherwise or for a \
+    monitor error, 2 for bad command-line arguments.")]
+pub struct ScenarioArgs {
+    /// The scenario (TOML): pCPUs, policy, VMs (see scenarios/ for examples)
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub options: ScenarioOptions,
+    /// Skip the reference runs (each VM alone at 1x) that give the ideal results
+    #[arg(long)]
+    pub no_reference: bool,
+}
+
+#[derive(Debug, Args)]
 #[command(after_help = "The scenario file may have a [sim] table: scale, duration_s, seed, costs (\"measured\" or \
-    \"vmx\"), exit_us, kick_us, switch_us, preempt_us, \
-    timer_us, host_tick_us, boot_us, grain_us, jitter. The same file and seed give the same \
-    output, byte for byte; the wall time and event rate go to stderr.")]
+    \"vmx\"), exit_us, kick_us, switch_us, preempt_us, timer_us, host_tick_us, boot_us, grain_us, jitter (see the \
+    README). The same file and seed give the same output, byte for byte; the wall time and event rate go to stderr.")]
 pub struct SimArgs {
     /// The scenario (TOML), as for `tandem scenario`, plus an optional [sim] table
     pub file: PathBuf,
-    /// Use this policy instead of the file's
-    #[arg(long)]
-    pub policy: Option<PolicyKind>,
-    /// Simulate N pCPUs instead of the file's (before [sim] scale)
-    #[arg(long, value_name = "N")]
-    pub pcpus: Option<usize>,
+    #[command(flatten)]
+    pub options: ScenarioOptions,
     /// Seed instead of the file's
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Write the results to FILE as JSON (the shape `tandem scenario --json` writes)
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Write which VCPU ran on which pCPU when to FILE, as Chrome trace-event JSON (Perfetto)
-    #[arg(long, value_name = "FILE")]
-    pub trace: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -302,7 +300,8 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn scenario(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
-    let scenario = Scenario::load(&args.file)?.with(args.policy, args.pcpus)?;
+    let options = &args.options;
+    let scenario = Scenario::load(&args.file)?.with(options.policy, options.pcpus)?;
     let kvm = open_kvm()?;
     let mut references = References::default();
     if !args.no_reference {
@@ -310,23 +309,19 @@ fn scenario(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
     }
     let result = runner::run(&kvm, image::DEFAULT_GUEST, &scenario, (!args.no_reference).then_some(&references))?;
     print!("{}", report::table(&result));
-    if let Some(path) = &args.json {
-        report::write_json(path, &result)?;
-    }
-    if let Some(path) = &args.trace {
-        report::write_trace(path, &scenario, &result)?;
-    }
+    write_outputs(options, &scenario, &result)?;
     let all_ok = result.vms.iter().all(|vm| vm.ok);
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
-    let mut scenario = Scenario::load_for(&args.file, Target::Sim)?.with_sim(args.policy, args.pcpus)?;
+    let options = &args.options;
+    let mut scenario = Scenario::load_for(&args.file, Target::Sim)?.with_sim(options.policy, options.pcpus)?;
     if let Some(seed) = args.seed {
         scenario.sim.seed = seed;
     }
     let started = Instant::now();
-    let outcome = sim::simulate(&scenario, &mut sim::References::default(), args.trace.is_some())?;
+    let outcome = sim::simulate(&scenario, &mut sim::References::default(), options.trace.is_some())?;
     let wall = started.elapsed().as_secs_f64();
     print!("{}", report::table(&outcome.result));
     eprintln!(
@@ -335,13 +330,23 @@ fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
         outcome.events,
         outcome.events as f64 / wall.max(1e-9) / 1e6
     );
-    if let Some(path) = &args.json {
-        report::write_json(path, &outcome.result)?;
-    }
-    if let Some(path) = &args.trace {
-        report::write_trace(path, &scenario, &outcome.result)?;
-    }
+    write_outputs(options, &scenario, &outcome.result)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a scenario's results and trace where `options` say.
+fn write_outputs(
+    options: &ScenarioOptions,
+    scenario: &Scenario,
+    result: &runner::ScenarioResult,
+) -> anyhow::Result<()> {
+    if let Some(path) = &options.json {
+        report::write_json(path, result)?;
+    }
+    if let Some(path) = &options.trace {
+        report::write_trace(path, scenario, result)?;
+    }
+    Ok(())
 }
 
 /// Runs a workload on host threads.

@@ -23,13 +23,13 @@ fn micros(ns: u64) -> f64 {
 /// The result as a table for people.
 pub fn table(result: &ScenarioResult) -> String {
     let mut out = String::new();
+    let place = if result.simulated { "simulated".to_owned() } else { format!("host CPUs {:?}", result.cores) };
     let _ = writeln!(
         out,
-        "{}: policy {} on {} pCPUs (host CPUs {:?}), {:.2} s",
+        "{}: policy {} on {} pCPUs ({place}), {:.2} s",
         result.scenario,
         result.policy,
         result.cores.len(),
-        result.cores,
         result.elapsed_s
     );
     let _ = writeln!(
@@ -68,18 +68,28 @@ pub fn table(result: &ScenarioResult) -> String {
     let fairness = result.fairness.map_or_else(|| "-".to_owned(), |f| format!("{f:.3}"));
     let _ = writeln!(out, "pCPU utilization {:.1}%, Jain's fairness index {fairness}", result.utilization * 100.0);
     let d = &result.dispatch;
-    let _ = writeln!(
-        out,
-        "dispatcher: {} events, decision p50 {:.1} us p99 {:.1} us; {} preemptions, latency p50 {:.1} us p99 {:.1} us; \
+    if result.simulated {
+        let _ = writeln!(
+            out,
+            "dispatcher (simulated): {} events, {} preemptions taking {:.1} us each",
+            d.events,
+            d.preemptions,
+            micros(d.preemption_ns.p50)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "dispatcher: {} events, decision p50 {:.1} us p99 {:.1} us; {} preemptions, latency p50 {:.1} us p99 {:.1} us; \
          gate violations {}",
-        d.events,
-        micros(d.decision_ns.p50),
-        micros(d.decision_ns.p99),
-        d.preemptions,
-        micros(d.preemption_ns.p50),
-        micros(d.preemption_ns.p99),
-        d.gate_violations
-    );
+            d.events,
+            micros(d.decision_ns.p50),
+            micros(d.decision_ns.p99),
+            d.preemptions,
+            micros(d.preemption_ns.p50),
+            micros(d.preemption_ns.p99),
+            d.gate_violations
+        );
+    }
     if d.reconfiguration_ns.count > 0 {
         let _ = writeln!(
             out,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kvm_ioctls::Kvm;
-use sched::{PolicyKind, VcpuId};
+use sched::VcpuId;
 use serde::Serialize;
 use workloads::Record;
 
@@ -81,33 +81,18 @@ pub struct References {
 }
 
 impl References {
-    fn key(vm: &VmPlan, width: u32) -> String {
-        format!("{} {} on {width}", vm.workload, vm.args.join(" "))
-    }
-
     /// Measures (once) the reference of every VM of `scenario` whose result is a rate.
     pub fn measure(&mut self, kvm: &Kvm, image: &[u8], scenario: &Scenario, verbose: bool) -> anyhow::Result<()> {
         for vm in &scenario.vms {
-            let width = vm.vcpus.min(scenario.cores.len() as u32);
-            let key = References::key(vm, width);
+            let key = scenario.reference_key(vm);
             if self.rates.contains_key(&key) {
                 continue;
             }
+            let solo = scenario.reference_of(vm);
             if verbose {
+                let width = solo.cores.len();
                 eprintln!("reference: {} with {width} VCPUs alone on {width} pCPUs under credit", vm.workload);
             }
-            let solo = Scenario {
-                cores: scenario.cores[..width as usize].to_vec(),
-                policy: PolicyKind::Credit,
-                vms: vec![VmPlan {
-                    vcpus: width,
-                    start_delay_ms: 0,
-                    weight: crate::scenario::DEFAULT_WEIGHT,
-                    cap: None,
-                    ..vm.clone()
-                }],
-                ..scenario.clone()
-            };
             let result = run(kvm, image, &solo, None)?;
             let vm_result = &result.vms[0];
             let rate = vm_result
@@ -119,8 +104,8 @@ impl References {
         Ok(())
     }
 
-    fn rate(&self, vm: &VmPlan, pcpus: usize) -> Option<f64> {
-        self.rates.get(&References::key(vm, vm.vcpus.min(pcpus as u32))).copied()
+    fn rate(&self, scenario: &Scenario, vm: &VmPlan) -> Option<f64> {
+        self.rates.get(&scenario.reference_key(vm)).copied()
     }
 }
 
@@ -146,8 +131,7 @@ pub fn run(
     for ((plan, (report, _)), share) in scenario.vms.iter().zip(&reports).zip(shares) {
         let record = report.reports.iter().rev().find_map(|text| Record::from_json(text).ok());
         let width = plan.vcpus.min(scenario.cores.len() as u32);
-        let ideal_rate =
-            references.and_then(|r| r.rate(plan, scenario.cores.len())).map(|rate| rate * share / f64::from(width));
+        let ideal_rate = references.and_then(|r| r.rate(scenario, plan)).map(|rate| rate * share / f64::from(width));
         let ratio = match (&record, ideal_rate) {
             (Some(record), Some(ideal)) => Some(record.rate() / ideal),
             _ => None,

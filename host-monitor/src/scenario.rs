@@ -182,7 +182,9 @@ fn micros(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns)
     match value {
         None => Ok(default),
         Some(us) if *us.get_ref() >= 0.0 && us.get_ref().is_finite() => Ok((us.get_ref() * 1000.0) as Ns),
-        Some(us) => source.error(us.span(), key, format!("must be a number of microseconds >= 0, not {}", us.get_ref())),
+        Some(us) => {
+            source.error(us.span(), key, format!("must be a number of microseconds >= 0, not {}", us.get_ref()))
+        }
     }
 }
 
@@ -361,7 +363,12 @@ impl Scenario {
         self.with_cores(policy, pcpus, &(0..MAX_SIM_PCPUS).collect::<Vec<_>>())
     }
 
-    fn with_cores(&self, policy: Option<PolicyKind>, pcpus: Option<usize>, available: &[usize]) -> anyhow::Result<Scenario> {
+    fn with_cores(
+        &self,
+        policy: Option<PolicyKind>,
+        pcpus: Option<usize>,
+        available: &[usize],
+    ) -> anyhow::Result<Scenario> {
         let mut scenario = self.clone();
         if let Some(policy) = policy {
             scenario.policy = policy;
@@ -387,6 +394,24 @@ impl Scenario {
             vm.args.push(format!("locks={locks}"));
         }
         scenario
+    }
+
+    /// `vm` alone at 1x: as many VCPUs as fit on this scenario's pCPUs (`min(vcpus, pCPUs)`),
+    /// on that many of them, under `credit`, at the default weight, without cap or delay.
+    /// Its rate gives `vm`'s ideal.
+    pub fn reference_of(&self, vm: &VmPlan) -> Scenario {
+        let width = vm.vcpus.min(self.cores.len() as u32);
+        Scenario {
+            cores: self.cores[..width as usize].to_vec(),
+            policy: PolicyKind::Credit,
+            vms: vec![VmPlan { vcpus: width, start_delay_ms: 0, weight: DEFAULT_WEIGHT, cap: None, ..vm.clone() }],
+            ..self.clone()
+        }
+    }
+
+    /// What tells `vm`'s reference run apart from others in this scenario's pCPUs.
+    pub fn reference_key(&self, vm: &VmPlan) -> String {
+        format!("{} {} on {}", vm.workload, vm.args.join(" "), vm.vcpus.min(self.cores.len() as u32))
     }
 
     /// Strict co-scheduling runs a VM only when all its VCPUs fit on distinct pCPUs.

@@ -58,7 +58,7 @@ pub struct SweepArgs {
     #[arg(long, value_delimiter = ',', default_values_t = PolicyKind::ALL)]
     pub policies: Vec<PolicyKind>,
     /// Virtual seconds each point is simulated
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     pub duration: f64,
     /// Seed of every point
     #[arg(long, default_value_t = 1)]
@@ -93,7 +93,8 @@ struct Point {
 
 /// The scenario of one grid point, as a scenario file would say it.
 fn scenario_text(pcpus: u32, overcommit: f64, workloads: &[&str], locks: &str, duration: f64, seed: u64) -> String {
-    let mut text = format!("pcpus = {pcpus}\n[policy]\nname = \"credit\"\n[sim]\nduration_s = {duration}\nseed = {seed}\n");
+    let mut text =
+        format!("pcpus = {pcpus}\n[policy]\nname = \"credit\"\n[sim]\nduration_s = {duration}\nseed = {seed}\n");
     let target = (f64::from(pcpus) * overcommit).round().max(1.0) as u32;
     let (mut vcpus, mut vm) = (0, 0);
     while vcpus < target {
@@ -220,8 +221,19 @@ fn write_csv(path: &Path, points: &[Point]) -> anyhow::Result<()> {
         let _ = writeln!(
             text,
             "{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.3}",
-            p.pcpus, p.overcommit, p.mix, p.locks, p.policy, p.vms, p.vcpus, p.mean_ratio, p.min_ratio, p.fairness,
-            p.utilization, p.events, p.wall_s
+            p.pcpus,
+            p.overcommit,
+            p.mix,
+            p.locks,
+            p.policy,
+            p.vms,
+            p.vcpus,
+            p.mean_ratio,
+            p.min_ratio,
+            p.fairness,
+            p.utilization,
+            p.events,
+            p.wall_s
         );
     }
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
@@ -234,7 +246,8 @@ fn plot(path: &Path, pcpus: u32, args: &SweepArgs, points: &[Point]) -> anyhow::
     let root = SVGBackend::new(path, (420 * cols as u32, 300 * rows as u32 + 40)).into_drawing_area();
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
-        let root = root.titled(&format!("{pcpus} pCPUs: mean result / ideal per VM (simulated)"), ("sans-serif", 18))?;
+        let root =
+            root.titled(&format!("{pcpus} pCPUs: mean result / ideal per VM (simulated)"), ("sans-serif", 18))?;
         let panels = root.split_evenly((rows, cols));
         let x_max = args.overcommit.iter().copied().fold(1.0, f64::max);
         let x_min = args.overcommit.iter().copied().fold(x_max, f64::min);
@@ -253,11 +266,8 @@ fn plot(path: &Path, pcpus: u32, args: &SweepArgs, points: &[Point]) -> anyhow::
             chart.configure_mesh().x_desc("overcommit (VCPUs / pCPUs)").y_desc("result / ideal").draw()?;
             for (k, policy) in args.policies.iter().enumerate() {
                 let color = Palette99::pick(k).to_rgba();
-                let mut line: Vec<(f64, f64)> = mine
-                    .iter()
-                    .filter(|p| p.policy == policy.name())
-                    .map(|p| (p.overcommit, p.mean_ratio))
-                    .collect();
+                let mut line: Vec<(f64, f64)> =
+                    mine.iter().filter(|p| p.policy == policy.name()).map(|p| (p.overcommit, p.mean_ratio)).collect();
                 line.sort_by(|a, b| a.0.total_cmp(&b.0));
                 chart
                     .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?

@@ -336,7 +336,8 @@ impl Credit {
     /// The queue and position of the highest-priority pickable VCPU of at least `floor` in
     /// the other pCPUs' queues, scanning from the next pCPU up; the first found wins ties.
     fn best_elsewhere(&self, pcpu: usize, floor: Priority) -> Option<(usize, usize)> {
-        let found = if self.capped { self.best_elsewhere_scan(pcpu, floor) } else { self.best_elsewhere_heads(pcpu, floor) };
+        let found =
+            if self.capped { self.best_elsewhere_scan(pcpu, floor) } else { self.best_elsewhere_heads(pcpu, floor) };
         #[cfg(test)]
         assert_eq!(found, self.best_elsewhere_scan(pcpu, floor), "the queues lost their order");
         found

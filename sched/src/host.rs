@@ -9,7 +9,7 @@
 //! takes an idle pCPU, or preempts the running task furthest ahead if it leads it by more
 //! than the wake-up granularity; a yielding task goes behind every other.
 
-use crate::{Event, MS, Ns, Params, Policy, Topology, VcpuId};
+use crate::{Event, MS, Ns, Params, Policy, Topology, VcpuId, on_pcpus};
 
 /// Linux's base slice on machines with 8 or more CPUs (`sched_base_slice` scaled by CPUs).
 const SLICE: Ns = 3 * MS;
@@ -53,18 +53,9 @@ impl Host {
         self.assignment.iter().position(|&slot| slot == Some(vcpu))
     }
 
-    /// Whether each task has a pCPU (one pass over the pCPUs, not one per task).
-    fn assigned(&self) -> Vec<bool> {
-        let mut assigned = vec![false; self.runnable.len()];
-        for vcpu in self.assignment.iter().flatten() {
-            assigned[vcpu.index()] = true;
-        }
-        assigned
-    }
-
     /// The `n` runnable tasks without a pCPU of least vruntime, least first (ties by id).
     fn least_waiting_n(&self, n: usize) -> Vec<VcpuId> {
-        let assigned = self.assigned();
+        let assigned = on_pcpus(&self.assignment, self.runnable.len());
         let mut waiting: Vec<(Ns, u32)> = (0..self.runnable.len())
             .filter(|&v| self.runnable[v] && !assigned[v])
             .map(|v| (self.vruntime[v], v as u32))
@@ -80,7 +71,7 @@ impl Host {
 
     /// The waiting task with the least vruntime (ties by id).
     fn least_waiting(&self) -> Option<VcpuId> {
-        let assigned = self.assigned();
+        let assigned = on_pcpus(&self.assignment, self.runnable.len());
         (0..self.runnable.len())
             .filter(|&v| self.runnable[v] && !assigned[v])
             .min_by_key(|&v| (self.vruntime[v], v))

@@ -36,7 +36,7 @@
 //! - A yield to a ready sibling hands it the pCPU for the rest of the slice (directed yield);
 //!   another yield gives the pCPU to the ready VCPU with the least virtual time, if any.
 
-use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
+use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId, on_pcpus};
 
 pub struct Relaxed {
     topology: Topology,
@@ -81,7 +81,12 @@ impl Relaxed {
 
     /// How far `vcpu` has run ahead of its slowest runnable sibling; 0 unless it is runnable.
     pub fn skew(&self, vcpu: VcpuId) -> Ns {
-        match self.slowest(self.topology.vm_of(vcpu)) {
+        self.lead(vcpu, self.slowest(self.topology.vm_of(vcpu)))
+    }
+
+    /// `vcpu`'s lead over `slowest`, its VM's least progress; 0 unless it is runnable.
+    fn lead(&self, vcpu: VcpuId, slowest: Option<Ns>) -> Ns {
+        match slowest {
             Some(slowest) if self.runnable[vcpu.index()] => self.progress[vcpu.index()] - slowest,
             _ => 0,
         }
@@ -109,10 +114,7 @@ impl Relaxed {
 
     /// The `n` ready VCPUs of least virtual time, least first (ties by id).
     fn ready_by_vtime(&self, n: usize) -> Vec<VcpuId> {
-        let mut assigned = vec![false; self.runnable.len()];
-        for vcpu in self.assignment.iter().flatten() {
-            assigned[vcpu.index()] = true;
-        }
+        let assigned = on_pcpus(&self.assignment, self.runnable.len());
         let mut ready: Vec<(u64, u32)> = (0..self.runnable.len())
             .filter(|&v| self.runnable[v] && !self.costopped[v] && !assigned[v])
             .map(|v| (self.vtime[v], v as u32))
@@ -181,9 +183,7 @@ impl Relaxed {
         let slowest: Vec<Option<Ns>> = (0..self.topology.vms.len()).map(|vm| self.slowest(vm)).collect();
         for vm in 0..self.topology.vms.len() {
             for vcpu in self.topology.vcpus_of(vm) {
-                let v = vcpu.index();
-                let skew = slowest[vm].filter(|_| self.runnable[v]).map_or(0, |slowest| self.progress[v] - slowest);
-                self.costopped[v] = skew > self.max_skew;
+                self.costopped[vcpu.index()] = self.lead(vcpu, slowest[vm]) > self.max_skew;
             }
         }
         for pcpu in 0..self.assignment.len() {

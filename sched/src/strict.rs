@@ -30,7 +30,7 @@
 //! - A VM with more online VCPUs than pCPUs never fits: it never runs, and never holds up the
 //!   others. The scenario layer refuses such VMs; this policy does not panic on them.
 
-use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
+use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId, on_pcpus};
 
 pub struct Strict {
     topology: Topology,
@@ -119,10 +119,7 @@ impl Strict {
 
     /// Gives `vm`'s online VCPUs that have no pCPU the lowest-numbered free ones.
     fn place(&mut self, vm: usize) {
-        let mut placed = vec![false; self.online.len()];
-        for vcpu in self.assignment.iter().flatten() {
-            placed[vcpu.index()] = true;
-        }
+        let placed = on_pcpus(&self.assignment, self.online.len());
         for vcpu in self.topology.vcpus_of(vm) {
             if self.online[vcpu.index()] && !placed[vcpu.index()] {
                 let free = self.assignment.iter().position(Option::is_none).expect("the chosen gangs fit");

@@ -31,8 +31,8 @@ pub mod sync;
 use alloc::string::{String, ToString};
 use core::fmt;
 
-pub use params::{ParamError, ParamSpec, Params};
 pub use common::share;
+pub use params::{ParamError, ParamSpec, Params};
 pub use record::Record;
 pub use runtime::{Barrier, BarrierKind, Condvar, Lock, Runtime};
 

@@ -125,8 +125,8 @@ impl Guest {
             .map_err(|error| anyhow::anyhow!("bad guest arguments: {error}"))?;
         let info = workloads::WORKLOADS.iter().find(|w| w.name == plan.workload).expect("checked by the model");
         let params = workloads::Params::parse(info.params, workload_args).expect("checked by the model");
-        let pv = (guest.str("locks") == "pv")
-            .then(|| (guest.u64("pv_yield_us") * 1_000, guest.u64("pv_block_us") * 1_000));
+        let pv =
+            (guest.str("locks") == "pv").then(|| (guest.u64("pv_yield_us") * 1_000, guest.u64("pv_block_us") * 1_000));
         let threads = model.threads;
         let queues = model.queues.iter().map(|&capacity| Fifo { capacity, ..Fifo::default() }).collect();
         Ok(Guest {
@@ -324,7 +324,8 @@ impl Sim {
                         self.vcpus[v].activity = Activity::Busy { until, yield_at: self.now + slice };
                     }
                     let Activity::Busy { yield_at, .. } = self.vcpus[v].activity else { unreachable!() };
-                    let next = if self.guests[vm].pool.is_empty() && !self.surplus(v) { until } else { until.min(yield_at) };
+                    let next =
+                        if self.guests[vm].pool.is_empty() && !self.surplus(v) { until } else { until.min(yield_at) };
                     return self.schedule_vcpu(v, next - self.now);
                 }
                 Activity::LockWait { since } => {
@@ -544,7 +545,11 @@ impl Sim {
                         kicked |= self.ready(vm, w);
                     }
                 } else {
-                    if pop { fifo.poppers.push_back(t) } else { fifo.pushers.push_back(t) }
+                    if pop {
+                        fifo.poppers.push_back(t)
+                    } else {
+                        fifo.pushers.push_back(t)
+                    }
                     self.release_thread(v, ThreadState::Blocked);
                 }
             }

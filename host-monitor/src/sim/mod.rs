@@ -527,8 +527,11 @@ impl Sim {
             trace: self.trace.take().unwrap_or_default(),
             ..DispatchReport::default()
         };
-        dispatch.preemption_ns =
-            Percentiles { count: self.preemptions as usize, p50: self.config.costs.preempt, p99: self.config.costs.preempt };
+        dispatch.preemption_ns = Percentiles {
+            count: self.preemptions as usize,
+            p50: self.config.costs.preempt,
+            p99: self.config.costs.preempt,
+        };
         let result = ScenarioResult {
             scenario: scenario.path.display().to_string(),
             policy: scenario.policy.name().to_owned(),
@@ -555,17 +558,11 @@ pub struct References {
 
 impl References {
     fn rate(&mut self, scenario: &Scenario, vm: &VmPlan) -> anyhow::Result<f64> {
-        let width = vm.vcpus.min(scenario.cores.len() as u32);
-        let key = format!("{} {} on {width}", vm.workload, vm.args.join(" "));
+        let key = scenario.reference_key(vm);
         if let Some(rate) = self.rates.get(&key) {
             return Ok(*rate);
         }
-        let solo = Scenario {
-            cores: (0..width as usize).collect(),
-            policy: PolicyKind::Credit,
-            vms: vec![VmPlan { vcpus: width, start_delay_ms: 0, weight: crate::scenario::DEFAULT_WEIGHT, cap: None, ..vm.clone() }],
-            ..scenario.clone()
-        };
+        let solo = scenario.reference_of(vm);
         // A workload without end reaches its steady rate long before this.
         let mut config = scenario.sim.clone();
         let end = config.duration.unwrap_or((scenario.timeout_s * 1e9) as Ns);

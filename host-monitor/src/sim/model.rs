@@ -110,7 +110,8 @@ impl Model {
                 ("tasks", per_cpu("threads", 1), BarrierKind::Spin, vec![], Kind::Cpu { tasks })
             }
             "nbody" => {
-                let barrier = if params.str("barrier") == "spin" { BarrierKind::Spin } else { BarrierKind::SpinThenBlock };
+                let barrier =
+                    if params.str("barrier") == "spin" { BarrierKind::Spin } else { BarrierKind::SpinThenBlock };
                 let kind = Kind::Nbody { bodies: params.u64("bodies") as usize, steps: params.u64("steps") };
                 ("timesteps", per_cpu("threads", 1), barrier, vec![], kind)
             }
@@ -328,8 +329,15 @@ mod tests {
         assert_eq!(phases.barrier, BarrierKind::SpinThenBlock);
         let main = program(&phases, 0);
         let other = program(&phases, 2);
-        assert_eq!(main[..4], [Step::Busy { ns: 5 * sched::MS }, Step::Barrier { ops: 0 },
-            Step::Busy { ns: 5 * sched::MS }, Step::Barrier { ops: 1 }]);
+        assert_eq!(
+            main[..4],
+            [
+                Step::Busy { ns: 5 * sched::MS },
+                Step::Barrier { ops: 0 },
+                Step::Busy { ns: 5 * sched::MS },
+                Step::Barrier { ops: 1 }
+            ]
+        );
         assert_eq!(other[2], Step::Compute { ns: 0, ops: 0 });
         assert_eq!(ops(&main), 3);
         assert_eq!(main.len(), other.len());

@@ -99,7 +99,11 @@ fn a_spinning_barrier_waits_for_the_descheduled_sibling() {
     assert!(vm.ratio.unwrap() < 0.2, "{:?}", vm.ratio);
     // Gang scheduling on two pCPUs keeps the siblings together.
     let gang = run(&vms(2, "cosched-strict", 2, 2, "nbody", "{ steps = 20 }", "spin"));
-    assert!(gang.vms.iter().all(|vm| vm.ratio.unwrap() > 0.8), "{:?}", gang.vms.iter().map(|v| v.ratio).collect::<Vec<_>>());
+    assert!(
+        gang.vms.iter().all(|vm| vm.ratio.unwrap() > 0.8),
+        "{:?}",
+        gang.vms.iter().map(|v| v.ratio).collect::<Vec<_>>()
+    );
 }
 
 #[test]
