@@ -895,6 +895,15 @@ mod tests {
         }
     }
 
+    /// Many VMs on many pCPUs, with yields: every steal reads the queue heads and, in tests,
+    /// checks the result against a scan of every queued VCPU (see `best_elsewhere`).
+    #[test]
+    fn stealing_from_the_queue_heads_finds_what_a_full_scan_finds() {
+        let vms = (0..24).map(|n| vm(1 + n % 4, 256 * (1 + n % 3), None)).collect();
+        let mut h = harness(8, vms);
+        random_run(&mut h, 11, 5_000, &|_| false);
+    }
+
     #[test]
     fn random_runs_with_a_capped_vm_keep_its_cap_and_the_other_pcpus_busy() {
         let mut h = harness(2, vec![vm(2, 256, Some(50)), vm(2, 256, None), vm(1, 256, None)]);

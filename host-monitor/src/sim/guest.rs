@@ -625,9 +625,11 @@ impl Sim {
         true
     }
 
-    /// Whether VCPU `x` is preempted, as the shared page shows it.
+    /// Whether VCPU `x` is preempted, as the shared page shows it: under a policy the
+    /// monitor does not enforce (`host`), Linux preempts VCPU threads without the monitor
+    /// knowing, and the page never says so.
     fn preempted_now(&self, x: usize) -> bool {
-        self.vcpus[x].state == State::Runnable && self.vcpus[x].pcpu.is_none()
+        self.policy.gates() && self.vcpus[x].state == State::Runnable && self.vcpus[x].pcpu.is_none()
     }
 
     fn preempted_sibling(&self, v: usize) -> Option<usize> {
