@@ -44,6 +44,9 @@ struct Row {
     /// |simulated - real| / real, if the real result is not 0.
     error: Option<f64>,
     agrees: bool,
+    /// Whether the simulated result lies within the real runs' own range.
+    #[serde(default)]
+    within_runs: bool,
 }
 
 pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
@@ -66,7 +69,10 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
         let error = (real.median > 0.0).then(|| (sim.median - real.median).abs() / real.median);
         let collapsed = real.median < COLLAPSED && sim.median < COLLAPSED;
         let agrees = collapsed || error.is_some_and(|e| e <= args.tolerance);
-        rows.push(Row { real, sim, error, agrees });
+        let lowest = real.ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = real.ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let within_runs = (lowest..=highest).contains(&sim.median);
+        rows.push(Row { real, sim, error, agrees, within_runs });
     }
     print_table(&rows, args.tolerance);
     if let Some(path) = &args.json {
@@ -113,19 +119,24 @@ fn print_table(rows: &[Row], tolerance: f64) {
             format!("{:.3}", row.real.median)
         };
         let error = row.error.map_or_else(|| "-".to_owned(), |e| format!("{:.1}%", e * 100.0));
-        let mark = if row.agrees { "" } else { "  <- off" };
+        let mark = match (row.agrees, row.within_runs) {
+            (true, _) => "",
+            (false, true) => "  <- off, within the real runs' range",
+            (false, false) => "  <- off",
+        };
         println!(
             "{:<24} {:<7} {:<16} {:>14} {:>8.3} {:>8}{mark}",
             row.real.scenario, row.real.vm, row.real.policy, real, row.sim.median, error
         );
     }
     let agree = rows.iter().filter(|row| row.agrees).count();
+    let spread = rows.iter().filter(|row| !row.agrees && row.within_runs).count();
     let collapsed = rows.iter().filter(|row| row.real.median < COLLAPSED && row.sim.median < COLLAPSED).count();
     let errors: Vec<f64> = rows.iter().filter_map(|row| row.error).collect();
     let median_error = if errors.is_empty() { 0.0 } else { crate::bench::Summary::of(errors.clone()).median };
     println!(
-        "{agree} of {} within {:.0}% ({collapsed} of them collapsed below {COLLAPSED} in both); median error {:.1}%, \
-         largest {:.1}%",
+        "{agree} of {} within {:.0}% ({collapsed} of them collapsed below {COLLAPSED} in both), {spread} more within the \
+         range of their real runs; median error {:.1}%, largest {:.1}%",
         rows.len(),
         tolerance * 100.0,
         median_error * 100.0,
