@@ -109,6 +109,8 @@ pub struct Sim {
     live: usize,
     /// The VCPU now in the monitor for a hypercall: its pCPU passes on without preemption.
     exited: Option<usize>,
+    /// The policy's assignment as VCPU indexes, reused by every `apply`.
+    wants: Vec<Option<usize>>,
     rng: u64,
     /// The policy's next tick as asked for, and when it is delivered (late, as timers are).
     tick: Option<(Ns, Ns)>,
@@ -174,6 +176,7 @@ impl Sim {
             live: guests.len(),
             guests,
             exited: None,
+            wants: Vec::new(),
             rng: config.seed,
             tick: None,
             tick_stale: true,
@@ -313,10 +316,12 @@ impl Sim {
 
     /// Starts, preempts and switches pCPUs toward the policy's assignment.
     fn apply(&mut self) {
-        for p in 0..self.pcpus.len() {
-            let want = self.policy.assignment()[p]
-                .map(|vcpu| vcpu.index())
-                .filter(|&v| self.vcpus[v].state == State::Runnable);
+        // One look at the assignment (a virtual call), into a buffer kept between events.
+        let mut wants = std::mem::take(&mut self.wants);
+        wants.clear();
+        wants.extend(self.policy.assignment().iter().map(|slot| slot.map(VcpuId::index)));
+        for (p, &want) in wants.iter().enumerate() {
+            let want = want.filter(|&v| self.vcpus[v].state == State::Runnable);
             if self.pcpus[p].target == want {
                 continue;
             }
@@ -332,6 +337,7 @@ impl Sim {
                 None => self.switch_soon(p),
             }
         }
+        self.wants = wants;
         if self.kind == PolicyKind::CoschedRelaxed {
             for v in 0..self.vcpus.len() {
                 if self.vcpus[v].state == State::Runnable && self.vcpus[v].pcpu.is_none() {
