@@ -9,7 +9,7 @@
 //! takes an idle pCPU, or preempts the running task furthest ahead if it leads it by more
 //! than the wake-up granularity; a yielding task goes behind every other.
 
-use crate::{Event, MS, Ns, Params, Policy, Topology, VcpuId, on_pcpus};
+use crate::{Event, MS, Ns, Params, Policy, Topology, VcpuId, least_n, on_pcpus};
 
 /// Linux's base slice on machines with 8 or more CPUs (`sched_base_slice` scaled by CPUs).
 const SLICE: Ns = 3 * MS;
@@ -56,17 +56,11 @@ impl Host {
     /// The `n` runnable tasks without a pCPU of least vruntime, least first (ties by id).
     fn least_waiting_n(&self, n: usize) -> Vec<VcpuId> {
         let assigned = on_pcpus(&self.assignment, self.runnable.len());
-        let mut waiting: Vec<(Ns, u32)> = (0..self.runnable.len())
+        let waiting: Vec<(Ns, u32)> = (0..self.runnable.len())
             .filter(|&v| self.runnable[v] && !assigned[v])
             .map(|v| (self.vruntime[v], v as u32))
             .collect();
-        // The keys are distinct (ids are), so selecting then sorting gives the sort's prefix.
-        if n > 0 && n < waiting.len() {
-            waiting.select_nth_unstable(n - 1);
-            waiting.truncate(n);
-        }
-        waiting.sort_unstable();
-        waiting.into_iter().take(n).map(|(_, v)| VcpuId(v)).collect()
+        least_n(waiting, n)
     }
 
     /// The waiting task with the least vruntime (ties by id).

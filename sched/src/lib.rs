@@ -193,6 +193,17 @@ fn on_pcpus(assignment: &[Option<VcpuId>], vcpus: usize) -> Vec<bool> {
     on
 }
 
+/// The `n` VCPUs of least key, least first, from (key, VCPU) pairs whose VCPUs are distinct:
+/// what a sort would put first, without sorting them all.
+fn least_n(mut keyed: Vec<(u64, u32)>, n: usize) -> Vec<VcpuId> {
+    if n > 0 && n < keyed.len() {
+        keyed.select_nth_unstable(n - 1);
+        keyed.truncate(n);
+    }
+    keyed.sort_unstable();
+    keyed.into_iter().take(n).map(|(_, v)| VcpuId(v)).collect()
+}
+
 /// The policies by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PolicyKind {

@@ -36,7 +36,7 @@
 //! - A yield to a ready sibling hands it the pCPU for the rest of the slice (directed yield);
 //!   another yield gives the pCPU to the ready VCPU with the least virtual time, if any.
 
-use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId, on_pcpus};
+use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId, least_n, on_pcpus};
 
 pub struct Relaxed {
     topology: Topology,
@@ -115,17 +115,11 @@ impl Relaxed {
     /// The `n` ready VCPUs of least virtual time, least first (ties by id).
     fn ready_by_vtime(&self, n: usize) -> Vec<VcpuId> {
         let assigned = on_pcpus(&self.assignment, self.runnable.len());
-        let mut ready: Vec<(u64, u32)> = (0..self.runnable.len())
+        let ready: Vec<(u64, u32)> = (0..self.runnable.len())
             .filter(|&v| self.runnable[v] && !self.costopped[v] && !assigned[v])
             .map(|v| (self.vtime[v], v as u32))
             .collect();
-        // The keys are distinct (ids are), so selecting then sorting gives the sort's prefix.
-        if n > 0 && n < ready.len() {
-            ready.select_nth_unstable(n - 1);
-            ready.truncate(n);
-        }
-        ready.sort_unstable();
-        ready.into_iter().take(n).map(|(_, v)| VcpuId(v)).collect()
+        least_n(ready, n)
     }
 
     /// Charges the running VCPUs' run time since the last charge to their virtual time and progress.
