@@ -17,7 +17,7 @@ use workloads::record::LockStats;
 use workloads::{BarrierKind, Record};
 
 use super::Sim;
-use super::model::{Model, Step};
+use super::model::{Model, QUEUE_SHARED, Step};
 use crate::scenario::VmPlan;
 
 /// How long an idle VCPU polls for work before it blocks (`guest-kernel`'s IDLE_POLL_NS).
@@ -79,6 +79,8 @@ struct Thread {
     ops: u64,
     /// Operations the lock was last taken for.
     batch: u64,
+    /// Time its next compute step takes on top (queue traffic between VCPUs).
+    debt: Ns,
 }
 
 /// A pipeline queue, in batches.
@@ -134,7 +136,7 @@ impl Guest {
             params: params.values().clone(),
             first,
             vcpus: plan.vcpus,
-            threads: vec![Thread { pc: 0, state: ThreadState::Ready, waiting: None, ops: 0, batch: 1 }; threads],
+            threads: vec![Thread { pc: 0, state: ThreadState::Ready, waiting: None, ops: 0, batch: 1, debt: 0 }; threads],
             pool: (0..threads).collect(),
             holder: None,
             lock_queue: VecDeque::new(),
@@ -453,7 +455,7 @@ impl Sim {
         let guest = &mut self.guests[vm];
         match step {
             Step::Compute { ns, ops } => {
-                let left = self.jitter(ns);
+                let left = self.jitter(ns) + std::mem::take(&mut self.guests[vm].threads[t].debt);
                 self.vcpus[v].activity = Activity::Compute { left, ops };
             }
             Step::Busy { ns } => {
@@ -541,6 +543,15 @@ impl Sim {
                         fifo.poppers.pop_front()
                     };
                     guest.threads[t].pc += 1;
+                    // Stage q pushes into queue q, stage q + 1 pops from it.
+                    let partner = if pop { q } else { q + 1 };
+                    if let ThreadState::On(x) = guest.threads[partner].state
+                        && x != v
+                        && self.vcpus[x].pcpu.is_some()
+                    {
+                        let guest = &mut self.guests[vm];
+                        guest.threads[t].debt += QUEUE_SHARED * guest.model.pipeline_batch();
+                    }
                     if let Some(w) = woken {
                         kicked |= self.ready(vm, w);
                     }
