@@ -136,7 +136,10 @@ impl Guest {
             params: params.values().clone(),
             first,
             vcpus: plan.vcpus,
-            threads: vec![Thread { pc: 0, state: ThreadState::Ready, waiting: None, ops: 0, batch: 1, debt: 0 }; threads],
+            threads: vec![
+                Thread { pc: 0, state: ThreadState::Ready, waiting: None, ops: 0, batch: 1, debt: 0 };
+                threads
+            ],
             pool: (0..threads).collect(),
             holder: None,
             lock_queue: VecDeque::new(),
@@ -499,7 +502,8 @@ impl Sim {
                         State::Runnable => self.poke(x, 0),
                         State::Blocked => {
                             self.guests[vm].stats.kicks += 1;
-                            kicked |= self.kick(x);
+                            self.kick(x);
+                            kicked = true;
                         }
                         State::Offline => {}
                     }
@@ -625,15 +629,17 @@ impl Sim {
                 && s.vcpus[x].index < grant
         };
         match vcpus.clone().find(|&x| blocked(self, x)) {
-            Some(x) => self.kick(x),
+            Some(x) => {
+                self.kick(x);
+                true
+            }
             None => false,
         }
     }
 
-    /// Sends a kick to blocked VCPU `x`. Returns true (a hypercall was made).
-    fn kick(&mut self, x: usize) -> bool {
+    /// Sends a kick to blocked VCPU `x`; it arrives after the kicker's exit and the kick.
+    fn kick(&mut self, x: usize) {
         self.schedule(self.now + self.config.costs.exit + self.config.costs.kick, super::Ev::Wake(x));
-        true
     }
 
     /// Whether VCPU `x` is preempted, as the shared page shows it: under a policy the
@@ -732,7 +738,7 @@ impl Sim {
     }
 
     /// Records the reconfiguration latency once VM `vm`'s online VCPUs match its grant.
-    pub(super) fn check_followed(&mut self, vm: usize) {
+    fn check_followed(&mut self, vm: usize) {
         let guest = &self.guests[vm];
         let Some(since) = guest.grant_changed else { return };
         let online = (guest.first..guest.first + guest.vcpus as usize)

@@ -121,7 +121,6 @@ pub struct Sim {
     handled: u64,
     reconfigurations: Vec<u64>,
     trace: Option<Vec<Span>>,
-    last_start: Vec<Ns>,
 }
 
 /// A finished simulation: per VM what it did, and the engine's counters.
@@ -170,7 +169,6 @@ impl Sim {
             kind: scenario.policy,
             policy,
             queue: EventQueue::new(),
-            last_start: vec![0; vcpus.len()],
             vcpus,
             pcpus: vec![Pcpu::default(); scenario.cores.len()],
             live: guests.len(),
@@ -394,7 +392,6 @@ impl Sim {
         vcpu.pcpu = Some(p);
         vcpu.mark = self.now;
         vcpu.epoch += 1;
-        self.last_start[v] = self.now;
         self.recategorize(v);
         self.step(v);
     }
@@ -407,7 +404,9 @@ impl Sim {
         self.vcpus[v].epoch += 1;
         self.pcpus[p].running = None;
         if let Some(trace) = &mut self.trace {
-            trace.push(Span { vcpu: v as u32, pcpu: Some(p as u32), start_ns: self.last_start[v], end_ns: self.now });
+            // Still in `Run` since it started: `since` is when it did.
+            let start_ns = self.vcpus[v].since;
+            trace.push(Span { vcpu: v as u32, pcpu: Some(p as u32), start_ns, end_ns: self.now });
         }
         self.recategorize(v);
         // A pCPU waiting for this VCPU to leave another one can have it now.
