@@ -9,7 +9,9 @@
 //! takes an idle pCPU, or preempts the running task furthest ahead if it leads it by more
 //! than the wake-up granularity; a yielding task goes behind every other.
 
-use crate::{Event, MS, Ns, Params, Policy, Topology, VcpuId, least_n, on_pcpus};
+use std::collections::BTreeSet;
+
+use crate::{Event, MS, Ns, Params, Policy, Topology, VcpuId};
 
 /// Linux's base slice on machines with 8 or more CPUs (`sched_base_slice` scaled by CPUs).
 const SLICE: Ns = 3 * MS;
@@ -22,6 +24,9 @@ pub struct Host {
     slice_end: Vec<Ns>,
     runnable: Vec<bool>,
     vruntime: Vec<Ns>,
+    /// The runnable tasks without a pCPU, by (vruntime, id): a waiting task's vruntime does not
+    /// move, so the order holds until it runs.
+    waiting: BTreeSet<(Ns, u32)>,
     /// When each pCPU's running task was last charged.
     charged_at: Vec<Ns>,
 }
@@ -35,6 +40,7 @@ impl Host {
             slice_end: vec![0; pcpus],
             runnable: vec![false; vcpus],
             vruntime: vec![0; vcpus],
+            waiting: BTreeSet::new(),
             charged_at: vec![0; pcpus],
         }
     }
@@ -53,55 +59,50 @@ impl Host {
         self.assignment.iter().position(|&slot| slot == Some(vcpu))
     }
 
-    /// The `n` runnable tasks without a pCPU of least vruntime, least first (ties by id).
-    fn least_waiting_n(&self, n: usize) -> Vec<VcpuId> {
-        let assigned = on_pcpus(&self.assignment, self.runnable.len());
-        let waiting: Vec<(Ns, u32)> = (0..self.runnable.len())
-            .filter(|&v| self.runnable[v] && !assigned[v])
-            .map(|v| (self.vruntime[v], v as u32))
-            .collect();
-        least_n(waiting, n)
+    fn key(&self, vcpu: VcpuId) -> (Ns, u32) {
+        (self.vruntime[vcpu.index()], vcpu.0)
     }
 
     /// The waiting task with the least vruntime (ties by id).
     fn least_waiting(&self) -> Option<VcpuId> {
-        let assigned = on_pcpus(&self.assignment, self.runnable.len());
-        (0..self.runnable.len())
-            .filter(|&v| self.runnable[v] && !assigned[v])
-            .min_by_key(|&v| (self.vruntime[v], v))
-            .map(|v| VcpuId(v as u32))
+        self.waiting.first().map(|&(_, v)| VcpuId(v))
     }
 
-    /// Whether a runnable task has no pCPU (every task with a pCPU is runnable).
-    fn any_waiting(&self) -> bool {
-        self.runnable.iter().filter(|&&runnable| runnable).count() > self.assignment.iter().flatten().count()
-    }
-
+    /// The vruntimes of the runnable tasks: the running ones and the least and most waiting.
     fn runnable_vruntimes(&self) -> impl Iterator<Item = Ns> + '_ {
-        (0..self.runnable.len()).filter(|&v| self.runnable[v]).map(|v| self.vruntime[v])
+        let running = self.assignment.iter().flatten().map(|v| self.vruntime[v.index()]);
+        let waiting = self.waiting.first().into_iter().chain(self.waiting.last()).map(|&(vruntime, _)| vruntime);
+        running.chain(waiting)
     }
 
+    /// Puts `vcpu` on `pcpu` for a new slice; the task it replaces waits, if still runnable.
     fn put(&mut self, pcpu: usize, vcpu: Option<VcpuId>, now: Ns) {
+        if let Some(old) = self.assignment[pcpu]
+            && self.runnable[old.index()]
+        {
+            self.waiting.insert(self.key(old));
+        }
+        if let Some(new) = vcpu {
+            self.waiting.remove(&self.key(new));
+        }
         self.assignment[pcpu] = vcpu;
         self.slice_end[pcpu] = now + SLICE;
     }
 
     /// Gives idle pCPUs the waiting tasks with the least vruntime.
     fn fill_idle(&mut self, now: Ns) {
-        if self.assignment.iter().all(Option::is_some) {
-            return;
-        }
-        let idle = self.assignment.iter().filter(|slot| slot.is_none()).count();
-        let mut waiting = self.least_waiting_n(idle).into_iter();
         for pcpu in 0..self.assignment.len() {
             if self.assignment[pcpu].is_none() {
-                let next = waiting.next();
+                let next = self.least_waiting();
                 self.put(pcpu, next, now);
             }
         }
     }
 
     fn wake(&mut self, vcpu: VcpuId, now: Ns) {
+        if self.runnable[vcpu.index()] {
+            return;
+        }
         if let Some(min) = self.runnable_vruntimes().min() {
             let floor = min.saturating_sub(SLICE / 2);
             self.vruntime[vcpu.index()] = self.vruntime[vcpu.index()].max(floor);
@@ -112,18 +113,23 @@ impl Host {
             return;
         }
         let furthest = (0..self.assignment.len())
-            .max_by_key(|&pcpu| self.assignment[pcpu].map(|v| (self.vruntime[v.index()], v.0)))
+            .max_by_key(|&pcpu| self.assignment[pcpu].map(|v| self.key(v)))
             .expect("at least one pCPU");
         let current = self.assignment[furthest].expect("no pCPU is idle");
         if self.vruntime[vcpu.index()] + WAKEUP_GRANULARITY < self.vruntime[current.index()] {
             self.put(furthest, Some(vcpu), now);
+        } else {
+            self.waiting.insert(self.key(vcpu));
         }
     }
 
     fn leave(&mut self, vcpu: VcpuId, now: Ns) {
         self.runnable[vcpu.index()] = false;
-        if let Some(pcpu) = self.pcpu_of(vcpu) {
-            self.assignment[pcpu] = None;
+        match self.pcpu_of(vcpu) {
+            Some(pcpu) => self.assignment[pcpu] = None,
+            None => {
+                self.waiting.remove(&self.key(vcpu));
+            }
         }
         self.fill_idle(now);
     }
@@ -135,8 +141,7 @@ impl Host {
             if self.slice_end[pcpu] > now {
                 continue;
             }
-            let next = self.least_waiting();
-            match next {
+            match self.least_waiting() {
                 Some(next) if self.vruntime[next.index()] < self.vruntime[current.index()] => {
                     self.put(pcpu, Some(next), now)
                 }
@@ -172,7 +177,7 @@ impl Policy for Host {
 
     fn next_tick(&self) -> Option<Ns> {
         // Slices matter only while some task waits.
-        if !self.any_waiting() {
+        if self.waiting.is_empty() {
             return None;
         }
         (0..self.assignment.len()).filter(|&pcpu| self.assignment[pcpu].is_some()).map(|p| self.slice_end[p]).min()
