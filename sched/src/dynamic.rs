@@ -63,6 +63,8 @@ pub struct Dynamic {
     lower_after: Ns,
     /// Per VM: its last reported demand, `Some(0)` once it ended.
     demands: Vec<Option<u32>>,
+    /// [`targets`] of `demands`, recomputed when a demand changes.
+    targets: Vec<u32>,
     grants: Vec<u32>,
     /// Per VM: since when its target has been on one side of its grant (true: above).
     pending: Vec<Option<(Ns, bool)>>,
@@ -73,15 +75,25 @@ pub struct Dynamic {
 impl Dynamic {
     pub fn new(params: &Params, topology: &Topology) -> Dynamic {
         let demands = vec![None; topology.vms.len()];
+        let targets = targets(topology, &demands);
         Dynamic {
             credit: Credit::new(params, topology),
             topology: topology.clone(),
             raise_after: params.raise_after,
             lower_after: params.lower_after,
-            grants: targets(topology, &demands),
+            grants: targets.clone(),
+            targets,
             demands,
             pending: vec![None; topology.vms.len()],
             online: vec![false; topology.nr_vcpus()],
+        }
+    }
+
+    /// Records `vm`'s demand; the targets move only if it changed.
+    fn set_demand(&mut self, vm: usize, demand: u32) {
+        if self.demands.get(vm).is_some_and(|&known| known != Some(demand)) {
+            self.demands[vm] = Some(demand);
+            self.targets = targets(&self.topology, &self.demands);
         }
     }
 
@@ -91,8 +103,7 @@ impl Dynamic {
 
     /// Moves each grant to its target once the target has stayed on one side long enough.
     fn follow_targets(&mut self, now: Ns) {
-        let targets = targets(&self.topology, &self.demands);
-        for (vm, target) in targets.into_iter().enumerate() {
+        for (vm, &target) in self.targets.iter().enumerate() {
             let grant = self.grants[vm];
             if target == grant {
                 self.pending[vm] = None;
@@ -116,11 +127,7 @@ impl Dynamic {
 impl Policy for Dynamic {
     fn handle(&mut self, now: Ns, event: Event) {
         match event {
-            Event::Demand { vm, threads } => {
-                if let Some(demand) = self.demands.get_mut(vm) {
-                    *demand = Some(threads);
-                }
-            }
+            Event::Demand { vm, threads } => self.set_demand(vm, threads),
             Event::Wake(vcpu) => self.online[vcpu.index()] = true,
             Event::Down(vcpu) => {
                 self.online[vcpu.index()] = false;
@@ -128,7 +135,7 @@ impl Policy for Dynamic {
                 // of at least one): its pCPUs go to the others.
                 let vm = self.topology.vm_of(vcpu);
                 if !self.topology.vcpus_of(vm).any(|v| self.online[v.index()]) {
-                    self.demands[vm] = Some(0);
+                    self.set_demand(vm, 0);
                 }
             }
             Event::Block(_) | Event::Yield { .. } | Event::Tick => {}

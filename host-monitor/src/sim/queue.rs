@@ -2,7 +2,7 @@
 //! in the order they were scheduled, so that a run replays identically.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use dary_heap::QuaternaryHeap as BinaryHeap;
 
 use sched::Ns;
 
