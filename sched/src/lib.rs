@@ -66,15 +66,19 @@ pub struct Topology {
     pub vms: Vec<VmSpec>,
     /// First global VCPU id of each VM, plus the total at the end.
     first: Vec<u32>,
+    /// The VM of each VCPU (asked at nearly every decision).
+    owner: Vec<u32>,
 }
 
 impl Topology {
     pub fn new(pcpus: u32, vms: Vec<VmSpec>) -> Topology {
         let mut first = vec![0];
-        for vm in &vms {
+        let mut owner = Vec::new();
+        for (index, vm) in vms.iter().enumerate() {
             first.push(first.last().unwrap() + vm.vcpus);
+            owner.extend(std::iter::repeat_n(index as u32, vm.vcpus as usize));
         }
-        Topology { pcpus, vms, first }
+        Topology { pcpus, vms, first, owner }
     }
 
     pub fn nr_vcpus(&self) -> usize {
@@ -83,7 +87,7 @@ impl Topology {
 
     /// The VM `vcpu` belongs to.
     pub fn vm_of(&self, vcpu: VcpuId) -> usize {
-        self.first.partition_point(|&first| first <= vcpu.0) - 1
+        self.owner[vcpu.index()] as usize
     }
 
     /// The global ids of `vm`'s VCPUs.
@@ -170,6 +174,11 @@ pub trait Policy: Send {
         false
     }
 
+    /// The VCPUs whose [`costopped`](Self::costopped) answer changed at the last event.
+    fn costop_changed(&self) -> &[VcpuId] {
+        &[]
+    }
+
     /// Whether the real dispatcher enforces [`assignment`](Self::assignment); false for
     /// [`host`], whose decisions only model what Linux does.
     fn gates(&self) -> bool {
@@ -191,17 +200,6 @@ fn on_pcpus(assignment: &[Option<VcpuId>], vcpus: usize) -> Vec<bool> {
         on[vcpu.index()] = true;
     }
     on
-}
-
-/// The `n` VCPUs of least key, least first, from (key, VCPU) pairs whose VCPUs are distinct:
-/// what a sort would put first, without sorting them all.
-fn least_n(mut keyed: Vec<(u64, u32)>, n: usize) -> Vec<VcpuId> {
-    if n > 0 && n < keyed.len() {
-        keyed.select_nth_unstable(n - 1);
-        keyed.truncate(n);
-    }
-    keyed.sort_unstable();
-    keyed.into_iter().take(n).map(|(_, v)| VcpuId(v)).collect()
 }
 
 /// The policies by name.

@@ -36,7 +36,9 @@
 //! - A yield to a ready sibling hands it the pCPU for the rest of the slice (directed yield);
 //!   another yield gives the pCPU to the ready VCPU with the least virtual time, if any.
 
-use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId, least_n, on_pcpus};
+use std::collections::BTreeSet;
+
+use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
 pub struct Relaxed {
     topology: Topology,
@@ -50,6 +52,15 @@ pub struct Relaxed {
     costopped: Vec<bool>,
     /// Per VCPU: run time divided by its share of its VM's weight.
     vtime: Vec<u64>,
+    /// The runnable VCPUs without a pCPU (co-stopped ones too), by (virtual time, id): only
+    /// running VCPUs' virtual times move, so the order holds until they run.
+    waiting: BTreeSet<(u64, u32)>,
+    /// The VCPUs whose co-stop state changed at the last event.
+    costop_changed: Vec<VcpuId>,
+    /// The VMs whose skew is to be checked at this event, and a mark per VM of whether it is
+    /// among them (buffers kept between events).
+    to_check: Vec<usize>,
+    marked: Vec<bool>,
     /// Per VCPU: run time since it last woke, plus where it started then.
     progress: Vec<Ns>,
     /// The least virtual time of the runnable VCPUs, never moving back: the mark a waking VCPU
@@ -73,6 +84,10 @@ impl Relaxed {
             runnable: vec![false; vcpus],
             costopped: vec![false; vcpus],
             vtime: vec![0; vcpus],
+            waiting: BTreeSet::new(),
+            costop_changed: Vec::new(),
+            to_check: Vec::new(),
+            marked: vec![false; topology.vms.len()],
             progress: vec![0; vcpus],
             floor: 0,
             checked_at: 0,
@@ -107,19 +122,47 @@ impl Relaxed {
         self.assignment.iter().position(|&slot| slot == Some(vcpu))
     }
 
-    /// Runnable, not co-stopped, and without a pCPU.
-    fn ready(&self, vcpu: VcpuId) -> bool {
-        self.runnable[vcpu.index()] && !self.costopped[vcpu.index()] && self.pcpu_of(vcpu).is_none()
+    fn key(&self, vcpu: VcpuId) -> (u64, u32) {
+        (self.vtime[vcpu.index()], vcpu.0)
     }
 
-    /// The `n` ready VCPUs of least virtual time, least first (ties by id).
-    fn ready_by_vtime(&self, n: usize) -> Vec<VcpuId> {
-        let assigned = on_pcpus(&self.assignment, self.runnable.len());
-        let ready: Vec<(u64, u32)> = (0..self.runnable.len())
-            .filter(|&v| self.runnable[v] && !self.costopped[v] && !assigned[v])
-            .map(|v| (self.vtime[v], v as u32))
-            .collect();
-        least_n(ready, n)
+    /// Runnable, not co-stopped, and without a pCPU.
+    fn ready(&self, vcpu: VcpuId) -> bool {
+        !self.costopped[vcpu.index()] && self.waiting.contains(&self.key(vcpu))
+    }
+
+    /// The ready VCPU of least virtual time (ties by id).
+    fn least_ready(&self) -> Option<VcpuId> {
+        self.waiting.iter().map(|&(_, v)| VcpuId(v)).find(|v| !self.costopped[v.index()])
+    }
+
+    /// Puts `vcpu` on `pcpu`; the VCPU it replaces waits, if still runnable.
+    fn put(&mut self, pcpu: usize, vcpu: Option<VcpuId>) {
+        if let Some(old) = self.assignment[pcpu]
+            && self.runnable[old.index()]
+        {
+            self.waiting.insert(self.key(old));
+        }
+        if let Some(new) = vcpu {
+            self.waiting.remove(&self.key(new));
+        }
+        self.assignment[pcpu] = vcpu;
+    }
+
+    /// Has `vcpu`'s VM checked at this event.
+    fn mark(&mut self, vcpu: VcpuId) {
+        let vm = self.topology.vm_of(vcpu);
+        if !self.marked[vm] {
+            self.marked[vm] = true;
+            self.to_check.push(vm);
+        }
+    }
+
+    fn set_costopped(&mut self, vcpu: VcpuId, costopped: bool) {
+        if self.costopped[vcpu.index()] != costopped {
+            self.costopped[vcpu.index()] = costopped;
+            self.costop_changed.push(vcpu);
+        }
     }
 
     /// Charges the running VCPUs' run time since the last charge to their virtual time and progress.
@@ -133,8 +176,8 @@ impl Relaxed {
     }
 
     fn raise_floor(&mut self) {
-        let runnable = (0..self.runnable.len()).filter(|&v| self.runnable[v]);
-        if let Some(least) = runnable.map(|v| self.vtime[v]).min() {
+        let running = self.assignment.iter().flatten().map(|v| self.vtime[v.index()]);
+        if let Some(least) = running.chain(self.waiting.first().map(|&(vtime, _)| vtime)).min() {
             self.floor = self.floor.max(least);
         }
     }
@@ -149,14 +192,18 @@ impl Relaxed {
         let lag = self.virtual_ns(vcpu, self.slice);
         self.vtime[vcpu.index()] = self.vtime[vcpu.index()].max(self.floor.saturating_sub(lag));
         self.runnable[vcpu.index()] = true;
+        self.waiting.insert(self.key(vcpu));
     }
 
     /// `vcpu` blocked or went down.
     fn leave(&mut self, vcpu: VcpuId) {
         self.runnable[vcpu.index()] = false;
-        self.costopped[vcpu.index()] = false;
-        if let Some(pcpu) = self.pcpu_of(vcpu) {
-            self.assignment[pcpu] = None;
+        self.set_costopped(vcpu, false);
+        match self.pcpu_of(vcpu) {
+            Some(pcpu) => self.assignment[pcpu] = None,
+            None => {
+                self.waiting.remove(&self.key(vcpu));
+            }
         }
     }
 
@@ -164,26 +211,32 @@ impl Relaxed {
         let Some(pcpu) = self.pcpu_of(vcpu) else { return };
         let vm = self.topology.vm_of(vcpu);
         if let Some(to) = to.filter(|&to| self.topology.vm_of(to) == vm && self.ready(to)) {
-            self.assignment[pcpu] = Some(to);
-        } else if let Some(&next) = self.ready_by_vtime(1).first() {
-            self.assignment[pcpu] = Some(next);
+            self.put(pcpu, Some(to));
+        } else if let Some(next) = self.least_ready() {
+            self.put(pcpu, Some(next));
         }
     }
 
-    /// Co-stops the VCPUs too far ahead and co-starts those back within bounds; the pCPU of a
-    /// running VCPU co-stopped passes to its most lagging ready sibling, slice and all (if it
-    /// has none, the pCPU is filled as any idle one).
+    /// Co-stops the VCPUs of `vms` too far ahead and co-starts those back within bounds; the
+    /// pCPU of a running VCPU co-stopped passes to its most lagging ready sibling, slice and all
+    /// (if it has none, the pCPU is filled as any idle one). Only VMs whose VCPUs ran, woke or
+    /// left since the last check need it: nobody else's progress or runnable set has moved.
     fn check_skew(&mut self) {
-        let slowest: Vec<Option<Ns>> = (0..self.topology.vms.len()).map(|vm| self.slowest(vm)).collect();
-        for vm in 0..self.topology.vms.len() {
+        let vms = std::mem::take(&mut self.to_check);
+        for &vm in &vms {
+            self.marked[vm] = false;
+            let slowest = self.slowest(vm);
             for vcpu in self.topology.vcpus_of(vm) {
-                self.costopped[vcpu.index()] = self.lead(vcpu, slowest[vm]) > self.max_skew;
+                self.set_costopped(vcpu, self.lead(vcpu, slowest) > self.max_skew);
             }
         }
+        self.to_check = vms;
+        self.to_check.clear();
         for pcpu in 0..self.assignment.len() {
             let Some(leader) = self.assignment[pcpu].filter(|v| self.costopped[v.index()]) else { continue };
             let siblings = self.topology.vcpus_of(self.topology.vm_of(leader));
-            self.assignment[pcpu] = siblings.filter(|&v| self.ready(v)).min_by_key(|v| (self.progress[v.index()], v.0));
+            let laggard = siblings.filter(|&v| self.ready(v)).min_by_key(|v| (self.progress[v.index()], v.0));
+            self.put(pcpu, laggard);
         }
     }
 
@@ -204,30 +257,39 @@ impl Relaxed {
             .collect();
         vms.sort_by_key(|ready| (self.vtime[ready[0].index()], ready[0].0));
         let dealt: Vec<VcpuId> = vms.into_iter().flatten().take(self.assignment.len()).collect();
-        for slot in &mut self.assignment {
-            *slot = slot.filter(|v| dealt.contains(v));
+        for pcpu in 0..self.assignment.len() {
+            if self.assignment[pcpu].is_some_and(|v| !dealt.contains(&v)) {
+                self.put(pcpu, None);
+            }
         }
-        let mut newcomers = dealt.into_iter().filter(|&v| self.pcpu_of(v).is_none()).collect::<Vec<_>>().into_iter();
-        for slot in self.assignment.iter_mut().filter(|slot| slot.is_none()) {
-            *slot = newcomers.next();
+        let newcomers: Vec<VcpuId> = dealt.into_iter().filter(|&v| self.pcpu_of(v).is_none()).collect();
+        let idle: Vec<usize> = (0..self.assignment.len()).filter(|&pcpu| self.assignment[pcpu].is_none()).collect();
+        for (pcpu, vcpu) in idle.into_iter().zip(newcomers) {
+            self.put(pcpu, Some(vcpu));
         }
     }
 
     /// Gives the idle pCPUs the ready VCPUs with the least virtual time.
     fn fill(&mut self) {
-        if self.assignment.iter().all(Option::is_some) {
-            return;
-        }
-        let idle = self.assignment.iter().filter(|slot| slot.is_none()).count();
-        let mut ready = self.ready_by_vtime(idle).into_iter();
-        for slot in self.assignment.iter_mut().filter(|slot| slot.is_none()) {
-            *slot = ready.next();
+        for pcpu in 0..self.assignment.len() {
+            if self.assignment[pcpu].is_none() {
+                let Some(next) = self.least_ready() else { return };
+                self.put(pcpu, Some(next));
+            }
         }
     }
 }
 
 impl Policy for Relaxed {
     fn handle(&mut self, now: Ns, event: Event) {
+        self.costop_changed.clear();
+        // The VMs whose skew may have moved: those that ran since the last event, and the
+        // event's.
+        for pcpu in 0..self.assignment.len() {
+            if let Some(vcpu) = self.assignment[pcpu] {
+                self.mark(vcpu);
+            }
+        }
         self.charge(now);
         self.raise_floor();
         match event {
@@ -235,6 +297,9 @@ impl Policy for Relaxed {
             Event::Block(vcpu) | Event::Down(vcpu) => self.leave(vcpu),
             Event::Yield { vcpu, to } => self.yield_pcpu(vcpu, to),
             Event::Tick | Event::Demand { .. } => {}
+        }
+        if let Event::Wake(vcpu) | Event::Block(vcpu) | Event::Down(vcpu) = event {
+            self.mark(vcpu);
         }
         self.check_skew();
         self.rotate(now);
@@ -251,6 +316,10 @@ impl Policy for Relaxed {
 
     fn costopped(&self, vcpu: VcpuId) -> bool {
         self.costopped[vcpu.index()]
+    }
+
+    fn costop_changed(&self) -> &[VcpuId] {
+        &self.costop_changed
     }
 }
 

@@ -336,11 +336,10 @@ impl Sim {
             }
         }
         self.wants = wants;
-        if self.kind == PolicyKind::CoschedRelaxed {
-            for v in 0..self.vcpus.len() {
-                if self.vcpus[v].state == State::Runnable && self.vcpus[v].pcpu.is_none() {
-                    self.recategorize(v);
-                }
+        if !self.policy.costop_changed().is_empty() {
+            let changed: Vec<usize> = self.policy.costop_changed().iter().map(|v| v.index()).collect();
+            for v in changed {
+                self.recategorize(v);
             }
         }
     }
