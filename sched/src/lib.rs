@@ -192,16 +192,6 @@ pub trait Policy: Send {
     }
 }
 
-/// Whether each of `vcpus` VCPUs appears in `assignment`: one pass over the pCPUs instead of
-/// a search per VCPU.
-fn on_pcpus(assignment: &[Option<VcpuId>], vcpus: usize) -> Vec<bool> {
-    let mut on = vec![false; vcpus];
-    for vcpu in assignment.iter().flatten() {
-        on[vcpu.index()] = true;
-    }
-    on
-}
-
 /// The policies by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PolicyKind {

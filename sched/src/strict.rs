@@ -30,7 +30,7 @@
 //! - A VM with more online VCPUs than pCPUs never fits: it never runs, and never holds up the
 //!   others. The scenario layer refuses such VMs; this policy does not panic on them.
 
-use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId, on_pcpus};
+use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
 pub struct Strict {
     topology: Topology,
@@ -38,6 +38,9 @@ pub struct Strict {
     assignment: Vec<Option<VcpuId>>,
     online: Vec<bool>,
     runnable: Vec<bool>,
+    /// Per VM: its online VCPUs (the gang's width) and its runnable ones.
+    online_count: Vec<usize>,
+    runnable_count: Vec<usize>,
     /// Per VM: pCPU time held divided by weight.
     vtime: Vec<u64>,
     /// The least virtual time of the VMs able to run, never moving back (as Linux's
@@ -57,6 +60,8 @@ impl Strict {
             assignment: vec![None; topology.pcpus as usize],
             online: vec![false; vcpus],
             runnable: vec![false; vcpus],
+            online_count: vec![0; topology.vms.len()],
+            runnable_count: vec![0; topology.vms.len()],
             vtime: vec![0; topology.vms.len()],
             floor: 0,
             slice_end: None,
@@ -71,11 +76,27 @@ impl Strict {
 
     /// The pCPUs the gang needs: its online VCPUs.
     fn width(&self, vm: usize) -> usize {
-        self.topology.vcpus_of(vm).filter(|v| self.online[v.index()]).count()
+        self.online_count[vm]
     }
 
     fn has_runnable(&self, vm: usize) -> bool {
-        self.topology.vcpus_of(vm).any(|v| self.runnable[v.index()])
+        self.runnable_count[vm] > 0
+    }
+
+    fn set_online(&mut self, vcpu: VcpuId, online: bool) {
+        if self.online[vcpu.index()] != online {
+            self.online[vcpu.index()] = online;
+            let count = &mut self.online_count[self.topology.vm_of(vcpu)];
+            *count = if online { *count + 1 } else { *count - 1 };
+        }
+    }
+
+    fn set_runnable(&mut self, vcpu: VcpuId, runnable: bool) {
+        if self.runnable[vcpu.index()] != runnable {
+            self.runnable[vcpu.index()] = runnable;
+            let count = &mut self.runnable_count[self.topology.vm_of(vcpu)];
+            *count = if runnable { *count + 1 } else { *count - 1 };
+        }
     }
 
     /// Whether the gang wants to run and could, on an empty machine.
@@ -87,8 +108,9 @@ impl Strict {
         self.assignment.iter().position(|&slot| slot == Some(vcpu))
     }
 
-    fn dispatched(&self, vm: usize) -> bool {
-        self.topology.vcpus_of(vm).any(|v| self.pcpu_of(v).is_some())
+    /// How many of `vm`'s VCPUs hold pCPUs.
+    fn placed(&self, vm: usize) -> usize {
+        self.assignment.iter().flatten().filter(|&&v| self.topology.vm_of(v) == vm).count()
     }
 
     fn free_pcpus(&self) -> usize {
@@ -119,10 +141,10 @@ impl Strict {
 
     /// Gives `vm`'s online VCPUs that have no pCPU the lowest-numbered free ones.
     fn place(&mut self, vm: usize) {
-        let placed = on_pcpus(&self.assignment, self.online.len());
+        let mut free = 0;
         for vcpu in self.topology.vcpus_of(vm) {
-            if self.online[vcpu.index()] && !placed[vcpu.index()] {
-                let free = self.assignment.iter().position(Option::is_none).expect("the chosen gangs fit");
+            if self.online[vcpu.index()] && self.pcpu_of(vcpu).is_none() {
+                free += self.assignment[free..].iter().position(Option::is_none).expect("the chosen gangs fit");
                 self.assignment[free] = Some(vcpu);
             }
         }
@@ -140,11 +162,11 @@ impl Strict {
     /// runnable member it lets its pCPUs go; a member that came online takes a free pCPU, or the
     /// gang lets its pCPUs go if none is free.
     fn repair(&mut self, vm: usize) {
-        if !self.dispatched(vm) {
+        let placed = self.placed(vm);
+        if placed == 0 {
             return;
         }
-        let missing = self.topology.vcpus_of(vm).filter(|&v| self.online[v.index()] && self.pcpu_of(v).is_none());
-        if self.has_runnable(vm) && missing.count() <= self.free_pcpus() {
+        if self.has_runnable(vm) && self.width(vm) - placed <= self.free_pcpus() {
             self.place(vm);
         } else {
             self.deschedule(vm);
@@ -154,6 +176,10 @@ impl Strict {
     /// Chooses the gangs to run: the running ones (unless `from_scratch`), then the others in
     /// order of least virtual time (ties by VM number), each if it fits in the pCPUs still free.
     fn select(&mut self, from_scratch: bool) {
+        // Without free pCPUs, the running gangs stay and no other fits.
+        if !from_scratch && self.free_pcpus() == 0 {
+            return;
+        }
         let vms = self.topology.vms.len();
         let mut dispatched = vec![false; vms];
         for vcpu in self.assignment.iter().flatten() {
@@ -163,7 +189,7 @@ impl Strict {
         let mut free =
             self.assignment.len() - (0..vms).filter(|&vm| chosen[vm]).map(|vm| self.width(vm)).sum::<usize>();
         let mut candidates: Vec<usize> = (0..vms).filter(|&vm| !chosen[vm] && self.eligible(vm)).collect();
-        candidates.sort_by_key(|&vm| (self.vtime[vm], vm));
+        candidates.sort_unstable_by_key(|&vm| (self.vtime[vm], vm));
         for vm in candidates {
             let width = self.width(vm);
             if width <= free {
@@ -177,7 +203,8 @@ impl Strict {
                 *slot = None;
             }
         }
-        for vm in (0..vms).filter(|&vm| chosen[vm]) {
+        // A gang chosen again already holds all the pCPUs it needs (see `repair`).
+        for vm in (0..vms).filter(|&vm| chosen[vm] && !dispatched[vm]) {
             self.place(vm);
         }
     }
@@ -191,20 +218,20 @@ impl Policy for Strict {
             Event::Wake(vcpu) => {
                 let vm = self.topology.vm_of(vcpu);
                 let was_idle = !self.has_runnable(vm);
-                self.online[vcpu.index()] = true;
-                self.runnable[vcpu.index()] = true;
+                self.set_online(vcpu, true);
+                self.set_runnable(vcpu, true);
                 if was_idle {
                     self.catch_up(vm);
                 }
                 self.repair(vm);
             }
             Event::Block(vcpu) => {
-                self.runnable[vcpu.index()] = false;
+                self.set_runnable(vcpu, false);
                 self.repair(self.topology.vm_of(vcpu));
             }
             Event::Down(vcpu) => {
-                self.online[vcpu.index()] = false;
-                self.runnable[vcpu.index()] = false;
+                self.set_online(vcpu, false);
+                self.set_runnable(vcpu, false);
                 if let Some(pcpu) = self.pcpu_of(vcpu) {
                     self.assignment[pcpu] = None;
                 }
