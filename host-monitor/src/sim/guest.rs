@@ -237,7 +237,7 @@ impl Sim {
     /// Whether a kick or vcpu_up for VCPU `v` brings it up.
     pub(super) fn wants_up(&self, v: usize) -> bool {
         let guest = &self.guests[self.vcpus[v].vm];
-        match self.vcpus[v].state {
+        match self.states[v] {
             State::Offline => guest.ended.is_none() && self.vcpus[v].index < guest.grant,
             State::Blocked => true,
             State::Runnable => false,
@@ -498,7 +498,7 @@ impl Sim {
                         let (ops, most, ..) = guest.model.lock_ops().expect("a locking model");
                         guest.threads[next].batch = most.min(ops - guest.threads[next].ops);
                     }
-                    match self.vcpus[x].state {
+                    match self.states[x] {
                         State::Runnable => self.poke(x, 0),
                         State::Blocked => {
                             self.guests[vm].stats.kicks += 1;
@@ -620,11 +620,11 @@ impl Sim {
             self.poke(x, 0);
             return false;
         }
-        if vcpus.clone().any(|x| self.vcpus[x].state == State::Runnable && idle(self, x)) {
+        if vcpus.clone().any(|x| self.states[x] == State::Runnable && idle(self, x)) {
             return false; // a runnable idle VCPU will find it when it runs
         }
         let blocked = |s: &Sim, x: usize| {
-            s.vcpus[x].state == State::Blocked
+            s.states[x] == State::Blocked
                 && s.vcpus[x].resume_to == (Activity::Idle { poll_until: 0 })
                 && s.vcpus[x].index < grant
         };
@@ -646,7 +646,7 @@ impl Sim {
     /// monitor does not enforce (`host`), Linux preempts VCPU threads without the monitor
     /// knowing, and the page never says so.
     fn preempted_now(&self, x: usize) -> bool {
-        self.policy.gates() && self.vcpus[x].state == State::Runnable && self.vcpus[x].pcpu.is_none()
+        self.policy.gates() && self.states[x] == State::Runnable && self.vcpus[x].pcpu.is_none()
     }
 
     fn preempted_sibling(&self, v: usize) -> Option<usize> {
@@ -723,7 +723,7 @@ impl Sim {
         guest.grant = grant;
         guest.grant_changed = Some(self.now);
         for x in guest.first..guest.first + guest.vcpus as usize {
-            match self.vcpus[x].state {
+            match self.states[x] {
                 State::Offline if self.vcpus[x].index < grant => {
                     self.schedule(self.now + self.config.costs.exit, super::Ev::Wake(x));
                 }
@@ -742,7 +742,7 @@ impl Sim {
         let guest = &self.guests[vm];
         let Some(since) = guest.grant_changed else { return };
         let online = (guest.first..guest.first + guest.vcpus as usize)
-            .filter(|&x| self.vcpus[x].state != State::Offline)
+            .filter(|&x| self.states[x] != State::Offline)
             .count() as u32;
         if online == guest.grant {
             self.reconfigurations.push(self.now - since);
@@ -757,7 +757,7 @@ impl Sim {
         let guest = &self.guests[vm];
         for x in guest.first..guest.first + guest.vcpus as usize {
             self.vcpus[x].activity = Activity::Off;
-            if self.vcpus[x].state != State::Offline {
+            if self.states[x] != State::Offline {
                 self.stop(x);
                 self.set_state(x, State::Offline);
                 self.policy_event(Event::Down(VcpuId(x as u32)));

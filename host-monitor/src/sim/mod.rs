@@ -67,7 +67,6 @@ enum Category {
 struct Vcpu {
     vm: usize,
     index: u32,
-    state: State,
     /// The pCPU it runs guest code on.
     pcpu: Option<usize>,
     /// Bumped whenever it stops or is re-evaluated: events of older epochs are stale.
@@ -103,6 +102,8 @@ pub struct Sim {
     policy: Box<dyn Policy>,
     queue: EventQueue<Ev>,
     vcpus: Vec<Vcpu>,
+    /// Each VCPU's policy state, apart from the rest of `Vcpu`: every decision looks it up.
+    states: Vec<State>,
     pcpus: Vec<Pcpu>,
     guests: Vec<Guest>,
     /// VMs booted or still to boot that have not ended.
@@ -144,7 +145,6 @@ impl Sim {
                 vcpus.push(Vcpu {
                     vm,
                     index,
-                    state: State::Offline,
                     pcpu: None,
                     epoch: 0,
                     mark: 0,
@@ -169,6 +169,7 @@ impl Sim {
             kind: scenario.policy,
             policy,
             queue: EventQueue::new(),
+            states: vec![State::Offline; vcpus.len()],
             vcpus,
             pcpus: vec![Pcpu::default(); scenario.cores.len()],
             live: guests.len(),
@@ -319,7 +320,7 @@ impl Sim {
         wants.clear();
         wants.extend(self.policy.assignment().iter().map(|slot| slot.map(VcpuId::index)));
         for (p, &want) in wants.iter().enumerate() {
-            let want = want.filter(|&v| self.vcpus[v].state == State::Runnable);
+            let want = want.filter(|&v| self.states[v] == State::Runnable);
             if self.pcpus[p].target == want {
                 continue;
             }
@@ -378,7 +379,7 @@ impl Sim {
         if self.pcpus[p].running.is_none()
             && let Some(v) = self.pcpus[p].target
             && self.vcpus[v].pcpu.is_none()
-            && self.vcpus[v].state == State::Runnable
+            && self.states[v] == State::Runnable
         {
             self.start(v, p);
         }
@@ -419,17 +420,16 @@ impl Sim {
 
     /// Moves VCPU `v` to policy state `state`.
     fn set_state(&mut self, v: usize, state: State) {
-        self.vcpus[v].state = state;
+        self.states[v] = state;
         self.recategorize(v);
     }
 
     /// Closes the VCPU's current time category and opens the one it is in now.
     fn recategorize(&mut self, v: usize) {
-        let vcpu = &self.vcpus[v];
-        let category = match vcpu.state {
+        let category = match self.states[v] {
             State::Offline => Category::Off,
             State::Blocked => Category::Wait,
-            State::Runnable if vcpu.pcpu.is_some() => Category::Run,
+            State::Runnable if self.vcpus[v].pcpu.is_some() => Category::Run,
             State::Runnable if self.policy.costopped(VcpuId(v as u32)) => Category::Costop,
             State::Runnable => Category::Ready,
         };
@@ -451,7 +451,7 @@ impl Sim {
 
     /// A kick or vcpu_up arrives.
     fn wake(&mut self, v: usize) {
-        if self.vcpus[v].state == State::Runnable {
+        if self.states[v] == State::Runnable {
             self.vcpus[v].kick_pending = true;
             return;
         }
@@ -459,7 +459,7 @@ impl Sim {
             return;
         }
         let vcpu = &mut self.vcpus[v];
-        vcpu.activity = match vcpu.state {
+        vcpu.activity = match self.states[v] {
             State::Offline => Activity::Idle { poll_until: 0 },
             _ => vcpu.resume_to,
         };
@@ -485,7 +485,7 @@ impl Sim {
             if self.vcpus[v].pcpu.is_some() {
                 self.stop(v);
             }
-            self.vcpus[v].state = State::Offline;
+            self.states[v] = State::Offline;
             self.recategorize(v);
         }
         let topology = scenario.topology();
