@@ -230,7 +230,7 @@ impl Sim {
         guest.opened_at = self.now;
         let (first, grant) = (guest.first, guest.grant);
         for (n, v) in (first + 1..first + grant as usize).enumerate() {
-            self.schedule(self.now + (n as Ns + 1) * self.config.costs.exit, super::Ev::Wake(v));
+            self.schedule(self.now + (n as Ns + 1) * self.config.costs.exit, super::Ev::Wake(v as u32));
         }
     }
 
@@ -260,7 +260,7 @@ impl Sim {
     /// Re-evaluates running VCPU `v` after `after` (its older events go stale).
     fn poke(&mut self, v: usize, after: Ns) {
         if self.vcpus[v].pcpu.is_some() {
-            self.vcpus[v].epoch += 1;
+            self.vcpus[v].epoch = self.vcpus[v].epoch.wrapping_add(1);
             self.schedule_vcpu(v, after);
         }
     }
@@ -279,7 +279,7 @@ impl Sim {
     /// Running VCPU `v` carries on with its guest work as far as it can at this instant, and
     /// schedules the moment it next needs attention.
     pub(super) fn step(&mut self, v: usize) {
-        self.vcpus[v].epoch += 1;
+        self.vcpus[v].epoch = self.vcpus[v].epoch.wrapping_add(1);
         self.sync(v);
         let vm = self.vcpus[v].vm;
         loop {
@@ -639,7 +639,7 @@ impl Sim {
 
     /// Sends a kick to blocked VCPU `x`; it arrives after the kicker's exit and the kick.
     fn kick(&mut self, x: usize) {
-        self.schedule(self.now + self.config.costs.exit + self.config.costs.kick, super::Ev::Wake(x));
+        self.schedule(self.now + self.config.costs.exit + self.config.costs.kick, super::Ev::Wake(x as u32));
     }
 
     /// Whether VCPU `x` is preempted, as the shared page shows it: under a policy the
@@ -725,7 +725,7 @@ impl Sim {
         for x in guest.first..guest.first + guest.vcpus as usize {
             match self.states[x] {
                 State::Offline if self.vcpus[x].index < grant => {
-                    self.schedule(self.now + self.config.costs.exit, super::Ev::Wake(x));
+                    self.schedule(self.now + self.config.costs.exit, super::Ev::Wake(x as u32));
                 }
                 State::Blocked if self.vcpus[x].index >= grant => {
                     self.kick(x);

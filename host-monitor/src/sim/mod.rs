@@ -36,19 +36,19 @@ use crate::scenario::{Scenario, VmPlan};
 /// VMs start within this of each other (their threads are spawned one after another).
 const START_SPREAD: Ns = 200_000;
 
-/// What the engine schedules.
+/// What the engine schedules (indexes as u32: the event queue's entries stay small).
 #[derive(Clone, Copy, Debug)]
 enum Ev {
     /// VM `vm` boots.
-    Start(usize),
+    Start(u32),
     /// The VCPU's activity is due (if it is still generation `epoch`).
-    Vcpu { vcpu: usize, epoch: u64 },
+    Vcpu { vcpu: u32, epoch: u32 },
     /// A kick or vcpu_up reaches a blocked or offline VCPU.
-    Wake(usize),
+    Wake(u32),
     /// A pCPU's preemption takes effect.
-    Preempt(usize),
+    Preempt(u32),
     /// A pCPU's next VCPU starts.
-    Switch(usize),
+    Switch(u32),
     /// The monitor reads the guests' demand and publishes grants.
     Poll,
 }
@@ -70,7 +70,7 @@ struct Vcpu {
     /// The pCPU it runs guest code on.
     pcpu: Option<usize>,
     /// Bumped whenever it stops or is re-evaluated: events of older epochs are stale.
-    epoch: u64,
+    epoch: u32,
     /// When its activity's progress was last brought up to date.
     mark: Ns,
     category: Category,
@@ -187,7 +187,7 @@ impl Sim {
         };
         for (vm, plan) in scenario.vms.iter().enumerate() {
             let start = (START_SPREAD as f64 * sim.random()) as Ns;
-            sim.queue.push(plan.start_delay_ms * sched::MS + start, Ev::Start(vm));
+            sim.queue.push(plan.start_delay_ms * sched::MS + start, Ev::Start(vm as u32));
         }
         if sim.policy.grant(0).is_some() {
             sim.queue.push(GUEST_POLL.as_nanos() as Ns, Ev::Poll);
@@ -221,15 +221,16 @@ impl Sim {
             }
             let (_, ev) = self.queue.pop().expect("an event is due");
             match ev {
-                Ev::Start(vm) => self.boot(vm),
+                Ev::Start(vm) => self.boot(vm as usize),
                 Ev::Vcpu { vcpu, epoch } => {
+                    let vcpu = vcpu as usize;
                     if self.vcpus[vcpu].epoch == epoch && self.vcpus[vcpu].pcpu.is_some() {
                         self.step(vcpu);
                     }
                 }
-                Ev::Wake(vcpu) => self.wake(vcpu),
-                Ev::Preempt(pcpu) => self.preempt(pcpu),
-                Ev::Switch(pcpu) => self.switch(pcpu),
+                Ev::Wake(vcpu) => self.wake(vcpu as usize),
+                Ev::Preempt(pcpu) => self.preempt(pcpu as usize),
+                Ev::Switch(pcpu) => self.switch(pcpu as usize),
                 Ev::Poll => {
                     for vm in 0..self.guests.len() {
                         if self.guests[vm].running() {
@@ -252,7 +253,7 @@ impl Sim {
     /// Schedules VCPU `v`'s next activity event `after` from now.
     fn schedule_vcpu(&mut self, v: usize, after: Ns) {
         let epoch = self.vcpus[v].epoch;
-        self.queue.push(self.now + after, Ev::Vcpu { vcpu: v, epoch });
+        self.queue.push(self.now + after, Ev::Vcpu { vcpu: v as u32, epoch });
     }
 
     /// Uniform in `[0, 1)`, from the seed (xorshift).
@@ -329,7 +330,7 @@ impl Sim {
                 Some(old) if Some(old) != want => {
                     if !self.pcpus[p].preempt_pending {
                         self.pcpus[p].preempt_pending = true;
-                        self.schedule(self.now + self.config.costs.preempt, Ev::Preempt(p));
+                        self.schedule(self.now + self.config.costs.preempt, Ev::Preempt(p as u32));
                     }
                 }
                 Some(_) => {}
@@ -356,7 +357,7 @@ impl Sim {
             self.start(v, p);
         } else if !self.pcpus[p].switch_pending {
             self.pcpus[p].switch_pending = true;
-            self.schedule(self.now + self.config.costs.switch, Ev::Switch(p));
+            self.schedule(self.now + self.config.costs.switch, Ev::Switch(p as u32));
         }
     }
 
@@ -391,7 +392,7 @@ impl Sim {
         let vcpu = &mut self.vcpus[v];
         vcpu.pcpu = Some(p);
         vcpu.mark = self.now;
-        vcpu.epoch += 1;
+        vcpu.epoch = vcpu.epoch.wrapping_add(1);
         self.recategorize(v);
         self.step(v);
     }
@@ -401,7 +402,7 @@ impl Sim {
         let Some(p) = self.vcpus[v].pcpu else { return };
         self.sync(v);
         self.vcpus[v].pcpu = None;
-        self.vcpus[v].epoch += 1;
+        self.vcpus[v].epoch = self.vcpus[v].epoch.wrapping_add(1);
         self.pcpus[p].running = None;
         if let Some(trace) = &mut self.trace {
             // Still in `Run` since it started: `since` is when it did.
