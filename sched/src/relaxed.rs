@@ -52,15 +52,23 @@ pub struct Relaxed {
     costopped: Vec<bool>,
     /// Per VCPU: run time divided by its share of its VM's weight.
     vtime: Vec<u64>,
+    /// Per VM: how fast its VCPUs' virtual time runs, VCPUs x `UNIT_WEIGHT` / weight, as a
+    /// reduced fraction.
+    rate: Vec<(u64, u64)>,
     /// The runnable VCPUs without a pCPU (co-stopped ones too), by (virtual time, id): only
     /// running VCPUs' virtual times move, so the order holds until they run.
     waiting: BTreeSet<(u64, u32)>,
     /// The VCPUs whose co-stop state changed at the last event.
     costop_changed: Vec<VcpuId>,
+    /// Per VM: the earliest time a co-stop could be due, if nothing happens to the VM before
+    /// (see `due`).
+    due: Vec<Ns>,
     /// The VMs whose skew is to be checked at this event, and a mark per VM of whether it is
     /// among them (buffers kept between events).
     to_check: Vec<usize>,
     marked: Vec<bool>,
+    /// The VMs whose `due` is to be worked out again at the end of this event.
+    to_refresh: Vec<usize>,
     /// Per VCPU: run time since it last woke, plus where it started then.
     progress: Vec<Ns>,
     /// The least virtual time of the runnable VCPUs, never moving back: the mark a waking VCPU
@@ -84,10 +92,13 @@ impl Relaxed {
             runnable: vec![false; vcpus],
             costopped: vec![false; vcpus],
             vtime: vec![0; vcpus],
+            rate: topology.vms.iter().map(|vm| reduced(u64::from(vm.vcpus) * UNIT_WEIGHT, u64::from(vm.weight.max(1)))).collect(),
             waiting: BTreeSet::new(),
             costop_changed: Vec::new(),
+            due: vec![Ns::MAX; topology.vms.len()],
             to_check: Vec::new(),
             marked: vec![false; topology.vms.len()],
+            to_refresh: Vec::new(),
             progress: vec![0; vcpus],
             floor: 0,
             checked_at: 0,
@@ -114,8 +125,9 @@ impl Relaxed {
 
     /// `vcpu`'s virtual time for running `ns`.
     fn virtual_ns(&self, vcpu: VcpuId, ns: Ns) -> u64 {
-        let vm = &self.topology.vms[self.topology.vm_of(vcpu)];
-        ns * u64::from(vm.vcpus) * UNIT_WEIGHT / u64::from(vm.weight.max(1))
+        let (numerator, denominator) = self.rate[self.topology.vm_of(vcpu)];
+        // No division at the default weight: charging is done at every event.
+        if denominator == 1 { ns * numerator } else { ns * numerator / denominator }
     }
 
     fn pcpu_of(&self, vcpu: VcpuId) -> Option<usize> {
@@ -138,15 +150,35 @@ impl Relaxed {
 
     /// Puts `vcpu` on `pcpu`; the VCPU it replaces waits, if still runnable.
     fn put(&mut self, pcpu: usize, vcpu: Option<VcpuId>) {
-        if let Some(old) = self.assignment[pcpu]
-            && self.runnable[old.index()]
-        {
-            self.waiting.insert(self.key(old));
+        if let Some(old) = self.assignment[pcpu] {
+            if self.runnable[old.index()] {
+                self.waiting.insert(self.key(old));
+            }
+            self.to_refresh.push(self.topology.vm_of(old));
         }
         if let Some(new) = vcpu {
             self.waiting.remove(&self.key(new));
+            self.to_refresh.push(self.topology.vm_of(new));
         }
         self.assignment[pcpu] = vcpu;
+    }
+
+    /// The earliest time any of `vm`'s co-stops could change if nothing happens to its VCPUs
+    /// meanwhile: a lead grows or shrinks at most as fast as time passes, a running VCPU's
+    /// only grows and a waiting one's only shrinks (its slowest sibling can only advance), so
+    /// only a running VCPU can cross the bound upward and only a co-stopped one downward.
+    fn due(&self, vm: usize, now: Ns) -> Ns {
+        let slowest = self.slowest(vm);
+        let runnable = self.topology.vcpus_of(vm).filter(|v| self.runnable[v.index()]);
+        let margins = runnable.filter_map(|v| {
+            let lead = self.lead(v, slowest);
+            if !self.waiting.contains(&self.key(v)) {
+                Some(self.max_skew.saturating_sub(lead))
+            } else {
+                self.costopped[v.index()].then(|| lead.saturating_sub(self.max_skew))
+            }
+        });
+        margins.min().map_or(Ns::MAX, |margin| now + margin)
     }
 
     /// Has `vcpu`'s VM checked at this event.
@@ -165,12 +197,16 @@ impl Relaxed {
         }
     }
 
-    /// Charges the running VCPUs' run time since the last charge to their virtual time and progress.
+    /// Charges the running VCPUs' run time since the last charge to their virtual time and
+    /// progress, and has the VMs that ran into their due time checked.
     fn charge(&mut self, now: Ns) {
         for pcpu in 0..self.assignment.len() {
             let Some(vcpu) = self.assignment[pcpu] else { continue };
             self.vtime[vcpu.index()] += self.virtual_ns(vcpu, now - self.checked_at);
             self.progress[vcpu.index()] += now - self.checked_at;
+            if self.due[self.topology.vm_of(vcpu)] <= now {
+                self.mark(vcpu);
+            }
         }
         self.checked_at = now;
     }
@@ -225,6 +261,7 @@ impl Relaxed {
         let vms = std::mem::take(&mut self.to_check);
         for &vm in &vms {
             self.marked[vm] = false;
+            self.to_refresh.push(vm);
             let slowest = self.slowest(vm);
             for vcpu in self.topology.vcpus_of(vm) {
                 self.set_costopped(vcpu, self.lead(vcpu, slowest) > self.max_skew);
@@ -232,6 +269,10 @@ impl Relaxed {
         }
         self.to_check = vms;
         self.to_check.clear();
+        // Only a VCPU co-stopped just now can be on a pCPU.
+        if !self.costop_changed.iter().any(|v| self.costopped[v.index()]) {
+            return;
+        }
         for pcpu in 0..self.assignment.len() {
             let Some(leader) = self.assignment[pcpu].filter(|v| self.costopped[v.index()]) else { continue };
             let siblings = self.topology.vcpus_of(self.topology.vm_of(leader));
@@ -283,13 +324,8 @@ impl Relaxed {
 impl Policy for Relaxed {
     fn handle(&mut self, now: Ns, event: Event) {
         self.costop_changed.clear();
-        // The VMs whose skew may have moved: those that ran since the last event, and the
-        // event's.
-        for pcpu in 0..self.assignment.len() {
-            if let Some(vcpu) = self.assignment[pcpu] {
-                self.mark(vcpu);
-            }
-        }
+        // The VMs whose co-stops may have changed are checked: those that ran into their due
+        // time (marked by `charge`) and the event's. Checking the others could change nothing.
         self.charge(now);
         self.raise_floor();
         match event {
@@ -304,6 +340,14 @@ impl Policy for Relaxed {
         self.check_skew();
         self.rotate(now);
         self.fill();
+        let mut vms = std::mem::take(&mut self.to_refresh);
+        vms.sort_unstable();
+        vms.dedup();
+        for &vm in &vms {
+            self.due[vm] = self.due(vm, now);
+        }
+        self.to_refresh = vms;
+        self.to_refresh.clear();
     }
 
     fn assignment(&self) -> &[Option<VcpuId>] {
@@ -321,6 +365,15 @@ impl Policy for Relaxed {
     fn costop_changed(&self) -> &[VcpuId] {
         &self.costop_changed
     }
+}
+
+/// `numerator / denominator` in lowest terms.
+fn reduced(numerator: u64, denominator: u64) -> (u64, u64) {
+    let (mut a, mut b) = (numerator, denominator);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    (numerator / a, denominator / a)
 }
 
 #[cfg(test)]
@@ -705,3 +758,4 @@ mod tests {
         assert_eq!(h.policy.next_tick(), None);
     }
 }
+
