@@ -110,8 +110,12 @@ pub struct Sim {
     live: usize,
     /// The VCPU now in the monitor for a hypercall: its pCPU passes on without preemption.
     exited: Option<usize>,
-    /// The policy's assignment as VCPU indexes, reused by every `apply`.
-    wants: Vec<Option<usize>>,
+    /// The policy's assignment when `apply` last looked at it.
+    applied: Vec<Option<VcpuId>>,
+    /// The VCPUs whose state changed since `apply` last looked.
+    restated: Vec<usize>,
+    /// The pCPUs `apply` has to look at (a buffer kept between events).
+    dirty: Vec<usize>,
     rng: u64,
     /// The policy's next tick as asked for, and when it is delivered (late, as timers are).
     tick: Option<(Ns, Ns)>,
@@ -175,7 +179,9 @@ impl Sim {
             live: guests.len(),
             guests,
             exited: None,
-            wants: Vec::new(),
+            applied: vec![None; scenario.cores.len()],
+            restated: Vec::new(),
+            dirty: Vec::new(),
             rng: config.seed,
             tick: None,
             tick_stale: true,
@@ -314,14 +320,22 @@ impl Sim {
         self.apply();
     }
 
-    /// Starts, preempts and switches pCPUs toward the policy's assignment.
+    /// Starts, preempts and switches pCPUs toward the policy's assignment. A pCPU's target is
+    /// the VCPU assigned to it if that VCPU is runnable, so only the pCPUs whose assignment
+    /// changed or whose VCPU changed state since the last look can have a new one.
     fn apply(&mut self) {
-        // One look at the assignment (a virtual call), into a buffer kept between events.
-        let mut wants = std::mem::take(&mut self.wants);
-        wants.clear();
-        wants.extend(self.policy.assignment().iter().map(|slot| slot.map(VcpuId::index)));
-        for (p, &want) in wants.iter().enumerate() {
-            let want = want.filter(|&v| self.states[v] == State::Runnable);
+        let assignment = self.policy.assignment();
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.clear();
+        dirty.extend((0..assignment.len()).filter(|&p| assignment[p] != self.applied[p]));
+        for v in self.restated.drain(..) {
+            dirty.extend(assignment.iter().position(|&slot| slot == Some(VcpuId(v as u32))));
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
+        self.applied.copy_from_slice(assignment);
+        for &p in &dirty {
+            let want = self.applied[p].map(VcpuId::index).filter(|&v| self.states[v] == State::Runnable);
             if self.pcpus[p].target == want {
                 continue;
             }
@@ -337,7 +351,7 @@ impl Sim {
                 None => self.switch_soon(p),
             }
         }
-        self.wants = wants;
+        self.dirty = dirty;
         if !self.policy.costop_changed().is_empty() {
             let changed: Vec<usize> = self.policy.costop_changed().iter().map(|v| v.index()).collect();
             for v in changed {
@@ -422,6 +436,7 @@ impl Sim {
     /// Moves VCPU `v` to policy state `state`.
     fn set_state(&mut self, v: usize, state: State) {
         self.states[v] = state;
+        self.restated.push(v);
         self.recategorize(v);
     }
 
