@@ -18,17 +18,28 @@ const SLICE: Ns = 3 * MS;
 /// How far a waking task must lead the running one to preempt it.
 const WAKEUP_GRANULARITY: Ns = MS;
 
+/// Every decision takes O(log tasks): the tasks and pCPUs are kept in ordered sets, and a
+/// running task's vruntime is brought up to date only when it stops (all running tasks
+/// advance alike, so their order does not change while they run).
 pub struct Host {
+    now: Ns,
     assignment: Vec<Option<VcpuId>>,
+    /// Each task's pCPU, if it runs.
+    pcpu: Vec<Option<usize>>,
     /// When each pCPU's task's slice ends.
     slice_end: Vec<Ns>,
+    /// When each pCPU's task started running there.
+    since: Vec<Ns>,
     runnable: Vec<bool>,
+    /// Each task's vruntime; for a running task, as of when it started running.
     vruntime: Vec<Ns>,
-    /// The runnable tasks without a pCPU, by (vruntime, id): a waiting task's vruntime does not
-    /// move, so the order holds until it runs.
+    /// The runnable tasks without a pCPU, by (vruntime, id).
     waiting: BTreeSet<(Ns, u32)>,
-    /// When each pCPU's running task was last charged.
-    charged_at: Vec<Ns>,
+    /// The running tasks, by (vruntime minus start time, id): by (vruntime, id) at any time.
+    running: BTreeSet<(i64, u32)>,
+    idle: BTreeSet<usize>,
+    /// The busy pCPUs, by (slice end, pCPU).
+    slices: BTreeSet<(Ns, usize)>,
 }
 
 impl Host {
@@ -36,31 +47,33 @@ impl Host {
         let pcpus = topology.pcpus as usize;
         let vcpus = topology.nr_vcpus();
         Host {
+            now: 0,
             assignment: vec![None; pcpus],
+            pcpu: vec![None; vcpus],
             slice_end: vec![0; pcpus],
+            since: vec![0; pcpus],
             runnable: vec![false; vcpus],
             vruntime: vec![0; vcpus],
             waiting: BTreeSet::new(),
-            charged_at: vec![0; pcpus],
+            running: BTreeSet::new(),
+            idle: (0..pcpus).collect(),
+            slices: BTreeSet::new(),
         }
     }
 
-    /// Adds the running tasks' run time since they were last charged to their vruntime.
-    fn charge(&mut self, now: Ns) {
-        for (pcpu, slot) in self.assignment.iter().enumerate() {
-            if let Some(vcpu) = slot {
-                self.vruntime[vcpu.index()] += now - self.charged_at[pcpu];
-            }
-            self.charged_at[pcpu] = now;
-        }
+    /// `vcpu`'s vruntime now.
+    fn vruntime_now(&self, vcpu: VcpuId) -> Ns {
+        let vruntime = self.vruntime[vcpu.index()];
+        self.pcpu[vcpu.index()].map_or(vruntime, |pcpu| vruntime + self.now - self.since[pcpu])
     }
 
-    fn pcpu_of(&self, vcpu: VcpuId) -> Option<usize> {
-        self.assignment.iter().position(|&slot| slot == Some(vcpu))
+    fn running_key(&self, vcpu: VcpuId, pcpu: usize) -> (i64, u32) {
+        (self.vruntime[vcpu.index()] as i64 - self.since[pcpu] as i64, vcpu.0)
     }
 
-    fn key(&self, vcpu: VcpuId) -> (Ns, u32) {
-        (self.vruntime[vcpu.index()], vcpu.0)
+    /// The running task furthest ahead (ties: the highest id).
+    fn furthest_running(&self) -> Option<VcpuId> {
+        self.running.last().map(|&(_, v)| VcpuId(v))
     }
 
     /// The waiting task with the least vruntime (ties by id).
@@ -68,38 +81,56 @@ impl Host {
         self.waiting.first().map(|&(_, v)| VcpuId(v))
     }
 
-    /// The vruntimes of the runnable tasks: the running ones and the least and most waiting.
+    /// The least and the greatest vruntime of the runnable tasks.
     fn runnable_vruntimes(&self) -> impl Iterator<Item = Ns> + '_ {
-        let running = self.assignment.iter().flatten().map(|v| self.vruntime[v.index()]);
+        let running = self.running.first().into_iter().chain(self.running.last());
+        let running = running.map(|&(_, v)| self.vruntime_now(VcpuId(v)));
         let waiting = self.waiting.first().into_iter().chain(self.waiting.last()).map(|&(vruntime, _)| vruntime);
         running.chain(waiting)
     }
 
-    /// Puts `vcpu` on `pcpu` for a new slice; the task it replaces waits, if still runnable.
-    fn put(&mut self, pcpu: usize, vcpu: Option<VcpuId>, now: Ns) {
-        if let Some(old) = self.assignment[pcpu]
-            && self.runnable[old.index()]
-        {
-            self.waiting.insert(self.key(old));
+    /// The task on `pcpu` stops running: its vruntime is brought up to date, and it waits if
+    /// it is still runnable.
+    fn take_off(&mut self, pcpu: usize) {
+        let Some(vcpu) = self.assignment[pcpu].take() else { return };
+        self.running.remove(&self.running_key(vcpu, pcpu));
+        self.vruntime[vcpu.index()] += self.now - self.since[pcpu];
+        self.pcpu[vcpu.index()] = None;
+        self.slices.remove(&(self.slice_end[pcpu], pcpu));
+        self.idle.insert(pcpu);
+        if self.runnable[vcpu.index()] {
+            self.waiting.insert((self.vruntime[vcpu.index()], vcpu.0));
         }
-        if let Some(new) = vcpu {
-            self.waiting.remove(&self.key(new));
-        }
-        self.assignment[pcpu] = vcpu;
-        self.slice_end[pcpu] = now + SLICE;
+    }
+
+    /// Puts `vcpu` on `pcpu` for a new slice, in place of its task.
+    fn put(&mut self, pcpu: usize, vcpu: VcpuId) {
+        self.take_off(pcpu);
+        self.waiting.remove(&(self.vruntime[vcpu.index()], vcpu.0));
+        self.assignment[pcpu] = Some(vcpu);
+        self.pcpu[vcpu.index()] = Some(pcpu);
+        self.since[pcpu] = self.now;
+        self.running.insert(self.running_key(vcpu, pcpu));
+        self.idle.remove(&pcpu);
+        self.set_slice_end(pcpu, self.now + SLICE);
+    }
+
+    fn set_slice_end(&mut self, pcpu: usize, end: Ns) {
+        self.slices.remove(&(self.slice_end[pcpu], pcpu));
+        self.slice_end[pcpu] = end;
+        self.slices.insert((end, pcpu));
     }
 
     /// Gives idle pCPUs the waiting tasks with the least vruntime.
-    fn fill_idle(&mut self, now: Ns) {
-        for pcpu in 0..self.assignment.len() {
-            if self.assignment[pcpu].is_none() {
-                let next = self.least_waiting();
-                self.put(pcpu, next, now);
-            }
+    fn fill_idle(&mut self) {
+        while let Some(&pcpu) = self.idle.first()
+            && let Some(next) = self.least_waiting()
+        {
+            self.put(pcpu, next);
         }
     }
 
-    fn wake(&mut self, vcpu: VcpuId, now: Ns) {
+    fn wake(&mut self, vcpu: VcpuId) {
         if self.runnable[vcpu.index()] {
             return;
         }
@@ -108,44 +139,50 @@ impl Host {
             self.vruntime[vcpu.index()] = self.vruntime[vcpu.index()].max(floor);
         }
         self.runnable[vcpu.index()] = true;
-        if let Some(pcpu) = self.assignment.iter().position(Option::is_none) {
-            self.put(pcpu, Some(vcpu), now);
+        self.waiting.insert((self.vruntime[vcpu.index()], vcpu.0));
+        if let Some(&pcpu) = self.idle.first() {
+            self.put(pcpu, vcpu);
             return;
         }
-        let furthest = (0..self.assignment.len())
-            .max_by_key(|&pcpu| self.assignment[pcpu].map(|v| self.key(v)))
-            .expect("at least one pCPU");
-        let current = self.assignment[furthest].expect("no pCPU is idle");
-        if self.vruntime[vcpu.index()] + WAKEUP_GRANULARITY < self.vruntime[current.index()] {
-            self.put(furthest, Some(vcpu), now);
-        } else {
-            self.waiting.insert(self.key(vcpu));
+        let current = self.furthest_running().expect("no pCPU is idle");
+        if self.vruntime[vcpu.index()] + WAKEUP_GRANULARITY < self.vruntime_now(current) {
+            let pcpu = self.pcpu[current.index()].expect("a running task");
+            self.put(pcpu, vcpu);
         }
     }
 
-    fn leave(&mut self, vcpu: VcpuId, now: Ns) {
+    fn leave(&mut self, vcpu: VcpuId) {
         self.runnable[vcpu.index()] = false;
-        match self.pcpu_of(vcpu) {
-            Some(pcpu) => self.assignment[pcpu] = None,
+        match self.pcpu[vcpu.index()] {
+            Some(pcpu) => self.take_off(pcpu),
             None => {
-                self.waiting.remove(&self.key(vcpu));
+                self.waiting.remove(&(self.vruntime[vcpu.index()], vcpu.0));
             }
         }
-        self.fill_idle(now);
+        self.fill_idle();
     }
 
-    /// Ends the slices that are over: each such pCPU runs the least-vruntime task next.
-    fn rotate(&mut self, now: Ns) {
-        for pcpu in 0..self.assignment.len() {
-            let Some(current) = self.assignment[pcpu] else { continue };
-            if self.slice_end[pcpu] > now {
-                continue;
-            }
+    /// The task on `vcpu`'s pCPU goes behind every other, if another waits.
+    fn yield_pcpu(&mut self, vcpu: VcpuId) {
+        let (Some(pcpu), Some(next)) = (self.pcpu[vcpu.index()], self.least_waiting()) else { return };
+        let last = self.runnable_vruntimes().max().unwrap_or(0);
+        self.take_off(pcpu);
+        self.waiting.remove(&(self.vruntime[vcpu.index()], vcpu.0));
+        self.vruntime[vcpu.index()] = last + 1;
+        self.waiting.insert((last + 1, vcpu.0));
+        self.put(pcpu, next);
+    }
+
+    /// Ends the slices that are over, pCPU by pCPU in order: each such pCPU runs the
+    /// least-vruntime task next, if that one is behind its own.
+    fn rotate(&mut self) {
+        let mut over: Vec<usize> = self.slices.iter().take_while(|&&(end, _)| end <= self.now).map(|&(_, p)| p).collect();
+        over.sort_unstable();
+        for pcpu in over {
+            let current = self.assignment[pcpu].expect("a busy pCPU");
             match self.least_waiting() {
-                Some(next) if self.vruntime[next.index()] < self.vruntime[current.index()] => {
-                    self.put(pcpu, Some(next), now)
-                }
-                _ => self.slice_end[pcpu] = now + SLICE,
+                Some(next) if self.vruntime[next.index()] < self.vruntime_now(current) => self.put(pcpu, next),
+                _ => self.set_slice_end(pcpu, self.now + SLICE),
             }
         }
     }
@@ -153,20 +190,12 @@ impl Host {
 
 impl Policy for Host {
     fn handle(&mut self, now: Ns, event: Event) {
-        self.charge(now);
+        self.now = now;
         match event {
-            Event::Wake(vcpu) => self.wake(vcpu, now),
-            Event::Block(vcpu) | Event::Down(vcpu) => self.leave(vcpu, now),
-            Event::Yield { vcpu, .. } => {
-                if let Some(pcpu) = self.pcpu_of(vcpu)
-                    && let Some(next) = self.least_waiting()
-                {
-                    let last = self.runnable_vruntimes().max().unwrap_or(0);
-                    self.vruntime[vcpu.index()] = last + 1;
-                    self.put(pcpu, Some(next), now);
-                }
-            }
-            Event::Tick => self.rotate(now),
+            Event::Wake(vcpu) => self.wake(vcpu),
+            Event::Block(vcpu) | Event::Down(vcpu) => self.leave(vcpu),
+            Event::Yield { vcpu, .. } => self.yield_pcpu(vcpu),
+            Event::Tick => self.rotate(),
             Event::Demand { .. } => {}
         }
     }
@@ -180,7 +209,7 @@ impl Policy for Host {
         if self.waiting.is_empty() {
             return None;
         }
-        (0..self.assignment.len()).filter(|&pcpu| self.assignment[pcpu].is_some()).map(|p| self.slice_end[p]).min()
+        self.slices.first().map(|&(end, _)| end)
     }
 
     fn gates(&self) -> bool {
