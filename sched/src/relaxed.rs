@@ -46,11 +46,16 @@ pub struct Relaxed {
     max_skew: Ns,
     tick: Ns,
     assignment: Vec<Option<VcpuId>>,
+    /// Each VCPU's pCPU, if it runs.
+    pcpu: Vec<Option<usize>>,
+    /// When each pCPU's VCPU started running there.
+    since: Vec<Ns>,
     /// When the current slice ends, on every pCPU.
     slice_end: Ns,
     runnable: Vec<bool>,
     costopped: Vec<bool>,
-    /// Per VCPU: run time divided by its share of its VM's weight.
+    /// Per VCPU: run time divided by its share of its VM's weight; for a running VCPU, as of
+    /// when it started running (likewise `progress`).
     vtime: Vec<u64>,
     /// Per VM: how fast its VCPUs' virtual time runs, VCPUs x `UNIT_WEIGHT` / weight, as a
     /// reduced fraction.
@@ -61,8 +66,9 @@ pub struct Relaxed {
     /// The VCPUs whose co-stop state changed at the last event.
     costop_changed: Vec<VcpuId>,
     /// Per VM: the earliest time a co-stop could be due, if nothing happens to the VM before
-    /// (see `due`).
+    /// (see `due`); and the VMs with one, by (due time, VM).
     due: Vec<Ns>,
+    dues: BTreeSet<(Ns, usize)>,
     /// The VMs whose skew is to be checked at this event, and a mark per VM of whether it is
     /// among them (buffers kept between events).
     to_check: Vec<usize>,
@@ -74,8 +80,8 @@ pub struct Relaxed {
     /// The least virtual time of the runnable VCPUs, never moving back: the mark a waking VCPU
     /// catches up to.
     floor: u64,
-    /// When the running VCPUs were last charged and skew last checked (every event does both).
-    checked_at: Ns,
+    /// The time of the last event (co-stops are checked at every event).
+    now: Ns,
 }
 
 impl Relaxed {
@@ -88,6 +94,8 @@ impl Relaxed {
             max_skew: params.skew,
             tick: params.tick.max(1),
             assignment: vec![None; pcpus],
+            pcpu: vec![None; vcpus],
+            since: vec![0; pcpus],
             slice_end: 0,
             runnable: vec![false; vcpus],
             costopped: vec![false; vcpus],
@@ -96,12 +104,13 @@ impl Relaxed {
             waiting: BTreeSet::new(),
             costop_changed: Vec::new(),
             due: vec![Ns::MAX; topology.vms.len()],
+            dues: BTreeSet::new(),
             to_check: Vec::new(),
             marked: vec![false; topology.vms.len()],
             to_refresh: Vec::new(),
             progress: vec![0; vcpus],
             floor: 0,
-            checked_at: 0,
+            now: 0,
         }
     }
 
@@ -113,25 +122,32 @@ impl Relaxed {
     /// `vcpu`'s lead over `slowest`, its VM's least progress; 0 unless it is runnable.
     fn lead(&self, vcpu: VcpuId, slowest: Option<Ns>) -> Ns {
         match slowest {
-            Some(slowest) if self.runnable[vcpu.index()] => self.progress[vcpu.index()] - slowest,
+            Some(slowest) if self.runnable[vcpu.index()] => self.progress_now(vcpu) - slowest,
             _ => 0,
         }
     }
 
     /// The least progress of `vm`'s runnable VCPUs.
     fn slowest(&self, vm: usize) -> Option<Ns> {
-        self.topology.vcpus_of(vm).filter(|v| self.runnable[v.index()]).map(|v| self.progress[v.index()]).min()
+        self.topology.vcpus_of(vm).filter(|v| self.runnable[v.index()]).map(|v| self.progress_now(v)).min()
+    }
+
+    /// `vcpu`'s progress now.
+    fn progress_now(&self, vcpu: VcpuId) -> Ns {
+        self.progress[vcpu.index()] + self.pcpu[vcpu.index()].map_or(0, |pcpu| self.now - self.since[pcpu])
+    }
+
+    /// `vcpu`'s virtual time now.
+    fn vtime_now(&self, vcpu: VcpuId) -> u64 {
+        let ran = self.pcpu[vcpu.index()].map_or(0, |pcpu| self.now - self.since[pcpu]);
+        self.vtime[vcpu.index()] + self.virtual_ns(vcpu, ran)
     }
 
     /// `vcpu`'s virtual time for running `ns`.
     fn virtual_ns(&self, vcpu: VcpuId, ns: Ns) -> u64 {
         let (numerator, denominator) = self.rate[self.topology.vm_of(vcpu)];
-        // No division at the default weight: charging is done at every event.
+        // No division at the default weight.
         if denominator == 1 { ns * numerator } else { ns * numerator / denominator }
-    }
-
-    fn pcpu_of(&self, vcpu: VcpuId) -> Option<usize> {
-        self.assignment.iter().position(|&slot| slot == Some(vcpu))
     }
 
     fn key(&self, vcpu: VcpuId) -> (u64, u32) {
@@ -148,19 +164,29 @@ impl Relaxed {
         self.waiting.iter().map(|&(_, v)| VcpuId(v)).find(|v| !self.costopped[v.index()])
     }
 
+    /// The VCPU on `pcpu` stops running: its virtual time and progress are brought up to
+    /// date, and it waits if it is still runnable.
+    fn take_off(&mut self, pcpu: usize) {
+        let Some(vcpu) = self.assignment[pcpu].take() else { return };
+        self.vtime[vcpu.index()] = self.vtime_now(vcpu);
+        self.progress[vcpu.index()] = self.progress_now(vcpu);
+        self.pcpu[vcpu.index()] = None;
+        if self.runnable[vcpu.index()] {
+            self.waiting.insert(self.key(vcpu));
+        }
+        self.to_refresh.push(self.topology.vm_of(vcpu));
+    }
+
     /// Puts `vcpu` on `pcpu`; the VCPU it replaces waits, if still runnable.
     fn put(&mut self, pcpu: usize, vcpu: Option<VcpuId>) {
-        if let Some(old) = self.assignment[pcpu] {
-            if self.runnable[old.index()] {
-                self.waiting.insert(self.key(old));
-            }
-            self.to_refresh.push(self.topology.vm_of(old));
-        }
+        self.take_off(pcpu);
         if let Some(new) = vcpu {
             self.waiting.remove(&self.key(new));
+            self.assignment[pcpu] = Some(new);
+            self.pcpu[new.index()] = Some(pcpu);
+            self.since[pcpu] = self.now;
             self.to_refresh.push(self.topology.vm_of(new));
         }
-        self.assignment[pcpu] = vcpu;
     }
 
     /// The earliest time any of `vm`'s co-stops could change if nothing happens to its VCPUs
@@ -172,7 +198,7 @@ impl Relaxed {
         let runnable = self.topology.vcpus_of(vm).filter(|v| self.runnable[v.index()]);
         let margins = runnable.filter_map(|v| {
             let lead = self.lead(v, slowest);
-            if !self.waiting.contains(&self.key(v)) {
+            if self.pcpu[v.index()].is_some() {
                 Some(self.max_skew.saturating_sub(lead))
             } else {
                 self.costopped[v.index()].then(|| lead.saturating_sub(self.max_skew))
@@ -181,9 +207,8 @@ impl Relaxed {
         margins.min().map_or(Ns::MAX, |margin| now + margin)
     }
 
-    /// Has `vcpu`'s VM checked at this event.
-    fn mark(&mut self, vcpu: VcpuId) {
-        let vm = self.topology.vm_of(vcpu);
+    /// Has `vm` checked at this event.
+    fn mark(&mut self, vm: usize) {
         if !self.marked[vm] {
             self.marked[vm] = true;
             self.to_check.push(vm);
@@ -197,22 +222,11 @@ impl Relaxed {
         }
     }
 
-    /// Charges the running VCPUs' run time since the last charge to their virtual time and
-    /// progress, and has the VMs that ran into their due time checked.
-    fn charge(&mut self, now: Ns) {
-        for pcpu in 0..self.assignment.len() {
-            let Some(vcpu) = self.assignment[pcpu] else { continue };
-            self.vtime[vcpu.index()] += self.virtual_ns(vcpu, now - self.checked_at);
-            self.progress[vcpu.index()] += now - self.checked_at;
-            if self.due[self.topology.vm_of(vcpu)] <= now {
-                self.mark(vcpu);
-            }
-        }
-        self.checked_at = now;
-    }
-
+    /// Raises the floor to the least virtual time of the runnable VCPUs. Needed only when a
+    /// VCPU wakes: between wakes that least time can only grow (virtual times grow and the
+    /// runnable set only shrinks), so it is greatest just then.
     fn raise_floor(&mut self) {
-        let running = self.assignment.iter().flatten().map(|v| self.vtime[v.index()]);
+        let running = self.assignment.iter().flatten().map(|&v| self.vtime_now(v));
         if let Some(least) = running.chain(self.waiting.first().map(|&(vtime, _)| vtime)).min() {
             self.floor = self.floor.max(least);
         }
@@ -222,6 +236,7 @@ impl Relaxed {
         if self.runnable[vcpu.index()] {
             return;
         }
+        self.raise_floor();
         if let Some(slowest) = self.slowest(self.topology.vm_of(vcpu)) {
             self.progress[vcpu.index()] = slowest;
         }
@@ -235,8 +250,8 @@ impl Relaxed {
     fn leave(&mut self, vcpu: VcpuId) {
         self.runnable[vcpu.index()] = false;
         self.set_costopped(vcpu, false);
-        match self.pcpu_of(vcpu) {
-            Some(pcpu) => self.assignment[pcpu] = None,
+        match self.pcpu[vcpu.index()] {
+            Some(pcpu) => self.take_off(pcpu),
             None => {
                 self.waiting.remove(&self.key(vcpu));
             }
@@ -244,7 +259,7 @@ impl Relaxed {
     }
 
     fn yield_pcpu(&mut self, vcpu: VcpuId, to: Option<VcpuId>) {
-        let Some(pcpu) = self.pcpu_of(vcpu) else { return };
+        let Some(pcpu) = self.pcpu[vcpu.index()] else { return };
         let vm = self.topology.vm_of(vcpu);
         if let Some(to) = to.filter(|&to| self.topology.vm_of(to) == vm && self.ready(to)) {
             self.put(pcpu, Some(to));
@@ -270,11 +285,11 @@ impl Relaxed {
         self.to_check = vms;
         self.to_check.clear();
         // Only a VCPU co-stopped just now can be on a pCPU.
-        if !self.costop_changed.iter().any(|v| self.costopped[v.index()]) {
-            return;
-        }
-        for pcpu in 0..self.assignment.len() {
-            let Some(leader) = self.assignment[pcpu].filter(|v| self.costopped[v.index()]) else { continue };
+        let changed = self.costop_changed.iter().filter(|v| self.costopped[v.index()]);
+        let mut leaders: Vec<usize> = changed.filter_map(|v| self.pcpu[v.index()]).collect();
+        leaders.sort_unstable();
+        for pcpu in leaders {
+            let leader = self.assignment[pcpu].expect("a running leader");
             let siblings = self.topology.vcpus_of(self.topology.vm_of(leader));
             let laggard = siblings.filter(|&v| self.ready(v)).min_by_key(|v| (self.progress[v.index()], v.0));
             self.put(pcpu, laggard);
@@ -291,19 +306,19 @@ impl Relaxed {
         let mut vms: Vec<Vec<VcpuId>> = (0..self.topology.vms.len())
             .map(|vm| {
                 let mut ready: Vec<VcpuId> = self.topology.vcpus_of(vm).filter(candidates).collect();
-                ready.sort_by_key(|v| (self.vtime[v.index()], v.0));
+                ready.sort_by_key(|&v| (self.vtime_now(v), v.0));
                 ready
             })
             .filter(|ready| !ready.is_empty())
             .collect();
-        vms.sort_by_key(|ready| (self.vtime[ready[0].index()], ready[0].0));
+        vms.sort_by_key(|ready| (self.vtime_now(ready[0]), ready[0].0));
         let dealt: Vec<VcpuId> = vms.into_iter().flatten().take(self.assignment.len()).collect();
         for pcpu in 0..self.assignment.len() {
             if self.assignment[pcpu].is_some_and(|v| !dealt.contains(&v)) {
                 self.put(pcpu, None);
             }
         }
-        let newcomers: Vec<VcpuId> = dealt.into_iter().filter(|&v| self.pcpu_of(v).is_none()).collect();
+        let newcomers: Vec<VcpuId> = dealt.into_iter().filter(|v| self.pcpu[v.index()].is_none()).collect();
         let idle: Vec<usize> = (0..self.assignment.len()).filter(|&pcpu| self.assignment[pcpu].is_none()).collect();
         for (pcpu, vcpu) in idle.into_iter().zip(newcomers) {
             self.put(pcpu, Some(vcpu));
@@ -323,11 +338,16 @@ impl Relaxed {
 
 impl Policy for Relaxed {
     fn handle(&mut self, now: Ns, event: Event) {
+        self.now = now;
         self.costop_changed.clear();
-        // The VMs whose co-stops may have changed are checked: those that ran into their due
-        // time (marked by `charge`) and the event's. Checking the others could change nothing.
-        self.charge(now);
-        self.raise_floor();
+        // The VMs whose co-stops may have changed are checked: those whose due time has come,
+        // and the event's. Checking the others could change nothing.
+        while let Some(&(due, vm)) = self.dues.first()
+            && due <= now
+        {
+            self.dues.pop_first();
+            self.mark(vm);
+        }
         match event {
             Event::Wake(vcpu) => self.wake(vcpu),
             Event::Block(vcpu) | Event::Down(vcpu) => self.leave(vcpu),
@@ -335,7 +355,7 @@ impl Policy for Relaxed {
             Event::Tick | Event::Demand { .. } => {}
         }
         if let Event::Wake(vcpu) | Event::Block(vcpu) | Event::Down(vcpu) = event {
-            self.mark(vcpu);
+            self.mark(self.topology.vm_of(vcpu));
         }
         self.check_skew();
         self.rotate(now);
@@ -344,7 +364,11 @@ impl Policy for Relaxed {
         vms.sort_unstable();
         vms.dedup();
         for &vm in &vms {
+            self.dues.remove(&(self.due[vm], vm));
             self.due[vm] = self.due(vm, now);
+            if self.due[vm] != Ns::MAX {
+                self.dues.insert((self.due[vm], vm));
+            }
         }
         self.to_refresh = vms;
         self.to_refresh.clear();
@@ -355,7 +379,7 @@ impl Policy for Relaxed {
     }
 
     fn next_tick(&self) -> Option<Ns> {
-        self.assignment.iter().any(Option::is_some).then(|| self.slice_end.min(self.checked_at + self.tick))
+        self.assignment.iter().any(Option::is_some).then(|| self.slice_end.min(self.now + self.tick))
     }
 
     fn costopped(&self, vcpu: VcpuId) -> bool {
