@@ -50,6 +50,7 @@ pub struct Relaxed {
     pcpu: Vec<Option<usize>>,
     /// When each pCPU's VCPU started running there.
     since: Vec<Ns>,
+    idle: BTreeSet<usize>,
     /// When the current slice ends, on every pCPU.
     slice_end: Ns,
     runnable: Vec<bool>,
@@ -96,6 +97,7 @@ impl Relaxed {
             assignment: vec![None; pcpus],
             pcpu: vec![None; vcpus],
             since: vec![0; pcpus],
+            idle: (0..pcpus).collect(),
             slice_end: 0,
             runnable: vec![false; vcpus],
             costopped: vec![false; vcpus],
@@ -171,6 +173,7 @@ impl Relaxed {
         self.vtime[vcpu.index()] = self.vtime_now(vcpu);
         self.progress[vcpu.index()] = self.progress_now(vcpu);
         self.pcpu[vcpu.index()] = None;
+        self.idle.insert(pcpu);
         if self.runnable[vcpu.index()] {
             self.waiting.insert(self.key(vcpu));
         }
@@ -185,6 +188,7 @@ impl Relaxed {
             self.assignment[pcpu] = Some(new);
             self.pcpu[new.index()] = Some(pcpu);
             self.since[pcpu] = self.now;
+            self.idle.remove(&pcpu);
             self.to_refresh.push(self.topology.vm_of(new));
         }
     }
@@ -327,11 +331,10 @@ impl Relaxed {
 
     /// Gives the idle pCPUs the ready VCPUs with the least virtual time.
     fn fill(&mut self) {
-        for pcpu in 0..self.assignment.len() {
-            if self.assignment[pcpu].is_none() {
-                let Some(next) = self.least_ready() else { return };
-                self.put(pcpu, Some(next));
-            }
+        while let Some(&pcpu) = self.idle.first()
+            && let Some(next) = self.least_ready()
+        {
+            self.put(pcpu, Some(next));
         }
     }
 }
