@@ -110,8 +110,9 @@ pub struct Sim {
     live: usize,
     /// The VCPU now in the monitor for a hypercall: its pCPU passes on without preemption.
     exited: Option<usize>,
-    /// The policy's assignment when `apply` last looked at it.
+    /// The policy's assignment when `apply` last looked at it, and where each VCPU was in it.
     applied: Vec<Option<VcpuId>>,
+    applied_at: Vec<Option<usize>>,
     /// The VCPUs whose state changed since `apply` last looked.
     restated: Vec<usize>,
     /// The pCPUs `apply` has to look at (a buffer kept between events).
@@ -174,6 +175,7 @@ impl Sim {
             policy,
             queue: EventQueue::new(),
             states: vec![State::Offline; vcpus.len()],
+            applied_at: vec![None; vcpus.len()],
             vcpus,
             pcpus: vec![Pcpu::default(); scenario.cores.len()],
             live: guests.len(),
@@ -327,13 +329,23 @@ impl Sim {
         let assignment = self.policy.assignment();
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.clear();
-        dirty.extend((0..assignment.len()).filter(|&p| assignment[p] != self.applied[p]));
-        for v in self.restated.drain(..) {
-            dirty.extend(assignment.iter().position(|&slot| slot == Some(VcpuId(v as u32))));
+        for (p, (&slot, applied)) in assignment.iter().zip(&mut self.applied).enumerate() {
+            if slot != *applied {
+                if let Some(old) = *applied
+                    && self.applied_at[old.index()] == Some(p)
+                {
+                    self.applied_at[old.index()] = None;
+                }
+                if let Some(new) = slot {
+                    self.applied_at[new.index()] = Some(p);
+                }
+                *applied = slot;
+                dirty.push(p);
+            }
         }
+        dirty.extend(self.restated.drain(..).filter_map(|v| self.applied_at[v]));
         dirty.sort_unstable();
         dirty.dedup();
-        self.applied.copy_from_slice(assignment);
         for &p in &dirty {
             let want = self.applied[p].map(VcpuId::index).filter(|&v| self.states[v] == State::Runnable);
             if self.pcpus[p].target == want {
