@@ -127,12 +127,14 @@ fn pv_locks_count_exactly_and_take_their_slow_path_when_the_holder_is_preempted(
     assert_eq!(pv.checksum, spin.checksum, "the same work under either family");
 
     // Two VCPUs on one pCPU under credit: each runs 30 ms slices while the other is
-    // preempted, holding the lock a fifth of the time (cs=100, think=400).
+    // preempted. With the lock held five sixths of the time (cs=2000, think=400), nearly every
+    // slice ends inside a critical section; held a fifth of the time (the defaults), a run of
+    // a few slices could end outside one each time and never contend.
     let dir = std::env::temp_dir().join(format!("tandem-pv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (file, json) = (dir.join("pv.toml"), dir.join("pv.json"));
     let scenario = "pcpus = 1\n[policy]\nname = \"credit\"\n[[vm]]\nname = \"a\"\nvcpus = 2\nworkload = \"locks\"\n\
-                    locks = \"pv\"\nargs = { ops = 100000 }\n";
+                    locks = \"pv\"\nargs = { ops = 20000, cs = 2000, think = 400 }\n";
     std::fs::write(&file, scenario).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(["scenario", &file.display().to_string(), "--no-reference", "--json", &json.display().to_string()])
@@ -148,7 +150,7 @@ fn pv_locks_count_exactly_and_take_their_slow_path_when_the_holder_is_preempted(
     std::fs::remove_dir_all(&dir).unwrap();
     let stats: workloads::record::LockStats =
         serde_json::from_value(result["vms"][0]["record"]["lock_stats"].clone()).expect("lock counters reported");
-    assert_eq!(stats.acquisitions, 2 * 100_000);
+    assert_eq!(stats.acquisitions, 2 * 20_000);
     assert!(stats.slow_paths > 0 && stats.directed_yields > 0, "{stats:?}");
     assert!(stats.spurious_wakeups <= stats.blocks, "{stats:?}");
 }
