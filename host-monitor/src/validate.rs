@@ -66,9 +66,8 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
         else {
             bail!("no real result for VM {} of {} under {}", sim.vm, sim.scenario, sim.policy);
         };
-        let error = (real.median > 0.0).then(|| (sim.median - real.median).abs() / real.median);
-        let collapsed = real.median < COLLAPSED && sim.median < COLLAPSED;
-        let agrees = collapsed || error.is_some_and(|e| e <= args.tolerance);
+        let error = relative_error(sim.median, real.median);
+        let agrees = agree(sim.median, real.median, args.tolerance);
         let lowest = real.ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let highest = real.ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let within_runs = (lowest..=highest).contains(&sim.median);
@@ -79,6 +78,34 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
         report::write_json(path, &serde_json::json!({ "rows": rows }))?;
     }
     Ok(())
+}
+
+/// |result - reference| / reference, if the reference is not 0.
+fn relative_error(result: f64, reference: f64) -> Option<f64> {
+    (reference > 0.0).then(|| (result - reference).abs() / reference)
+}
+
+/// Whether `result` is within `tolerance` of `reference`, or both have collapsed.
+fn agree(result: f64, reference: f64, tolerance: f64) -> bool {
+    let collapsed = result < COLLAPSED && reference < COLLAPSED;
+    collapsed || relative_error(result, reference).is_some_and(|e| e <= tolerance)
+}
+
+/// How well the real runs repeat: of the runs of cells with at least three, how many agree
+/// with the median of their cell's other runs (the bar a simulated result is held to).
+fn repeatability(rows: &[Row], tolerance: f64) -> (usize, usize) {
+    let mut runs = (0, 0);
+    for ratios in rows.iter().map(|row| &row.real.ratios).filter(|ratios| ratios.len() >= 3) {
+        for (i, &run) in ratios.iter().enumerate() {
+            let mut others: Vec<f64> = ratios.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &r)| r).collect();
+            others.sort_by(f64::total_cmp);
+            // The median; of an even count, the mean of the middle two.
+            let median = (others[(others.len() - 1) / 2] + others[others.len() / 2]) / 2.0;
+            runs.0 += usize::from(agree(run, median, tolerance));
+            runs.1 += 1;
+        }
+    }
+    runs
 }
 
 /// The real cells of an earlier `validate --json`.
@@ -142,4 +169,50 @@ fn print_table(rows: &[Row], tolerance: f64) {
         median_error * 100.0,
         errors.iter().copied().fold(0.0, f64::max) * 100.0
     );
+    let (repeated, runs) = repeatability(rows, tolerance);
+    if runs > 0 {
+        println!(
+            "the real runs themselves: {repeated} of {runs} ({:.0}%) within {:.0}% of the median of their cell's other \
+             runs, against {:.0}% of the simulated results within {:.0}% of the real median",
+            100.0 * repeated as f64 / runs as f64,
+            tolerance * 100.0,
+            100.0 * agree as f64 / rows.len().max(1) as f64,
+            tolerance * 100.0
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ratios: &[f64]) -> Row {
+        let cell = Cell {
+            scenario: "s".to_owned(),
+            vm: "a".to_owned(),
+            policy: "credit".to_owned(),
+            ratios: ratios.to_vec(),
+            timeouts: 0,
+            median: 0.0,
+        };
+        Row { real: cell.clone(), sim: cell, error: None, agrees: false, within_runs: false }
+    }
+
+    #[test]
+    fn agreement_is_relative_except_between_collapsed_results() {
+        assert!(agree(0.86, 1.0, 0.15) && agree(1.15, 1.0, 0.15));
+        assert!(!agree(0.84, 1.0, 0.15) && !agree(1.16, 1.0, 0.15));
+        assert!(agree(0.001, 0.04, 0.15), "both collapsed");
+        assert!(!agree(0.2, 0.0, 0.15), "no relative error against 0");
+    }
+
+    #[test]
+    fn repeatability_counts_runs_agreeing_with_the_median_of_their_cells_other_runs() {
+        // Each 1.0 is 9% off the others' median 1.1, and 1.1 10% off 1.0; 1.8 is 80% off 1.0.
+        // A cell of two runs has no median of others to speak of.
+        let rows = [row(&[1.0, 1.0, 1.1, 1.8]), row(&[0.5, 0.5, 0.5]), row(&[1.0, 2.0])];
+        assert_eq!(repeatability(&rows, 0.15), (6, 7));
+        // Of two others, the median is their mean: 1.0 is 31% off (1.1 + 1.8) / 2.
+        assert_eq!(repeatability(&[row(&[1.0, 1.1, 1.8])], 0.15), (0, 3));
+    }
 }
