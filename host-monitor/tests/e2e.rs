@@ -132,6 +132,33 @@ fn stats_split_each_vcpus_time_into_run_ready_wait() {
     assert!(rows[0][0] + rows[0][1] > 50.0 && rows[0][2] < 10.0, "{:?}", rows[0]);
 }
 
+/// Exits of `kind` over all VCPUs in the `--stats` table of `run`.
+fn exits_of(run: &Run, kind: &str) -> u64 {
+    let key = format!("{kind}=");
+    run.stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("vcpu"))
+        .flat_map(str::split_whitespace)
+        .filter_map(|word| word.strip_prefix(&key)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn each_block_of_an_idle_vcpu_takes_one_kick() {
+    if !kvm_available() {
+        return;
+    }
+    // Four pipeline stages on four VCPUs: a stage whose queue runs empty or full blocks, and
+    // its VCPU, idle, blocks in the monitor until the stage on the other side kicks it. With
+    // more VCPUs than host CPUs a kicked VCPU can wait long for one; wakers meanwhile must
+    // not kick it again (they once did, an exit each: three kicks per block, 9x slower).
+    let run = tandem(&["run", "pipeline", "--vcpus", "4", "--stats", "--", "items=100000"], LIMIT);
+    assert_eq!(run.status, Some(0), "{}{}", run.stdout, run.stderr);
+    let (kicks, blocks) = (exits_of(&run, "kick"), exits_of(&run, "block"));
+    assert!(blocks > 0, "no VCPU ever blocked:\n{}", run.stdout);
+    // A kick that lands just before its block is consumed by a later one: a few spare.
+    assert!(kicks <= blocks + blocks / 10 + 4, "{kicks} kicks for {blocks} blocks:\n{}", run.stdout);
+}
 #[test]
 fn faults_are_reported_with_vector_and_address() {
     if !kvm_available() {

@@ -176,7 +176,8 @@ impl Host {
     /// Ends the slices that are over, pCPU by pCPU in order: each such pCPU runs the
     /// least-vruntime task next, if that one is behind its own.
     fn rotate(&mut self) {
-        let mut over: Vec<usize> = self.slices.iter().take_while(|&&(end, _)| end <= self.now).map(|&(_, p)| p).collect();
+        let mut over: Vec<usize> =
+            self.slices.iter().take_while(|&&(end, _)| end <= self.now).map(|&(_, p)| p).collect();
         over.sort_unstable();
         for pcpu in over {
             let current = self.assignment[pcpu].expect("a busy pCPU");

@@ -102,7 +102,11 @@ impl Relaxed {
             runnable: vec![false; vcpus],
             costopped: vec![false; vcpus],
             vtime: vec![0; vcpus],
-            rate: topology.vms.iter().map(|vm| reduced(u64::from(vm.vcpus) * UNIT_WEIGHT, u64::from(vm.weight.max(1)))).collect(),
+            rate: topology
+                .vms
+                .iter()
+                .map(|vm| reduced(u64::from(vm.vcpus) * UNIT_WEIGHT, u64::from(vm.weight.max(1))))
+                .collect(),
             waiting: BTreeSet::new(),
             costop_changed: Vec::new(),
             due: vec![Ns::MAX; topology.vms.len()],
@@ -785,4 +789,3 @@ mod tests {
         assert_eq!(h.policy.next_tick(), None);
     }
 }
-

@@ -222,9 +222,9 @@ fn follow_grant(id: u32, cpu: &PerCpu) {
     let was = online();
     if grant < was && ONLINE.compare_exchange(was, grant, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
         // Idle surplus VCPUs are blocked: wake them to go down.
-        for surplus in (grant..was).filter(|&v| v != id && CPUS[v as usize].idle.load(Ordering::SeqCst)) {
-            let _ = hypercall::kick(surplus);
-        }
+        (grant..was).filter(|&v| v != id).for_each(|v| {
+            kick_if_idle(v);
+        });
     }
     if id >= online() {
         go_down(cpu);
@@ -263,9 +263,7 @@ fn go_down(cpu: &PerCpu) -> ! {
     for (deadline, thread) in timers {
         add_timer(&CPUS[0], deadline, thread);
     }
-    if CPUS[0].idle.load(Ordering::SeqCst) {
-        let _ = hypercall::kick(0);
-    }
+    kick_if_idle(0);
     hypercall::vcpu_down()
 }
 
@@ -356,7 +354,7 @@ fn work_queued() -> bool {
 }
 
 /// Nothing to run: poll briefly, then block until kicked or the next timer. `idle` is set
-/// only around the block, so wakers kick just the VCPUs that need it.
+/// only around the block, so wakers kick just the VCPUs that need it (see [`kick_if_idle`]).
 fn idle(cpu: &PerCpu) {
     let next_timer = cpu.next_timer.load(Ordering::Acquire);
     let poll_until = clock::deadline_after_ns(IDLE_POLL_NS).min(next_timer);
@@ -412,10 +410,21 @@ fn enqueue(target: u32, thread: Arc<Thread>) {
     let me = percpu::vcpu_id();
     let n = online();
     let candidates = core::iter::once(target).chain((0..n).filter(|&other| other != target));
-    if let Some(idle) = candidates.filter(|&cpu| cpu != me).find(|&cpu| CPUS[cpu as usize].idle.load(Ordering::SeqCst))
-    {
-        let _ = hypercall::kick(idle);
+    let _ = candidates.filter(|&cpu| cpu != me).any(kick_if_idle);
+}
+
+/// Kicks VCPU `cpu` if it is idle (blocked or about to block), and takes its idle mark, so
+/// that each block gets one kick: a VCPU kicked but not yet running again (it may wait a
+/// host time slice for a pCPU) is not kicked again by every later waker, an exit each.
+/// Returns whether it kicked. A kick that comes before the block makes the block return at
+/// once.
+fn kick_if_idle(cpu: u32) -> bool {
+    let idle = &CPUS[cpu as usize].idle;
+    let kicked = idle.load(Ordering::SeqCst) && idle.swap(false, Ordering::SeqCst);
+    if kicked {
+        let _ = hypercall::kick(cpu);
     }
+    kicked
 }
 
 /// Makes a blocked or blocking thread runnable; does nothing to one that is awake.

@@ -625,6 +625,7 @@ impl Sim {
         }
         let blocked = |s: &Sim, x: usize| {
             s.states[x] == State::Blocked
+                && !s.vcpus[x].kicked
                 && s.vcpus[x].resume_to == (Activity::Idle { poll_until: 0 })
                 && s.vcpus[x].index < grant
         };
@@ -639,6 +640,7 @@ impl Sim {
 
     /// Sends a kick to blocked VCPU `x`; it arrives after the kicker's exit and the kick.
     fn kick(&mut self, x: usize) {
+        self.vcpus[x].kicked = true;
         self.schedule(self.now + self.config.costs.exit + self.config.costs.kick, super::Ev::Wake(x as u32));
     }
 

@@ -83,6 +83,9 @@ struct Vcpu {
     resume_to: Activity,
     /// A kick arrived while it was not blocked: its next block returns at once.
     kick_pending: bool,
+    /// A kick is on its way to it: wakers kick another VCPU (the guest's kicker takes the
+    /// VCPU's idle mark, one kick per block).
+    kicked: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -160,6 +163,7 @@ impl Sim {
                     activity: Activity::Off,
                     resume_to: Activity::Off,
                     kick_pending: false,
+                    kicked: false,
                 });
             }
             let guest = Guest::new(plan, first, config.grain)
@@ -479,6 +483,7 @@ impl Sim {
 
     /// A kick or vcpu_up arrives.
     fn wake(&mut self, v: usize) {
+        self.vcpus[v].kicked = false;
         if self.states[v] == State::Runnable {
             self.vcpus[v].kick_pending = true;
             return;

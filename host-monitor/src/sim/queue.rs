@@ -1,8 +1,8 @@
 //! The simulator's event queue: events in time order and, among events due at the same time,
 //! in the order they were scheduled, so that a run replays identically.
 
-use std::cmp::Ordering;
 use dary_heap::QuaternaryHeap as BinaryHeap;
+use std::cmp::Ordering;
 
 use sched::Ns;
 
