@@ -35,9 +35,15 @@ fn thread_cpu_ns() -> u64 {
 }
 
 impl Accounting {
-    /// The VCPU starts, or leaves a block: it is runnable from now on.
+    /// The VCPU starts: it is runnable from now on.
     pub fn runnable(&mut self) {
-        self.runnable_since = Some((Instant::now(), thread_cpu_ns()));
+        self.runnable_from(Instant::now());
+    }
+
+    /// The VCPU left a block at `at`, while its thread slept (it is runnable since, and its
+    /// thread has used no CPU time since).
+    pub fn runnable_from(&mut self, at: Instant) {
+        self.runnable_since = Some((at, thread_cpu_ns()));
     }
 
     /// The VCPU stops being runnable (it blocks, goes offline, or the VM ends): its runnable
@@ -51,9 +57,9 @@ impl Accounting {
         }
     }
 
-    /// Adds time spent blocked.
-    pub fn waited(&mut self, since: Instant) {
-        self.times.wait_ns += since.elapsed().as_nanos() as u64;
+    /// Adds time spent blocked, from `blocked` to `woken`.
+    pub fn waited(&mut self, blocked: Instant, woken: Instant) {
+        self.times.wait_ns += woken.saturating_duration_since(blocked).as_nanos() as u64;
     }
 }
 
@@ -74,7 +80,7 @@ mod tests {
         accounting.not_runnable();
         let blocked = Instant::now();
         std::thread::sleep(Duration::from_millis(20));
-        accounting.waited(blocked);
+        accounting.waited(blocked, Instant::now());
         let times = accounting.times;
         assert!(times.run_ns + times.ready_ns >= 30_000_000, "{times:?}");
         assert!(times.run_ns > 0, "{times:?}");

@@ -88,7 +88,7 @@ pub(crate) fn handle(vm: &VmShared, vcpu: u32, port: u16, call: Option<Hypercall
         },
         Hypercall::Kick => answer(vm.read_obj::<VcpuArgs>(block).and_then(|args| {
             let target = vcpu_id(vm, args.vcpu)?;
-            vm.vcpus[target as usize].kick();
+            vm.kick(target);
             Ok(0)
         })),
         Hypercall::Yield => {

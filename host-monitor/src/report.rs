@@ -80,13 +80,15 @@ pub fn table(result: &ScenarioResult) -> String {
         let _ = writeln!(
             out,
             "dispatcher: {} events, decision p50 {:.1} us p99 {:.1} us; {} preemptions, latency p50 {:.1} us p99 {:.1} us; \
-         gate violations {}",
+         pCPU granted to VCPU running p50 {:.1} us p99 {:.1} us; gate violations {}",
             d.events,
             micros(d.decision_ns.p50),
             micros(d.decision_ns.p99),
             d.preemptions,
             micros(d.preemption_ns.p50),
             micros(d.preemption_ns.p99),
+            micros(d.resume_ns.p50),
+            micros(d.resume_ns.p99),
             d.gate_violations
         );
     }

@@ -113,13 +113,16 @@ impl VcpuControl {
         Ok(())
     }
 
-    /// Wakes the VCPU if it is blocked, or makes its next block return at once. A kick to an
-    /// offline VCPU is dropped: it starts afresh.
-    pub fn kick(&self) {
+    /// Kicks the VCPU: `wake`s it if it is blocked (under this lock, which its thread holds
+    /// from the block's check for a pending kick until the dispatcher knows it blocked), or
+    /// makes its next block return at once. A kick to an offline VCPU is dropped: it starts
+    /// afresh.
+    pub fn kick(&self, wake: impl FnOnce()) {
         let mut control = self.lock();
-        if control.phase != Phase::Offline {
-            control.kick_pending = true;
-            self.wake.notify_all();
+        match control.phase {
+            Phase::Offline => {}
+            Phase::Blocked => wake(),
+            Phase::Running => control.kick_pending = true,
         }
     }
 
@@ -181,9 +184,7 @@ impl VcpuThread {
 
     fn main(&mut self) {
         self.vm.vcpus[self.id as usize].kicker.publish(&mut self.fd);
-        if !self.vm.dispatcher.gates() {
-            self.vm.dispatcher.pin_to_set();
-        }
+        self.vm.dispatcher.register_thread(self.seat);
         self.tsc_offset = self.measure_tsc_offset();
         while let Some(start) = self.wait_for_start() {
             if let Err(error) = self.load_start_state(start) {
@@ -339,20 +340,12 @@ impl VcpuThread {
             };
             match action {
                 Action::Continue => {}
-                Action::Block { deadline_tsc, ret_at } => {
-                    let Some(ret) = self.block(deadline_tsc) else {
-                        // A kick was pending: the block returns at once, on the same pCPU.
-                        self.vm.write_ret(ret_at, BLOCK_KICKED);
-                        continue;
-                    };
-                    if self.vm.stopping() {
-                        return Leave::Blocked;
-                    }
-                    self.vm.write_ret(ret_at, ret);
-                    if self.wait_for_pcpu(Dispatcher::wake).is_err() {
-                        return Leave::Stop;
-                    }
-                }
+                Action::Block { deadline_tsc, ret_at } => match self.block(deadline_tsc) {
+                    // A kick was pending: the block returns at once, on the same pCPU.
+                    None => self.vm.write_ret(ret_at, BLOCK_KICKED),
+                    Some(Ok(ret)) => self.vm.write_ret(ret_at, ret),
+                    Some(Err(VmStopped)) => return Leave::Blocked,
+                },
                 Action::Yield { to } => {
                     let to = to.map(|id| VcpuId(self.vm.first_vcpu + id));
                     if self.wait_for_pcpu(|dispatcher, vcpu| dispatcher.yield_to(vcpu, to)).is_err() {
@@ -388,52 +381,33 @@ impl VcpuThread {
         Ok(())
     }
 
-    /// Parks until kicked, the deadline passes, or the VM stops, giving the pCPU back while
-    /// parked; returns the block's `ret`, or None if a pending kick made it return at once
-    /// (the VCPU then keeps its pCPU).
-    fn block(&mut self, deadline_tsc: u64) -> Option<i64> {
+    /// Blocks until kicked or the deadline passes, giving the pCPU back meanwhile, and returns
+    /// the block's `ret` once the VCPU holds a pCPU again; None if a pending kick made it
+    /// return at once (the VCPU then keeps its pCPU).
+    fn block(&mut self, deadline_tsc: u64) -> Option<Result<i64, VmStopped>> {
         let deadline = (deadline_tsc != NO_DEADLINE).then(|| self.host_instant(deadline_tsc));
-        let control = self.control();
-        let mut guard = control.lock();
-        if std::mem::take(&mut guard.kick_pending) {
-            return None;
+        {
+            let mut guard = self.control().lock();
+            if std::mem::take(&mut guard.kick_pending) {
+                return None;
+            }
+            guard.phase = Phase::Blocked;
+            self.vm.publish_state(self.id, VcpuState::Blocked);
+            self.vm.dispatcher.block(self.seat);
         }
-        guard.phase = Phase::Blocked;
-        self.vm.publish_state(self.id, VcpuState::Blocked);
-        self.vm.dispatcher.block(self.seat);
-        drop(guard);
         self.accounting.not_runnable();
         let blocked = Instant::now();
-        let ret = self.park_blocked(deadline);
-        self.accounting.waited(blocked);
+        let woken = self.vm.dispatcher.sleep_blocked(self.seat, deadline);
+        {
+            let mut guard = self.control().lock();
+            guard.phase = Phase::Running;
+            self.vm.publish_state(self.id, VcpuState::Running);
+        }
+        let at = woken.map_or_else(|_| Instant::now(), |woken| woken.at);
+        self.accounting.waited(blocked, at);
+        self.accounting.runnable_from(at);
         self.publish_times();
-        self.accounting.runnable();
-        Some(ret)
-    }
-
-    fn park_blocked(&self, deadline: Option<Instant>) -> i64 {
-        let control = self.control();
-        let mut guard = control.lock();
-        let ret = loop {
-            if guard.stop {
-                break BLOCK_KICKED;
-            }
-            if std::mem::take(&mut guard.kick_pending) {
-                break BLOCK_KICKED;
-            }
-            match deadline {
-                None => guard = control.wake.wait(guard).expect("VCPU control lock"),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break BLOCK_TIMED_OUT;
-                    }
-                    guard = control.wake.wait_timeout(guard, deadline - now).expect("VCPU control lock").0;
-                }
-            }
-        };
-        guard.phase = Phase::Running;
-        ret
+        Some(woken.map(|woken| if woken.kicked { BLOCK_KICKED } else { BLOCK_TIMED_OUT }))
     }
 
     /// The host instant at which the guest's TSC reaches `guest_tsc`.

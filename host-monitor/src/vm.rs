@@ -229,6 +229,16 @@ impl VmShared {
         self.shared_page().vcpus[vcpu as usize].state.store(state as u32, Ordering::Release);
     }
 
+    /// Kicks VCPU `vcpu`: wakes it if it is blocked (it is then runnable, preempted until the
+    /// dispatcher gives it a pCPU), or makes its next block return at once.
+    pub fn kick(&self, vcpu: u32) {
+        self.vcpus[vcpu as usize].kick(|| {
+            if self.dispatcher.wake_blocked(VcpuId(self.first_vcpu + vcpu)) {
+                self.publish_state(vcpu, VcpuState::Preempted);
+            }
+        });
+    }
+
     /// Keeps a report record, unless the VM's reports would exceed `REPORTS_TOTAL_MAX`.
     pub fn add_report(&self, record: String) -> Result<(), HcError> {
         let mut reports = self.reports.lock().expect("reports lock");
@@ -296,7 +306,7 @@ impl Guest for VmShared {
         page.grant_vcpus.store(vcpus, Ordering::Release);
         page.grant_seq.fetch_add(1, Ordering::AcqRel);
         // Blocked VCPUs would see it only at their next timer.
-        self.vcpus.iter().for_each(VcpuControl::kick);
+        (0..self.nr_vcpus).for_each(|id| self.kick(id));
     }
 }
 
