@@ -646,3 +646,67 @@ fn set_affinity(tid: libc::pid_t, cores: &[usize]) {
         libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::thread::JoinHandle;
+
+    use sched::{Params, PolicyKind, VmSpec};
+
+    use super::*;
+
+    const VCPU: VcpuId = VcpuId(0);
+
+    /// A dispatcher under `credit` over host core 0, for one VM of two VCPUs.
+    fn dispatcher() -> Arc<Dispatcher> {
+        let topology = Topology::new(1, vec![VmSpec { vcpus: 2, weight: 256, cap: None }]);
+        Dispatcher::start(PolicyKind::Credit.build(&Params::default(), &topology), vec![0], &topology).unwrap()
+    }
+
+    /// VCPU 0's thread: comes online, takes the pCPU, blocks until `deadline`, and returns
+    /// how it was woken once the dispatcher knows it blocked.
+    fn blocking_vcpu(dispatcher: &Arc<Dispatcher>, deadline: Option<Instant>) -> JoinHandle<Result<Woken, VmStopped>> {
+        let thread = {
+            let dispatcher = Arc::clone(dispatcher);
+            std::thread::spawn(move || {
+                dispatcher.register_thread(VCPU);
+                dispatcher.wake(VCPU)?;
+                dispatcher.block(VCPU);
+                dispatcher.sleep_blocked(VCPU, deadline)
+            })
+        };
+        while dispatcher.lock().phases[0] != Phase::Blocked && !thread.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        thread
+    }
+
+    #[test]
+    fn a_kick_wakes_a_blocked_vcpu_once_and_its_thread_returns_holding_the_pcpu() {
+        let dispatcher = dispatcher();
+        let thread = blocking_vcpu(&dispatcher, None);
+        assert!(dispatcher.wake_blocked(VCPU));
+        let woken = thread.join().unwrap().expect("the VM did not stop");
+        assert!(woken.kicked);
+        assert_eq!(dispatcher.lock().phases[0], Phase::Holding(0));
+        assert!(!dispatcher.wake_blocked(VCPU), "a VCPU that is not blocked is not woken");
+        assert_eq!(dispatcher.finish().gate_violations, 0);
+    }
+
+    #[test]
+    fn a_blocked_vcpu_wakes_by_itself_at_its_deadline() {
+        let dispatcher = dispatcher();
+        let thread = blocking_vcpu(&dispatcher, Some(Instant::now() + Duration::from_millis(20)));
+        let woken = thread.join().unwrap().expect("the VM did not stop");
+        assert!(!woken.kicked);
+        assert_eq!(dispatcher.lock().phases[0], Phase::Holding(0));
+    }
+
+    #[test]
+    fn a_blocked_vcpu_leaves_when_its_vm_stops() {
+        let dispatcher = dispatcher();
+        let thread = blocking_vcpu(&dispatcher, None);
+        dispatcher.stop_vcpus([VCPU].into_iter());
+        assert_eq!(thread.join().unwrap().unwrap_err(), VmStopped);
+    }
+}
