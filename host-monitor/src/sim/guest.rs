@@ -7,7 +7,9 @@
 //! at the VCPU of the thread being served after `pv_yield_us`, yields to it if preempted,
 //! and from `pv_block_us` on blocks its VCPU until the unlocker kicks it. An idle VCPU polls
 //! for 30 µs and then blocks until kicked. A VCPU beyond the grant goes down at its next
-//! scheduling point, handing its thread over; a VCPU within it comes up by vcpu_up.
+//! scheduling point, handing its thread over; when the grant rises, a VCPU at a scheduling
+//! point brings the next one up by vcpu_up, which brings up the next, and so on (a thread
+//! that never yields holds that up on its VCPU).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -112,6 +114,8 @@ pub(super) struct Guest {
     pub(super) grant: u32,
     /// When the grant last changed, until the VCPUs have followed.
     grant_changed: Option<Ns>,
+    /// A vcpu_up is on its way.
+    pub(super) growing: bool,
     ops: u64,
     done: usize,
     started: Option<Ns>,
@@ -149,6 +153,7 @@ impl Guest {
             queues,
             grant: plan.vcpus,
             grant_changed: None,
+            growing: false,
             ops: 0,
             done: 0,
             started: None,
@@ -403,6 +408,10 @@ impl Sim {
                         self.hypercall(v, Then::Down, Activity::Off);
                         continue;
                     }
+                    if self.grow_due(vm) {
+                        self.grow(v);
+                        continue;
+                    }
                     if let Some(t) = self.guests[vm].pick() {
                         self.guests[vm].threads[t].state = ThreadState::On(v);
                         self.vcpus[v].thread = Some(t);
@@ -600,11 +609,36 @@ impl Sim {
     /// `v` must go down. Returns whether it did.
     fn scheduling_point(&mut self, v: usize) -> bool {
         let vm = self.vcpus[v].vm;
+        if self.grow_due(vm) {
+            self.grow(v);
+            return true;
+        }
         if self.guests[vm].pool.is_empty() && !self.surplus(v) {
             return false;
         }
         self.release_thread(v, ThreadState::Ready);
         true
+    }
+
+    /// Whether VM `vm` has fewer VCPUs online than its grant and none on its way up.
+    fn grow_due(&self, vm: usize) -> bool {
+        let guest = &self.guests[vm];
+        guest.grant_changed.is_some() && !guest.growing && self.online(vm) < guest.grant
+    }
+
+    /// VCPUs of VM `vm` online.
+    fn online(&self, vm: usize) -> u32 {
+        let guest = &self.guests[vm];
+        (guest.first..guest.first + guest.vcpus as usize).filter(|&x| self.states[x] != State::Offline).count() as u32
+    }
+
+    /// `v` brings up the next VCPU of its VM (the lowest offline one): a vcpu_up hypercall.
+    fn grow(&mut self, v: usize) {
+        let vm = self.vcpus[v].vm;
+        let next = self.guests[vm].first + self.online(vm) as usize;
+        self.guests[vm].growing = true;
+        self.kick(next);
+        self.hypercall(v, Then::Return, self.vcpus[v].activity);
     }
 
     /// Thread `t` becomes ready: an idle running VCPU takes it, or a blocked one is kicked.
@@ -724,29 +758,22 @@ impl Sim {
         let guest = &mut self.guests[vm];
         guest.grant = grant;
         guest.grant_changed = Some(self.now);
+        // The monitor kicks every VCPU: each follows at its next scheduling point.
         for x in guest.first..guest.first + guest.vcpus as usize {
             match self.states[x] {
-                State::Offline if self.vcpus[x].index < grant => {
-                    self.schedule(self.now + self.config.costs.exit, super::Ev::Wake(x as u32));
-                }
-                State::Blocked if self.vcpus[x].index >= grant => {
-                    self.kick(x);
-                }
-                State::Runnable if self.vcpus[x].index >= grant => self.poke(x, 0),
-                _ => {}
+                State::Blocked => self.kick(x),
+                State::Runnable => self.poke(x, 0),
+                State::Offline => {}
             }
         }
         self.check_followed(vm);
     }
 
     /// Records the reconfiguration latency once VM `vm`'s online VCPUs match its grant.
-    fn check_followed(&mut self, vm: usize) {
+    pub(super) fn check_followed(&mut self, vm: usize) {
         let guest = &self.guests[vm];
         let Some(since) = guest.grant_changed else { return };
-        let online = (guest.first..guest.first + guest.vcpus as usize)
-            .filter(|&x| self.states[x] != State::Offline)
-            .count() as u32;
-        if online == guest.grant {
+        if self.online(vm) == guest.grant {
             self.reconfigurations.push(self.now - since);
             self.guests[vm].grant_changed = None;
         }

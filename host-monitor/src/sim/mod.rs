@@ -488,16 +488,20 @@ impl Sim {
             self.vcpus[v].kick_pending = true;
             return;
         }
+        let coming_up = self.states[v] == State::Offline;
+        if coming_up {
+            self.guests[self.vcpus[v].vm].growing = false;
+        }
         if !self.wants_up(v) {
             return;
         }
         let vcpu = &mut self.vcpus[v];
-        vcpu.activity = match self.states[v] {
-            State::Offline => Activity::Idle { poll_until: 0 },
-            _ => vcpu.resume_to,
-        };
+        vcpu.activity = if coming_up { Activity::Idle { poll_until: 0 } } else { vcpu.resume_to };
         self.set_state(v, State::Runnable);
         self.policy_event(Event::Wake(VcpuId(v as u32)));
+        if coming_up {
+            self.check_followed(self.vcpus[v].vm);
+        }
     }
 
     /// Publishes changed grants to the guests.

@@ -136,6 +136,21 @@ fn phases_change_demand_and_dynamic_grants_follow() {
 }
 
 #[test]
+fn a_rising_grant_waits_for_a_scheduling_point() {
+    // Both VMs are granted one VCPU; when b ends, a is granted two, but its threads never
+    // yield (a `locks` thread runs to its end): VCPU 1 comes up only when the first thread
+    // ends, and by then VCPU 0 has taken the second.
+    let mut text = vms(2, "dynamic", 1, 2, "locks", "{ ops = 200000 }", "spin");
+    text += "[[vm]]\nname = \"b\"\nvcpus = 2\nworkload = \"cpu\"\nargs = { tasks = 20 }\n";
+    let result = run(&text);
+    let a = &result.vms[0];
+    assert!(result.vms.iter().all(|vm| !vm.timed_out));
+    assert!(a.vcpu_times[1].run_ns * 100 < a.vcpu_times[0].run_ns, "{:?}", a.vcpu_times);
+    let rise = result.dispatch.reconfiguration_ns;
+    assert!(rise.p99 > 100_000_000, "followed in {rise:?}");
+}
+
+#[test]
 fn relaxed_co_scheduling_co_stops_leaders() {
     let result = run(&vms(2, "cosched-relaxed", 3, 2, "nbody", "{ steps = 100 }", "spin"));
     assert!(result.vms.iter().flat_map(|vm| &vm.vcpu_times).any(|t| t.costop_ns > 0));
