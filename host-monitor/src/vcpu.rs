@@ -397,6 +397,8 @@ impl VcpuThread {
         }
         self.accounting.not_runnable();
         let blocked = Instant::now();
+        // Woken by a kick, it shows as preempted until it runs (the kicker says so); woken by
+        // its deadline, as blocked.
         let woken = self.vm.dispatcher.sleep_blocked(self.seat, deadline);
         {
             let mut guard = self.control().lock();
