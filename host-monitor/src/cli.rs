@@ -130,7 +130,7 @@ pub struct ScenarioArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "The scenario file may have a [sim] table: scale, duration_s, seed, costs (\"measured\" or \
-    \"vmx\"), exit_us, kick_us, switch_us, preempt_us, timer_us, host_tick_us, boot_us, grain_us, jitter (see the \
+    \"vmx\"), exit_us, kick_us, up_us, switch_us, preempt_us, timer_us, host_tick_us, boot_us, grain_us, jitter (see the \
     README). The same file and seed give the same output, byte for byte; the wall time and event rate go to stderr.")]
 pub struct SimArgs {
     /// The scenario (TOML), as for `tandem scenario`, plus an optional [sim] table

@@ -101,6 +101,7 @@ struct SimTable {
     costs: Option<Spanned<String>>,
     exit_us: Option<Spanned<f64>>,
     kick_us: Option<Spanned<f64>>,
+    up_us: Option<Spanned<f64>>,
     switch_us: Option<Spanned<f64>>,
     preempt_us: Option<Spanned<f64>>,
     timer_us: Option<Spanned<f64>>,
@@ -215,6 +216,7 @@ fn parse_sim(source: &Source, table: &SimTable) -> anyhow::Result<SimConfig> {
     let costs = Costs {
         exit: micros(source, &table.exit_us, "sim.exit_us", preset.exit)?,
         kick: micros(source, &table.kick_us, "sim.kick_us", preset.kick)?,
+        up: micros(source, &table.up_us, "sim.up_us", preset.up)?,
         switch: micros(source, &table.switch_us, "sim.switch_us", preset.switch)?,
         preempt: micros(source, &table.preempt_us, "sim.preempt_us", preset.preempt)?,
         timer: micros(source, &table.timer_us, "sim.timer_us", preset.timer)?,

@@ -5,8 +5,8 @@
 //! scale = 32          # pCPUs and VMs times 32 (VM "a" becomes a.0 .. a.31)
 //! duration_s = 60     # virtual seconds at most (default: the scenario's timeout_s)
 //! seed = 1            # seeds the jitter of compute steps
-//! costs = "measured"  # or "vmx"; then any of exit_us, kick_us, switch_us, preempt_us,
-//!                     # timer_us, host_tick_us, boot_us
+//! costs = "measured"  # or "vmx"; then any of exit_us, kick_us, up_us, switch_us,
+//!                     # preempt_us, timer_us, host_tick_us, boot_us
 //! grain_us = 20       # how much work one simulated step of a fine-grained workload stands for
 //! jitter = 0.02       # compute steps last up to this fraction more or less
 //! ```
@@ -20,8 +20,12 @@ const US: Ns = 1_000;
 pub struct Costs {
     /// A hypercall: the VCPU leaves the guest, the monitor handles it, the VCPU re-enters.
     pub exit: Ns,
-    /// From a kick (or vcpu_up) hypercall to the target VCPU being runnable for the policy.
+    /// From the end of a kick hypercall to the kicked VCPU being runnable for the policy: the
+    /// monitor hands the wake to the policy within the kicker's exit.
     pub kick: Ns,
+    /// From the end of a vcpu_up hypercall to the started VCPU being runnable: its parked
+    /// thread wakes first.
+    pub up: Ns,
     /// From a pCPU being given to a VCPU to that VCPU running guest code (a parked VCPU
     /// thread resumed).
     pub switch: Ns,
@@ -41,12 +45,14 @@ pub struct Costs {
 
 impl Costs {
     /// Measured on this project's test machines (KVM on PVM, x86-64, see the README):
-    /// hypercall round trip 23.5 µs median; kick by signal and immediate_exit ~20 µs;
-    /// a parked VCPU thread resumed in 10-34 µs p50; preemption latency 46-55 µs p50;
-    /// the guest's own part of a 6.6 ms boot about 1 ms.
+    /// hypercall round trip 23.5 µs median; a kick decided in the kicker's exit (decision
+    /// p50 6-8 µs); a parked VCPU thread woken in ~20 µs (11 µs p50 when its core is free)
+    /// and resumed on its pCPU in 10-34 µs p50; preemption latency 46-55 µs p50; the guest's
+    /// own part of a 6.6 ms boot about 1 ms.
     pub const MEASURED: Costs = Costs {
         exit: 24 * US,
-        kick: 20 * US,
+        kick: 0,
+        up: 20 * US,
         switch: 20 * US,
         preempt: 50 * US,
         timer: 60 * US,
@@ -55,9 +61,9 @@ impl Costs {
     };
 
     /// VMX hardware, from published figures: a VM exit round trip of about 1-2 µs, an
-    /// IPI-driven kick or preemption of a few µs, a host thread woken in ~5 µs. Timers, the
-    /// host's tick and the guest's boot are as measured here.
-    pub const VMX: Costs = Costs { exit: 1_500, kick: 3 * US, switch: 5 * US, preempt: 3 * US, ..Costs::MEASURED };
+    /// IPI-driven preemption of a few µs, a host thread woken in ~5 µs. Timers, the host's
+    /// tick and the guest's boot are as measured here.
+    pub const VMX: Costs = Costs { exit: 1_500, up: 5 * US, switch: 5 * US, preempt: 3 * US, ..Costs::MEASURED };
 
     /// A preset by name.
     pub fn preset(name: &str) -> Option<Costs> {

@@ -235,7 +235,8 @@ impl Sim {
         guest.opened_at = self.now;
         let (first, grant) = (guest.first, guest.grant);
         for (n, v) in (first + 1..first + grant as usize).enumerate() {
-            self.schedule(self.now + (n as Ns + 1) * self.config.costs.exit, super::Ev::Wake(v as u32));
+            let up = (n as Ns + 1) * self.config.costs.exit + self.config.costs.up;
+            self.schedule(self.now + up, super::Ev::Wake(v as u32));
         }
     }
 
@@ -637,7 +638,7 @@ impl Sim {
         let vm = self.vcpus[v].vm;
         let next = self.guests[vm].first + self.online(vm) as usize;
         self.guests[vm].growing = true;
-        self.kick(next);
+        self.schedule(self.now + self.config.costs.exit + self.config.costs.up, super::Ev::Wake(next as u32));
         self.hypercall(v, Then::Return, self.vcpus[v].activity);
     }
 
