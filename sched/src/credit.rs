@@ -52,6 +52,10 @@ enum Priority {
     Boost,
 }
 
+impl Priority {
+    const ALL_DESCENDING: [Priority; 3] = [Priority::Boost, Priority::Under, Priority::Over];
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
     Offline,
@@ -111,6 +115,11 @@ pub struct Credit {
     slice_end: Vec<Ns>,
     /// Each pCPU's waiting VCPUs, by priority, FIFO within one (a yield bends this).
     queues: Vec<Vec<VcpuId>>,
+    /// Each pCPU's queue's offer to the others: the priority a pCPU stealing from it gets
+    /// (see [`Credit::offer_of`]), kept up to date with every change to the queue.
+    offers: Vec<Option<Priority>>,
+    /// How many queues offer each priority, indexed by `Priority as usize`.
+    offering: [usize; 3],
     /// When the running VCPUs were last charged: the time of the last event.
     charged_at: Ns,
     next_accounting: Ns,
@@ -146,6 +155,8 @@ impl Credit {
             assignment: vec![None; pcpus],
             slice_end: vec![0; pcpus],
             queues: vec![Vec::new(); pcpus],
+            offers: vec![None; pcpus],
+            offering: [0; 3],
             charged_at: 0,
             next_accounting: params.accounting,
             capped: topology.vms.iter().any(|vm| vm.cap.is_some()),
@@ -201,6 +212,7 @@ impl Credit {
         for queue in &mut self.queues {
             queue.sort_by_key(|vcpu| Reverse(vcpus[vcpu.index()].priority()));
         }
+        self.refresh_all_offers();
         self.next_accounting = now + self.accounting;
         for vm in &mut self.vms {
             vm.used = 0;
@@ -221,6 +233,7 @@ impl Credit {
         for queue in &mut self.queues {
             waiting.extend(queue.extract_if(.., |vcpu| vcpus[vcpu.index()].vm == vm));
         }
+        self.refresh_all_offers();
         for vcpu in waiting {
             self.place(vcpu, now);
         }
@@ -303,6 +316,36 @@ impl Credit {
             at += 1;
         }
         self.queues[pcpu].insert(at, vcpu);
+        self.refresh_offer(pcpu);
+    }
+
+    /// What `pcpu`'s queue offers a pCPU stealing from it (when no VM is capped): its head's
+    /// priority, or UNDER if an OVER head is followed by a yielding UNDER VCPU (a yield goes
+    /// behind one lower-priority VCPU); `None` if it is empty.
+    fn offer_of(&self, pcpu: usize) -> Option<Priority> {
+        let entries = &self.queues[pcpu];
+        let head = self.priority(*entries.first()?);
+        let under_next = entries.get(1).is_some_and(|&next| self.priority(next) == Priority::Under);
+        Some(if head == Priority::Over && under_next { Priority::Under } else { head })
+    }
+
+    fn refresh_offer(&mut self, pcpu: usize) {
+        let offer = self.offer_of(pcpu);
+        if offer != self.offers[pcpu] {
+            if let Some(old) = self.offers[pcpu] {
+                self.offering[old as usize] -= 1;
+            }
+            if let Some(new) = offer {
+                self.offering[new as usize] += 1;
+            }
+            self.offers[pcpu] = offer;
+        }
+    }
+
+    fn refresh_all_offers(&mut self) {
+        for pcpu in 0..self.queues.len() {
+            self.refresh_offer(pcpu);
+        }
     }
 
     fn run(&mut self, pcpu: usize, vcpu: VcpuId, now: Ns) {
@@ -330,7 +373,9 @@ impl Credit {
                 .or(own.map(|at| (pcpu, at)))
                 .or_else(|| self.best_elsewhere(pcpu, Priority::Over))?,
         };
-        Some(self.queues[queue].remove(at))
+        let vcpu = self.queues[queue].remove(at);
+        self.refresh_offer(queue);
+        Some(vcpu)
     }
 
     /// The queue and position of the highest-priority pickable VCPU of at least `floor` in
@@ -360,28 +405,20 @@ impl Credit {
 
     /// [`Self::best_elsewhere`] when every VCPU is pickable (no caps), from the queues' order:
     /// BOOST first, then UNDER, then OVER, except that a yielding UNDER VCPU goes right after
-    /// the first OVER one. A queue's first VCPU of its highest priority is its head, or the
-    /// one after an OVER head. O(pCPUs) instead of O(VCPUs).
+    /// the first OVER one, which is what [`Self::offer_of`] tells. The counts of the offers
+    /// give the highest priority on offer in O(1); the scan stops at the first queue offering
+    /// it (none at all, the common case at high overcommit, when every queue offers OVER and
+    /// UNDER is asked for).
     fn best_elsewhere_heads(&self, pcpu: usize, floor: Priority) -> Option<(usize, usize)> {
+        #[cfg(test)]
+        assert!((0..self.queues.len()).all(|p| self.offers[p] == self.offer_of(p)), "an offer went stale");
+        let offered_elsewhere =
+            |priority: Priority| self.offering[priority as usize] - usize::from(self.offers[pcpu] == Some(priority));
+        let top = Priority::ALL_DESCENDING.into_iter().find(|&p| p >= floor && offered_elsewhere(p) > 0)?;
         let pcpus = self.queues.len();
-        let mut best: Option<(Priority, usize, usize)> = None;
-        for queue in (1..pcpus).map(|offset| (pcpu + offset) % pcpus) {
-            let entries = &self.queues[queue];
-            let Some(&head) = entries.first() else { continue };
-            let (priority, at) = match self.priority(head) {
-                Priority::Over if entries.get(1).is_some_and(|&next| self.priority(next) == Priority::Under) => {
-                    (Priority::Under, 1)
-                }
-                priority => (priority, 0),
-            };
-            if priority >= floor && best.is_none_or(|(top, ..)| priority > top) {
-                best = Some((priority, queue, at));
-                if priority == Priority::Boost {
-                    break;
-                }
-            }
-        }
-        best.map(|(_, queue, at)| (queue, at))
+        let queue = (1..pcpus).map(|offset| (pcpu + offset) % pcpus).find(|&queue| self.offers[queue] == Some(top))?;
+        let at = usize::from(self.priority(self.queues[queue][0]) != top);
+        Some((queue, at))
     }
 
     fn least_loaded(&self) -> usize {
@@ -430,6 +467,7 @@ impl Credit {
             for queue in &mut self.queues {
                 queue.retain(|&other| other != vcpu);
             }
+            self.refresh_all_offers();
         }
     }
 
