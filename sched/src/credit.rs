@@ -120,8 +120,12 @@ pub struct Credit {
     offers: Vec<Option<Priority>>,
     /// How many queues offer each priority, indexed by `Priority as usize`.
     offering: [usize; 3],
-    /// When the running VCPUs were last charged: the time of the last event.
+    /// When every running VCPU was last charged (with caps: the time of the last event).
     charged_at: Ns,
+    /// When each pCPU's running VCPU was last charged. Without caps a running VCPU is charged
+    /// only when something reads its credit: when it stops, when it may be preempted, and at
+    /// accounting; charging in pieces comes to the same credit, clamp and all.
+    charged_since: Vec<Ns>,
     next_accounting: Ns,
     /// Whether any VM has a cap.
     capped: bool,
@@ -158,6 +162,7 @@ impl Credit {
             offers: vec![None; pcpus],
             offering: [0; 3],
             charged_at: 0,
+            charged_since: vec![0; pcpus],
             next_accounting: params.accounting,
             capped: topology.vms.iter().any(|vm| vm.cap.is_some()),
         }
@@ -181,12 +186,19 @@ impl Credit {
 
     /// Burns the running VCPUs' credit for the time since they were last charged.
     fn charge(&mut self, now: Ns) {
-        let ran = now - self.charged_at;
-        self.charged_at = now;
-        if ran == 0 {
-            return;
+        for pcpu in 0..self.assignment.len() {
+            self.charge_pcpu(pcpu, now);
         }
-        for vcpu in self.assignment.iter().flatten() {
+        self.charged_at = now;
+    }
+
+    /// Burns `pcpu`'s running VCPU's credit for the time since it was last charged.
+    fn charge_pcpu(&mut self, pcpu: usize, now: Ns) {
+        let ran = now - self.charged_since[pcpu];
+        self.charged_since[pcpu] = now;
+        if let Some(vcpu) = self.assignment[pcpu]
+            && ran > 0
+        {
             let vcpu = &mut self.vcpus[vcpu.index()];
             vcpu.credit = vcpu.credit.saturating_sub_unsigned(ran).max(-self.bound);
             vcpu.ran = true;
@@ -196,6 +208,7 @@ impl Credit {
 
     /// Hands out the period's credit, starts a new cap period and re-sorts the queues.
     fn account(&mut self, now: Ns) {
+        self.charge(now);
         let mut active = vec![0u64; self.vms.len()];
         for vcpu in self.vcpus.iter().filter(|vcpu| vcpu.active()) {
             active[vcpu.vm] += 1;
@@ -270,7 +283,7 @@ impl Credit {
     }
 
     /// Parks the capped VMs that used their budget, taking their VCPUs off the pCPUs.
-    fn park_over_cap(&mut self) {
+    fn park_over_cap(&mut self, now: Ns) {
         if !self.capped {
             return;
         }
@@ -282,7 +295,7 @@ impl Credit {
             self.vms[vm].parked = true;
             for pcpu in 0..self.assignment.len() {
                 if self.assignment[pcpu].is_some_and(|vcpu| self.vcpu(vcpu).vm == vm) {
-                    self.preempt(pcpu, false);
+                    self.preempt(pcpu, false, now);
                 }
             }
         }
@@ -292,14 +305,15 @@ impl Credit {
     fn end_slices(&mut self, now: Ns) {
         for pcpu in 0..self.assignment.len() {
             if self.assignment[pcpu].is_some() && self.slice_end[pcpu] <= now {
-                self.preempt(pcpu, false);
+                self.preempt(pcpu, false, now);
                 self.reschedule(pcpu, now);
             }
         }
     }
 
     /// Takes `pcpu`'s VCPU off it (it loses its boost) and puts it back into `pcpu`'s queue.
-    fn preempt(&mut self, pcpu: usize, yielded: bool) {
+    fn preempt(&mut self, pcpu: usize, yielded: bool, now: Ns) {
+        self.charge_pcpu(pcpu, now);
         if let Some(vcpu) = self.assignment[pcpu].take() {
             self.vcpus[vcpu.index()].boosted = false;
             self.enqueue(pcpu, vcpu, yielded);
@@ -353,6 +367,7 @@ impl Credit {
         state.home = Some(pcpu);
         self.slice_end[pcpu] = now + if state.boosted { self.slice.min(self.accounting) } else { self.slice };
         self.assignment[pcpu] = Some(vcpu);
+        self.charged_since[pcpu] = now;
     }
 
     /// Runs the VCPU `pcpu` picks next, if any.
@@ -447,8 +462,11 @@ impl Credit {
         let idle = Some(home).filter(|&pcpu| self.assignment[pcpu].is_none());
         if let Some(pcpu) = idle.or_else(|| self.assignment.iter().position(Option::is_none)) {
             self.run(pcpu, vcpu, now);
-        } else if self.assignment[home].is_some_and(|current| self.priority(current) < self.priority(vcpu)) {
-            self.preempt(home, false);
+        } else if {
+            self.charge_pcpu(home, now);
+            self.assignment[home].is_some_and(|current| self.priority(current) < self.priority(vcpu))
+        } {
+            self.preempt(home, false, now);
             self.run(home, vcpu, now);
         } else {
             self.enqueue(home, vcpu, false);
@@ -461,6 +479,7 @@ impl Credit {
         state.status = status;
         state.boosted = false;
         if let Some(pcpu) = self.pcpu_of(vcpu) {
+            self.charge_pcpu(pcpu, now);
             self.assignment[pcpu] = None;
             self.reschedule(pcpu, now);
         } else {
@@ -473,7 +492,7 @@ impl Credit {
 
     fn yield_pcpu(&mut self, vcpu: VcpuId, now: Ns) {
         if let Some(pcpu) = self.pcpu_of(vcpu) {
-            self.preempt(pcpu, true);
+            self.preempt(pcpu, true, now);
             self.reschedule(pcpu, now);
         }
     }
@@ -489,12 +508,14 @@ impl Credit {
 
 impl Policy for Credit {
     fn handle(&mut self, now: Ns, event: Event) {
-        self.charge(now);
+        if self.capped {
+            self.charge(now);
+        }
         // Overdue after a stretch with nothing to run (no ticks asked for): one step catches up.
         if now >= self.next_accounting {
             self.account(now);
         }
-        self.park_over_cap();
+        self.park_over_cap(now);
         self.end_slices(now);
         match event {
             Event::Wake(vcpu) => self.wake(vcpu, now),
