@@ -459,13 +459,12 @@ impl Credit {
             self.enqueue(home, vcpu, false);
             return;
         }
+        // The VCPU running at home may be preempted: its priority must be up to date.
+        self.charge_pcpu(home, now);
         let idle = Some(home).filter(|&pcpu| self.assignment[pcpu].is_none());
         if let Some(pcpu) = idle.or_else(|| self.assignment.iter().position(Option::is_none)) {
             self.run(pcpu, vcpu, now);
-        } else if {
-            self.charge_pcpu(home, now);
-            self.assignment[home].is_some_and(|current| self.priority(current) < self.priority(vcpu))
-        } {
+        } else if self.assignment[home].is_some_and(|current| self.priority(current) < self.priority(vcpu)) {
             self.preempt(home, false, now);
             self.run(home, vcpu, now);
         } else {
