@@ -6,8 +6,9 @@
 //! active if it is runnable or ran during the period (so that a VCPU blocked at the instant
 //! of the step still pays for the time it ran). A VM's part is at most what its active VCPUs
 //! can use (one pCPU each) and its cap; what it cannot use goes to the others by weight
-//! (water-filling). The running VCPUs burn credit at the rate they run, charged exactly at
-//! every event and tick.
+//! (water-filling). The running VCPUs burn credit at the rate they run, charged exactly
+//! whenever their credit is read (they stop, may be preempted, or accounting comes; with caps
+//! at every event and tick).
 //!
 //! Credit is clamped to plus or minus one slice: a VCPU that is active but runs little (it
 //! blocks a lot) cannot hoard more than one slice at UNDER priority, and one that overdrew
