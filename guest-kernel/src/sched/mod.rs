@@ -222,9 +222,9 @@ fn follow_grant(id: u32, cpu: &PerCpu) {
     let was = online();
     if grant < was && ONLINE.compare_exchange(was, grant, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
         // Idle surplus VCPUs are blocked: wake them to go down.
-        (grant..was).filter(|&v| v != id).for_each(|v| {
-            kick_if_idle(v);
-        });
+        for surplus in (grant..was).filter(|&v| v != id) {
+            kick_if_idle(surplus);
+        }
     }
     if id >= online() {
         go_down(cpu);
