@@ -11,6 +11,8 @@
 
 use std::collections::BTreeSet;
 
+use fixedbitset::FixedBitSet;
+
 use crate::{Event, MS, Ns, Params, Policy, Topology, VcpuId};
 
 /// Linux's base slice on machines with 8 or more CPUs (`sched_base_slice` scaled by CPUs).
@@ -37,7 +39,7 @@ pub struct Host {
     waiting: BTreeSet<(Ns, u32)>,
     /// The running tasks, by (vruntime minus start time, id): by (vruntime, id) at any time.
     running: BTreeSet<(i64, u32)>,
-    idle: BTreeSet<usize>,
+    idle: FixedBitSet,
     /// The busy pCPUs, by (slice end, pCPU).
     slices: BTreeSet<(Ns, usize)>,
 }
@@ -56,7 +58,7 @@ impl Host {
             vruntime: vec![0; vcpus],
             waiting: BTreeSet::new(),
             running: BTreeSet::new(),
-            idle: (0..pcpus).collect(),
+            idle: topology.all_pcpus(),
             slices: BTreeSet::new(),
         }
     }
@@ -111,7 +113,7 @@ impl Host {
         self.pcpu[vcpu.index()] = Some(pcpu);
         self.since[pcpu] = self.now;
         self.running.insert(self.running_key(vcpu, pcpu));
-        self.idle.remove(&pcpu);
+        self.idle.remove(pcpu);
         self.set_slice_end(pcpu, self.now + SLICE);
     }
 
@@ -123,7 +125,7 @@ impl Host {
 
     /// Gives idle pCPUs the waiting tasks with the least vruntime.
     fn fill_idle(&mut self) {
-        while let Some(&pcpu) = self.idle.first()
+        while let Some(pcpu) = self.idle.minimum()
             && let Some(next) = self.least_waiting()
         {
             self.put(pcpu, next);
@@ -140,7 +142,7 @@ impl Host {
         }
         self.runnable[vcpu.index()] = true;
         self.waiting.insert((self.vruntime[vcpu.index()], vcpu.0));
-        if let Some(&pcpu) = self.idle.first() {
+        if let Some(pcpu) = self.idle.minimum() {
             self.put(pcpu, vcpu);
             return;
         }

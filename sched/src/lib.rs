@@ -24,6 +24,8 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
+use fixedbitset::FixedBitSet;
+
 /// Time in nanoseconds from an arbitrary origin.
 pub type Ns = u64;
 
@@ -98,6 +100,13 @@ impl Topology {
     /// The global id of `vm`'s VCPU number `index`.
     pub fn vcpu(&self, vm: usize, index: u32) -> VcpuId {
         VcpuId(self.first[vm] + index)
+    }
+
+    /// Every pCPU, as a set (the policies keep their idle pCPUs so: the lowest is found fast).
+    pub fn all_pcpus(&self) -> FixedBitSet {
+        let mut set = FixedBitSet::with_capacity(self.pcpus as usize);
+        set.insert_range(..);
+        set
     }
 
     fn range_of(&self, vm: usize) -> Range<u32> {

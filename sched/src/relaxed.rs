@@ -38,6 +38,8 @@
 
 use std::collections::BTreeSet;
 
+use fixedbitset::FixedBitSet;
+
 use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
 pub struct Relaxed {
@@ -50,7 +52,7 @@ pub struct Relaxed {
     pcpu: Vec<Option<usize>>,
     /// When each pCPU's VCPU started running there.
     since: Vec<Ns>,
-    idle: BTreeSet<usize>,
+    idle: FixedBitSet,
     /// When the current slice ends, on every pCPU.
     slice_end: Ns,
     runnable: Vec<bool>,
@@ -97,7 +99,7 @@ impl Relaxed {
             assignment: vec![None; pcpus],
             pcpu: vec![None; vcpus],
             since: vec![0; pcpus],
-            idle: (0..pcpus).collect(),
+            idle: topology.all_pcpus(),
             slice_end: 0,
             runnable: vec![false; vcpus],
             costopped: vec![false; vcpus],
@@ -160,9 +162,10 @@ impl Relaxed {
         (self.vtime[vcpu.index()], vcpu.0)
     }
 
-    /// Runnable, not co-stopped, and without a pCPU.
+    /// Runnable, not co-stopped, and without a pCPU (in `waiting`, not co-stopped).
     fn ready(&self, vcpu: VcpuId) -> bool {
-        !self.costopped[vcpu.index()] && self.waiting.contains(&self.key(vcpu))
+        let v = vcpu.index();
+        self.runnable[v] && !self.costopped[v] && self.pcpu[v].is_none()
     }
 
     /// The ready VCPU of least virtual time (ties by id).
@@ -192,7 +195,7 @@ impl Relaxed {
             self.assignment[pcpu] = Some(new);
             self.pcpu[new.index()] = Some(pcpu);
             self.since[pcpu] = self.now;
-            self.idle.remove(&pcpu);
+            self.idle.remove(pcpu);
             self.to_refresh.push(self.topology.vm_of(new));
         }
     }
@@ -335,7 +338,7 @@ impl Relaxed {
 
     /// Gives the idle pCPUs the ready VCPUs with the least virtual time.
     fn fill(&mut self) {
-        while let Some(&pcpu) = self.idle.first()
+        while let Some(pcpu) = self.idle.minimum()
             && let Some(next) = self.least_ready()
         {
             self.put(pcpu, Some(next));

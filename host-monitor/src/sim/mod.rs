@@ -441,7 +441,10 @@ impl Sim {
         }
         self.recategorize(v);
         // A pCPU waiting for this VCPU to leave another one can have it now.
-        if let Some(q) = self.pcpus.iter().position(|pcpu| pcpu.target == Some(v) && pcpu.running.is_none()) {
+        if let Some(q) = self.applied_at[v]
+            && self.pcpus[q].target == Some(v)
+            && self.pcpus[q].running.is_none()
+        {
             self.switch_soon(q);
         }
         if self.pcpus[p].running.is_none() && self.pcpus[p].target != Some(v) {

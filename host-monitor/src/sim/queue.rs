@@ -6,15 +6,16 @@ use std::cmp::Ordering;
 
 use sched::Ns;
 
+/// An event and its place in the order: the time in the high half, the sequence number
+/// in the low (one integer compares faster than a pair).
 struct Entry<T> {
-    at: Ns,
-    seq: u64,
+    key: u128,
     event: T,
 }
 
 impl<T> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+        self.key == other.key
     }
 }
 
@@ -29,7 +30,7 @@ impl<T> PartialOrd for Entry<T> {
 impl<T> Ord for Entry<T> {
     /// Reversed: the heap's greatest entry is the earliest.
     fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
+        other.key.cmp(&self.key)
     }
 }
 
@@ -46,18 +47,18 @@ impl<T> EventQueue<T> {
 
     /// Schedules `event` at time `at`.
     pub fn push(&mut self, at: Ns, event: T) {
-        self.heap.push(Entry { at, seq: self.seq, event });
+        self.heap.push(Entry { key: u128::from(at) << 64 | u128::from(self.seq), event });
         self.seq += 1;
     }
 
     /// When the next event is due.
     pub fn next_time(&self) -> Option<Ns> {
-        self.heap.peek().map(|entry| entry.at)
+        self.heap.peek().map(|entry| (entry.key >> 64) as Ns)
     }
 
     /// Takes the next event.
     pub fn pop(&mut self) -> Option<(Ns, T)> {
-        self.heap.pop().map(|entry| (entry.at, entry.event))
+        self.heap.pop().map(|entry| ((entry.key >> 64) as Ns, entry.event))
     }
 
     pub fn len(&self) -> usize {
