@@ -43,7 +43,7 @@
 
 use std::cmp::Reverse;
 
-use crate::{Event, Ns, Params, Policy, Topology, VcpuId};
+use crate::{Assignment, Event, Ns, Params, Policy, Topology, VcpuId};
 
 /// Lowest first, so that the derived order ranks them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -111,7 +111,7 @@ pub struct Credit {
     bound: i64,
     vcpus: Vec<Vcpu>,
     vms: Vec<Vm>,
-    assignment: Vec<Option<VcpuId>>,
+    assignment: Assignment,
     /// When each pCPU's running VCPU's slice ends.
     slice_end: Vec<Ns>,
     /// Each pCPU's waiting VCPUs, by priority, FIFO within one (a yield bends this).
@@ -157,7 +157,7 @@ impl Credit {
             bound: i64::try_from(params.slice).unwrap_or(i64::MAX),
             vcpus,
             vms,
-            assignment: vec![None; pcpus],
+            assignment: Assignment::new(pcpus),
             slice_end: vec![0; pcpus],
             queues: vec![Vec::new(); pcpus],
             offers: vec![None; pcpus],
@@ -315,7 +315,7 @@ impl Credit {
     /// Takes `pcpu`'s VCPU off it (it loses its boost) and puts it back into `pcpu`'s queue.
     fn preempt(&mut self, pcpu: usize, yielded: bool, now: Ns) {
         self.charge_pcpu(pcpu, now);
-        if let Some(vcpu) = self.assignment[pcpu].take() {
+        if let Some(vcpu) = self.assignment.take(pcpu) {
             self.vcpus[vcpu.index()].boosted = false;
             self.enqueue(pcpu, vcpu, yielded);
         }
@@ -367,7 +367,7 @@ impl Credit {
         let state = &mut self.vcpus[vcpu.index()];
         state.home = Some(pcpu);
         self.slice_end[pcpu] = now + if state.boosted { self.slice.min(self.accounting) } else { self.slice };
-        self.assignment[pcpu] = Some(vcpu);
+        self.assignment.set(pcpu, Some(vcpu));
         self.charged_since[pcpu] = now;
     }
 
@@ -480,7 +480,7 @@ impl Credit {
         state.boosted = false;
         if let Some(pcpu) = self.pcpu_of(vcpu) {
             self.charge_pcpu(pcpu, now);
-            self.assignment[pcpu] = None;
+            self.assignment.set(pcpu, None);
             self.reschedule(pcpu, now);
         } else {
             for queue in &mut self.queues {
@@ -529,6 +529,10 @@ impl Policy for Credit {
 
     fn assignment(&self) -> &[Option<VcpuId>] {
         &self.assignment
+    }
+
+    fn drain_written(&mut self, into: &mut Vec<usize>) {
+        self.assignment.drain_written(into);
     }
 
     fn next_tick(&self) -> Option<Ns> {

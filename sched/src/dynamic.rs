@@ -152,6 +152,10 @@ impl Policy for Dynamic {
         self.credit.assignment()
     }
 
+    fn drain_written(&mut self, into: &mut Vec<usize>) {
+        self.credit.drain_written(into);
+    }
+
     fn next_tick(&self) -> Option<Ns> {
         let due = self.pending.iter().flatten().map(|&(since, raise)| since + self.delay(raise));
         self.credit.next_tick().into_iter().chain(due).min()

@@ -2,7 +2,8 @@
 //! test bench of every policy, and the core the simulator builds on.
 //!
 //! After each event and tick the harness checks that no VCPU is assigned to two pCPUs, that
-//! no offline VCPU is assigned, and (unless reservations are allowed) that no blocked one is.
+//! no offline VCPU is assigned, (unless reservations are allowed) that no blocked one is, and
+//! that every pCPU whose VCPU changed is among those the policy reports written.
 //! Between events it integrates, per VCPU, the time it ran (assigned and runnable), was ready
 //! (runnable, not assigned), co-stopped, and its longest stretch of runnable-but-not-running.
 
@@ -165,9 +166,25 @@ impl Harness {
     }
 
     fn deliver(&mut self, event: Event) {
+        let before = self.policy.assignment().to_vec();
         self.policy.handle(self.now, event);
+        self.check_written(&before);
         self.check();
         self.update_waiting();
+    }
+
+    /// Panics unless every pCPU whose slot changed at the last event is reported written,
+    /// once.
+    fn check_written(&mut self, before: &[Option<VcpuId>]) {
+        let mut written = Vec::new();
+        self.policy.drain_written(&mut written);
+        let mut unique = written.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), written.len(), "a pCPU reported written twice: {written:?}");
+        for (pcpu, (old, new)) in before.iter().zip(self.policy.assignment()).enumerate() {
+            assert!(old == new || written.contains(&pcpu), "pCPU {pcpu} changed unreported at {}", self.now);
+        }
     }
 
     /// Accrues the time from now to `until` under the current assignment.

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use fixedbitset::FixedBitSet;
 
-use crate::{Event, MS, Ns, Params, Policy, Topology, VcpuId};
+use crate::{Assignment, Event, MS, Ns, Params, Policy, Topology, VcpuId};
 
 /// Linux's base slice on machines with 8 or more CPUs (`sched_base_slice` scaled by CPUs).
 const SLICE: Ns = 3 * MS;
@@ -25,7 +25,7 @@ const WAKEUP_GRANULARITY: Ns = MS;
 /// advance alike, so their order does not change while they run).
 pub struct Host {
     now: Ns,
-    assignment: Vec<Option<VcpuId>>,
+    assignment: Assignment,
     /// Each task's pCPU, if it runs.
     pcpu: Vec<Option<usize>>,
     /// When each pCPU's task's slice ends.
@@ -50,7 +50,7 @@ impl Host {
         let vcpus = topology.nr_vcpus();
         Host {
             now: 0,
-            assignment: vec![None; pcpus],
+            assignment: Assignment::new(pcpus),
             pcpu: vec![None; vcpus],
             slice_end: vec![0; pcpus],
             since: vec![0; pcpus],
@@ -94,7 +94,7 @@ impl Host {
     /// The task on `pcpu` stops running: its vruntime is brought up to date, and it waits if
     /// it is still runnable.
     fn take_off(&mut self, pcpu: usize) {
-        let Some(vcpu) = self.assignment[pcpu].take() else { return };
+        let Some(vcpu) = self.assignment.take(pcpu) else { return };
         self.running.remove(&self.running_key(vcpu, pcpu));
         self.vruntime[vcpu.index()] += self.now - self.since[pcpu];
         self.pcpu[vcpu.index()] = None;
@@ -109,7 +109,7 @@ impl Host {
     fn put(&mut self, pcpu: usize, vcpu: VcpuId) {
         self.take_off(pcpu);
         self.waiting.remove(&(self.vruntime[vcpu.index()], vcpu.0));
-        self.assignment[pcpu] = Some(vcpu);
+        self.assignment.set(pcpu, Some(vcpu));
         self.pcpu[vcpu.index()] = Some(pcpu);
         self.since[pcpu] = self.now;
         self.running.insert(self.running_key(vcpu, pcpu));
@@ -205,6 +205,10 @@ impl Policy for Host {
 
     fn assignment(&self) -> &[Option<VcpuId>] {
         &self.assignment
+    }
+
+    fn drain_written(&mut self, into: &mut Vec<usize>) {
+        self.assignment.drain_written(into);
     }
 
     fn next_tick(&self) -> Option<Ns> {

@@ -147,6 +147,55 @@ impl Topology {
     }
 }
 
+/// A policy's assignment: the VCPU each pCPU should run. It remembers which pCPUs' slots
+/// were written since [`Assignment::drain_written`] last took them (each pCPU once), so that
+/// a consumer following every event need not compare the whole assignment each time.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    slots: Vec<Option<VcpuId>>,
+    written: Vec<usize>,
+    marked: FixedBitSet,
+}
+
+impl Assignment {
+    /// All of `pcpus` idle.
+    pub fn new(pcpus: usize) -> Assignment {
+        Assignment { slots: vec![None; pcpus], written: Vec::new(), marked: FixedBitSet::with_capacity(pcpus) }
+    }
+
+    /// Sets `pcpu`'s VCPU.
+    pub fn set(&mut self, pcpu: usize, vcpu: Option<VcpuId>) {
+        if !self.marked.put(pcpu) {
+            self.written.push(pcpu);
+        }
+        self.slots[pcpu] = vcpu;
+    }
+
+    /// Clears `pcpu`'s slot, returning the VCPU it held.
+    pub fn take(&mut self, pcpu: usize) -> Option<VcpuId> {
+        let vcpu = self.slots[pcpu];
+        self.set(pcpu, None);
+        vcpu
+    }
+
+    /// Appends to `into` the pCPUs whose slot was written since the last call, in the order
+    /// first written, and forgets them.
+    pub fn drain_written(&mut self, into: &mut Vec<usize>) {
+        for &pcpu in &self.written {
+            self.marked.set(pcpu, false);
+        }
+        into.append(&mut self.written);
+    }
+}
+
+impl std::ops::Deref for Assignment {
+    type Target = [Option<VcpuId>];
+
+    fn deref(&self) -> &[Option<VcpuId>] {
+        &self.slots
+    }
+}
+
 /// What happened to a VCPU, or that time passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -173,6 +222,12 @@ pub trait Policy: Send {
     /// never offline; it is runnable, except that a gang scheduler may reserve a pCPU for a
     /// blocked VCPU of a running gang (it runs there as soon as it wakes).
     fn assignment(&self) -> &[Option<VcpuId>];
+
+    /// Appends to `into` the pCPUs whose [`assignment`](Self::assignment) slot may have
+    /// changed since the last call (each once; by default every pCPU), and forgets them.
+    fn drain_written(&mut self, into: &mut Vec<usize>) {
+        into.extend(0..self.assignment().len());
+    }
 
     /// When the policy next wants an [`Event::Tick`], if ever.
     fn next_tick(&self) -> Option<Ns>;
@@ -313,6 +368,25 @@ mod tests {
         assert_eq!(owners, [0, 0, 1, 1, 1, 2]);
         assert_eq!(topology.vcpus_of(1).collect::<Vec<_>>(), [VcpuId(2), VcpuId(3), VcpuId(4)]);
         assert_eq!(topology.vcpu(2, 0), VcpuId(5));
+    }
+
+    #[test]
+    fn an_assignment_reports_each_written_pcpu_once_until_drained() {
+        let mut assignment = Assignment::new(4);
+        assignment.set(2, Some(VcpuId(7)));
+        assignment.set(0, Some(VcpuId(1)));
+        assert_eq!(assignment.take(2), Some(VcpuId(7)));
+        assert_eq!(assignment.take(3), None);
+        assert_eq!(&*assignment, &[Some(VcpuId(1)), None, None, None]);
+        let mut written = vec![9];
+        assignment.drain_written(&mut written);
+        assert_eq!(written, [9, 2, 0, 3], "appended in the order first written");
+        written.clear();
+        assignment.drain_written(&mut written);
+        assert!(written.is_empty());
+        assignment.set(2, None);
+        assignment.drain_written(&mut written);
+        assert_eq!(written, [2]);
     }
 
     #[test]

@@ -40,14 +40,14 @@ use std::collections::BTreeSet;
 
 use fixedbitset::FixedBitSet;
 
-use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
+use crate::{Assignment, Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
 pub struct Relaxed {
     topology: Topology,
     slice: Ns,
     max_skew: Ns,
     tick: Ns,
-    assignment: Vec<Option<VcpuId>>,
+    assignment: Assignment,
     /// Each VCPU's pCPU, if it runs.
     pcpu: Vec<Option<usize>>,
     /// When each pCPU's VCPU started running there.
@@ -68,8 +68,9 @@ pub struct Relaxed {
     waiting: BTreeSet<(u64, u32)>,
     /// The VCPUs whose co-stop state changed at the last event.
     costop_changed: Vec<VcpuId>,
-    /// Per VM: the earliest time a co-stop could be due, if nothing happens to the VM before
-    /// (see `due`); and the VMs with one, by (due time, VM).
+    /// Per VM: when its co-stops are checked next, at or before the earliest time one could
+    /// change if nothing happens to the VM before (see `due`); and the VMs with such a time,
+    /// by (time, VM).
     due: Vec<Ns>,
     dues: BTreeSet<(Ns, usize)>,
     /// The VMs whose skew is to be checked at this event, and a mark per VM of whether it is
@@ -96,7 +97,7 @@ impl Relaxed {
             slice: params.slice.max(1),
             max_skew: params.skew,
             tick: params.tick.max(1),
-            assignment: vec![None; pcpus],
+            assignment: Assignment::new(pcpus),
             pcpu: vec![None; vcpus],
             since: vec![0; pcpus],
             idle: topology.all_pcpus(),
@@ -176,7 +177,7 @@ impl Relaxed {
     /// The VCPU on `pcpu` stops running: its virtual time and progress are brought up to
     /// date, and it waits if it is still runnable.
     fn take_off(&mut self, pcpu: usize) {
-        let Some(vcpu) = self.assignment[pcpu].take() else { return };
+        let Some(vcpu) = self.assignment.take(pcpu) else { return };
         self.vtime[vcpu.index()] = self.vtime_now(vcpu);
         self.progress[vcpu.index()] = self.progress_now(vcpu);
         self.pcpu[vcpu.index()] = None;
@@ -192,7 +193,7 @@ impl Relaxed {
         self.take_off(pcpu);
         if let Some(new) = vcpu {
             self.waiting.remove(&self.key(new));
-            self.assignment[pcpu] = Some(new);
+            self.assignment.set(pcpu, Some(new));
             self.pcpu[new.index()] = Some(pcpu);
             self.since[pcpu] = self.now;
             self.idle.remove(pcpu);
@@ -356,6 +357,7 @@ impl Policy for Relaxed {
             && due <= now
         {
             self.dues.pop_first();
+            self.due[vm] = Ns::MAX;
             self.mark(vm);
         }
         match event {
@@ -374,10 +376,12 @@ impl Policy for Relaxed {
         vms.sort_unstable();
         vms.dedup();
         for &vm in &vms {
-            self.dues.remove(&(self.due[vm], vm));
-            self.due[vm] = self.due(vm, now);
-            if self.due[vm] != Ns::MAX {
-                self.dues.insert((self.due[vm], vm));
+            // A check sooner than needed changes nothing: a VM already due sooner stays so.
+            let due = self.due(vm, now);
+            if due < self.due[vm] {
+                self.dues.remove(&(self.due[vm], vm));
+                self.due[vm] = due;
+                self.dues.insert((due, vm));
             }
         }
         self.to_refresh = vms;
@@ -386,6 +390,10 @@ impl Policy for Relaxed {
 
     fn assignment(&self) -> &[Option<VcpuId>] {
         &self.assignment
+    }
+
+    fn drain_written(&mut self, into: &mut Vec<usize>) {
+        self.assignment.drain_written(into);
     }
 
     fn next_tick(&self) -> Option<Ns> {

@@ -30,12 +30,12 @@
 //! - A VM with more online VCPUs than pCPUs never fits: it never runs, and never holds up the
 //!   others. The scenario layer refuses such VMs; this policy does not panic on them.
 
-use crate::{Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
+use crate::{Assignment, Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
 pub struct Strict {
     topology: Topology,
     slice: Ns,
-    assignment: Vec<Option<VcpuId>>,
+    assignment: Assignment,
     online: Vec<bool>,
     runnable: Vec<bool>,
     /// Per VM: its online VCPUs (the gang's width) and its runnable ones.
@@ -57,7 +57,7 @@ impl Strict {
         Strict {
             topology: topology.clone(),
             slice: params.slice.max(1),
-            assignment: vec![None; topology.pcpus as usize],
+            assignment: Assignment::new(topology.pcpus as usize),
             online: vec![false; vcpus],
             runnable: vec![false; vcpus],
             online_count: vec![0; topology.vms.len()],
@@ -145,15 +145,15 @@ impl Strict {
         for vcpu in self.topology.vcpus_of(vm) {
             if self.online[vcpu.index()] && self.pcpu_of(vcpu).is_none() {
                 free += self.assignment[free..].iter().position(Option::is_none).expect("the chosen gangs fit");
-                self.assignment[free] = Some(vcpu);
+                self.assignment.set(free, Some(vcpu));
             }
         }
     }
 
     fn deschedule(&mut self, vm: usize) {
-        for slot in &mut self.assignment {
-            if slot.is_some_and(|v| self.topology.vm_of(v) == vm) {
-                *slot = None;
+        for pcpu in 0..self.assignment.len() {
+            if self.assignment[pcpu].is_some_and(|v| self.topology.vm_of(v) == vm) {
+                self.assignment.set(pcpu, None);
             }
         }
     }
@@ -198,9 +198,9 @@ impl Strict {
             }
         }
         // All the pCPUs of the gangs left out must be free before the new gangs are placed.
-        for slot in &mut self.assignment {
-            if slot.is_some_and(|vcpu| !chosen[self.topology.vm_of(vcpu)]) {
-                *slot = None;
+        for pcpu in 0..self.assignment.len() {
+            if self.assignment[pcpu].is_some_and(|vcpu| !chosen[self.topology.vm_of(vcpu)]) {
+                self.assignment.set(pcpu, None);
             }
         }
         // A gang chosen again already holds all the pCPUs it needs (see `repair`).
@@ -233,7 +233,7 @@ impl Policy for Strict {
                 self.set_online(vcpu, false);
                 self.set_runnable(vcpu, false);
                 if let Some(pcpu) = self.pcpu_of(vcpu) {
-                    self.assignment[pcpu] = None;
+                    self.assignment.set(pcpu, None);
                 }
                 self.repair(self.topology.vm_of(vcpu));
             }
@@ -250,6 +250,10 @@ impl Policy for Strict {
 
     fn assignment(&self) -> &[Option<VcpuId>] {
         &self.assignment
+    }
+
+    fn drain_written(&mut self, into: &mut Vec<usize>) {
+        self.assignment.drain_written(into);
     }
 
     fn next_tick(&self) -> Option<Ns> {

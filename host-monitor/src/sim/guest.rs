@@ -382,16 +382,16 @@ impl Sim {
                         continue;
                     }
                     let mut next = if blocking { since + SPIN_THEN_BLOCK } else { Ns::MAX };
-                    if let Some((yield_after, _)) = self.guests[vm].pv {
-                        if self.now >= next_look {
-                            let next_look = self.now + yield_after;
-                            let resume = Activity::BarrierWait { generation, since, next_look };
-                            if let Some(sibling) = self.preempted_sibling(v) {
-                                self.hypercall(v, Then::Yield(Some(sibling)), resume);
-                                continue;
-                            }
-                            self.vcpus[v].activity = resume;
+                    if let Some((yield_after, _)) = self.guests[vm].pv
+                        && self.now >= next_look
+                    {
+                        let next_look = self.now + yield_after;
+                        let resume = Activity::BarrierWait { generation, since, next_look };
+                        if let Some(sibling) = self.preempted_sibling(v) {
+                            self.hypercall(v, Then::Yield(Some(sibling)), resume);
+                            continue;
                         }
+                        self.vcpus[v].activity = resume;
                     }
                     if let Activity::BarrierWait { next_look, .. } = self.vcpus[v].activity
                         && self.guests[vm].pv.is_some()

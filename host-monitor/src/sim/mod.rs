@@ -328,12 +328,14 @@ impl Sim {
 
     /// Starts, preempts and switches pCPUs toward the policy's assignment. A pCPU's target is
     /// the VCPU assigned to it if that VCPU is runnable, so only the pCPUs whose assignment
-    /// changed or whose VCPU changed state since the last look can have a new one.
+    /// was written or whose VCPU changed state since the last look can have a new one.
     fn apply(&mut self) {
-        let assignment = self.policy.assignment();
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.clear();
-        for (p, (&slot, applied)) in assignment.iter().zip(&mut self.applied).enumerate() {
+        self.policy.drain_written(&mut dirty);
+        let assignment = self.policy.assignment();
+        for &p in &dirty {
+            let (slot, applied) = (assignment[p], &mut self.applied[p]);
             if slot != *applied {
                 if let Some(old) = *applied
                     && self.applied_at[old.index()] == Some(p)
@@ -344,7 +346,6 @@ impl Sim {
                     self.applied_at[new.index()] = Some(p);
                 }
                 *applied = slot;
-                dirty.push(p);
             }
         }
         dirty.extend(self.restated.drain(..).filter_map(|v| self.applied_at[v]));

@@ -40,9 +40,15 @@ pub struct EventQueue<T> {
     seq: u64,
 }
 
+impl<T> Default for EventQueue<T> {
+    fn default() -> Self {
+        EventQueue { heap: BinaryHeap::new(), seq: 0 }
+    }
+}
+
 impl<T> EventQueue<T> {
     pub fn new() -> Self {
-        EventQueue { heap: BinaryHeap::new(), seq: 0 }
+        Self::default()
     }
 
     /// Schedules `event` at time `at`.
@@ -64,6 +70,10 @@ impl<T> EventQueue<T> {
     pub fn len(&self) -> usize {
         self.heap.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +91,7 @@ mod tests {
         let order: Vec<(Ns, &str)> = std::iter::from_fn(|| queue.pop()).collect();
         assert_eq!(order, [(0, "start"), (10, "a1"), (10, "a2"), (10, "a3"), (20, "b"), (30, "c")]);
         assert_eq!(queue.pop(), None);
+        assert!(queue.is_empty());
         assert_eq!(queue.next_time(), None);
     }
 
