@@ -42,6 +42,7 @@
 //! priority, and its pCPU picks again.
 
 use std::cmp::Reverse;
+use std::collections::BTreeSet;
 
 use crate::{Assignment, Event, Ns, Params, Policy, Topology, VcpuId};
 
@@ -112,8 +113,9 @@ pub struct Credit {
     vcpus: Vec<Vcpu>,
     vms: Vec<Vm>,
     assignment: Assignment,
-    /// When each pCPU's running VCPU's slice ends.
+    /// When each pCPU's running VCPU's slice ends; and the running pCPUs by (slice end, pCPU).
     slice_end: Vec<Ns>,
+    slice_ends: BTreeSet<(Ns, usize)>,
     /// Each pCPU's waiting VCPUs, by priority, FIFO within one (a yield bends this).
     queues: Vec<Vec<VcpuId>>,
     /// Each pCPU's queue's offer to the others: the priority a pCPU stealing from it gets
@@ -157,8 +159,9 @@ impl Credit {
             bound: i64::try_from(params.slice).unwrap_or(i64::MAX),
             vcpus,
             vms,
-            assignment: Assignment::new(pcpus),
+            assignment: Assignment::new(topology),
             slice_end: vec![0; pcpus],
+            slice_ends: BTreeSet::new(),
             queues: vec![Vec::new(); pcpus],
             offers: vec![None; pcpus],
             offering: [0; 3],
@@ -179,10 +182,6 @@ impl Credit {
 
     fn pickable(&self, vcpu: VcpuId) -> bool {
         !self.vms[self.vcpu(vcpu).vm].parked
-    }
-
-    fn pcpu_of(&self, vcpu: VcpuId) -> Option<usize> {
-        self.assignment.iter().position(|&slot| slot == Some(vcpu))
     }
 
     /// Burns the running VCPUs' credit for the time since they were last charged.
@@ -302,20 +301,25 @@ impl Credit {
         }
     }
 
-    /// Requeues the VCPUs whose slice is over and picks again on their pCPUs.
+    /// Requeues the VCPUs whose slice is over and picks again on their pCPUs, lowest pCPU
+    /// first.
     fn end_slices(&mut self, now: Ns) {
-        for pcpu in 0..self.assignment.len() {
-            if self.assignment[pcpu].is_some() && self.slice_end[pcpu] <= now {
-                self.preempt(pcpu, false, now);
-                self.reschedule(pcpu, now);
-            }
+        if self.slice_ends.first().is_none_or(|&(end, _)| end > now) {
+            return;
+        }
+        let mut over: Vec<usize> =
+            self.slice_ends.iter().take_while(|&&(end, _)| end <= now).map(|&(_, p)| p).collect();
+        over.sort_unstable();
+        for pcpu in over {
+            self.preempt(pcpu, false, now);
+            self.reschedule(pcpu, now);
         }
     }
 
     /// Takes `pcpu`'s VCPU off it (it loses its boost) and puts it back into `pcpu`'s queue.
     fn preempt(&mut self, pcpu: usize, yielded: bool, now: Ns) {
         self.charge_pcpu(pcpu, now);
-        if let Some(vcpu) = self.assignment.take(pcpu) {
+        if let Some(vcpu) = self.vacate(pcpu) {
             self.vcpus[vcpu.index()].boosted = false;
             self.enqueue(pcpu, vcpu, yielded);
         }
@@ -363,12 +367,20 @@ impl Credit {
         }
     }
 
+    /// Runs `vcpu` on idle `pcpu`.
     fn run(&mut self, pcpu: usize, vcpu: VcpuId, now: Ns) {
         let state = &mut self.vcpus[vcpu.index()];
         state.home = Some(pcpu);
         self.slice_end[pcpu] = now + if state.boosted { self.slice.min(self.accounting) } else { self.slice };
+        self.slice_ends.insert((self.slice_end[pcpu], pcpu));
         self.assignment.set(pcpu, Some(vcpu));
         self.charged_since[pcpu] = now;
+    }
+
+    /// Takes `pcpu`'s VCPU off it.
+    fn vacate(&mut self, pcpu: usize) -> Option<VcpuId> {
+        self.slice_ends.remove(&(self.slice_end[pcpu], pcpu));
+        self.assignment.take(pcpu)
     }
 
     /// Runs the VCPU `pcpu` picks next, if any.
@@ -463,7 +475,7 @@ impl Credit {
         // The VCPU running at home may be preempted: its priority must be up to date.
         self.charge_pcpu(home, now);
         let idle = Some(home).filter(|&pcpu| self.assignment[pcpu].is_none());
-        if let Some(pcpu) = idle.or_else(|| self.assignment.iter().position(Option::is_none)) {
+        if let Some(pcpu) = idle.or_else(|| self.assignment.first_idle()) {
             self.run(pcpu, vcpu, now);
         } else if self.assignment[home].is_some_and(|current| self.priority(current) < self.priority(vcpu)) {
             self.preempt(home, false, now);
@@ -478,9 +490,9 @@ impl Credit {
         let state = &mut self.vcpus[vcpu.index()];
         state.status = status;
         state.boosted = false;
-        if let Some(pcpu) = self.pcpu_of(vcpu) {
+        if let Some(pcpu) = self.assignment.pcpu_of(vcpu) {
             self.charge_pcpu(pcpu, now);
-            self.assignment.set(pcpu, None);
+            self.vacate(pcpu);
             self.reschedule(pcpu, now);
         } else {
             for queue in &mut self.queues {
@@ -491,17 +503,18 @@ impl Credit {
     }
 
     fn yield_pcpu(&mut self, vcpu: VcpuId, now: Ns) {
-        if let Some(pcpu) = self.pcpu_of(vcpu) {
+        if let Some(pcpu) = self.assignment.pcpu_of(vcpu) {
             self.preempt(pcpu, true, now);
             self.reschedule(pcpu, now);
         }
     }
 
+    /// Lets each idle pCPU pick, lowest first.
     fn fill_idle(&mut self, now: Ns) {
-        for pcpu in 0..self.assignment.len() {
-            if self.assignment[pcpu].is_none() {
-                self.reschedule(pcpu, now);
-            }
+        let mut next = self.assignment.first_idle();
+        while let Some(pcpu) = next {
+            self.reschedule(pcpu, now);
+            next = self.assignment.idle().find(|&other| other > pcpu);
         }
     }
 }
@@ -536,18 +549,18 @@ impl Policy for Credit {
     }
 
     fn next_tick(&self) -> Option<Ns> {
-        let running = || self.assignment.iter().enumerate().filter_map(|(pcpu, slot)| slot.map(|vcpu| (pcpu, vcpu)));
-        if running().next().is_none() && self.queues.iter().all(Vec::is_empty) {
+        let running = || self.assignment.iter().flatten();
+        if self.slice_ends.is_empty() && self.queues.iter().all(Vec::is_empty) {
             return None;
         }
-        let slice_ends = running().map(|(pcpu, _)| self.slice_end[pcpu]);
+        let slice_ends = self.slice_ends.first().map(|&(end, _)| end);
         let capped_vms = self.vms.iter().enumerate().filter(|_| self.capped);
         let caps_reached = capped_vms.filter_map(|(vm, state)| {
             let budget = state.budget.filter(|_| !state.parked)?;
-            let width = running().filter(|&(_, vcpu)| self.vcpu(vcpu).vm == vm).count() as u64;
+            let width = running().filter(|&&vcpu| self.vcpu(vcpu).vm == vm).count() as u64;
             (width > 0).then(|| self.charged_at + (budget - state.used).div_ceil(width))
         });
-        slice_ends.chain(caps_reached).chain([self.next_accounting]).min()
+        slice_ends.into_iter().chain(caps_reached).chain([self.next_accounting]).min()
     }
 }
 

@@ -11,8 +11,6 @@
 
 use std::collections::BTreeSet;
 
-use fixedbitset::FixedBitSet;
-
 use crate::{Assignment, Event, MS, Ns, Params, Policy, Topology, VcpuId};
 
 /// Linux's base slice on machines with 8 or more CPUs (`sched_base_slice` scaled by CPUs).
@@ -26,8 +24,6 @@ const WAKEUP_GRANULARITY: Ns = MS;
 pub struct Host {
     now: Ns,
     assignment: Assignment,
-    /// Each task's pCPU, if it runs.
-    pcpu: Vec<Option<usize>>,
     /// When each pCPU's task's slice ends.
     slice_end: Vec<Ns>,
     /// When each pCPU's task started running there.
@@ -39,7 +35,6 @@ pub struct Host {
     waiting: BTreeSet<(Ns, u32)>,
     /// The running tasks, by (vruntime minus start time, id): by (vruntime, id) at any time.
     running: BTreeSet<(i64, u32)>,
-    idle: FixedBitSet,
     /// The busy pCPUs, by (slice end, pCPU).
     slices: BTreeSet<(Ns, usize)>,
 }
@@ -50,15 +45,13 @@ impl Host {
         let vcpus = topology.nr_vcpus();
         Host {
             now: 0,
-            assignment: Assignment::new(pcpus),
-            pcpu: vec![None; vcpus],
+            assignment: Assignment::new(topology),
             slice_end: vec![0; pcpus],
             since: vec![0; pcpus],
             runnable: vec![false; vcpus],
             vruntime: vec![0; vcpus],
             waiting: BTreeSet::new(),
             running: BTreeSet::new(),
-            idle: topology.all_pcpus(),
             slices: BTreeSet::new(),
         }
     }
@@ -66,7 +59,7 @@ impl Host {
     /// `vcpu`'s vruntime now.
     fn vruntime_now(&self, vcpu: VcpuId) -> Ns {
         let vruntime = self.vruntime[vcpu.index()];
-        self.pcpu[vcpu.index()].map_or(vruntime, |pcpu| vruntime + self.now - self.since[pcpu])
+        self.assignment.pcpu_of(vcpu).map_or(vruntime, |pcpu| vruntime + self.now - self.since[pcpu])
     }
 
     fn running_key(&self, vcpu: VcpuId, pcpu: usize) -> (i64, u32) {
@@ -97,9 +90,7 @@ impl Host {
         let Some(vcpu) = self.assignment.take(pcpu) else { return };
         self.running.remove(&self.running_key(vcpu, pcpu));
         self.vruntime[vcpu.index()] += self.now - self.since[pcpu];
-        self.pcpu[vcpu.index()] = None;
         self.slices.remove(&(self.slice_end[pcpu], pcpu));
-        self.idle.insert(pcpu);
         if self.runnable[vcpu.index()] {
             self.waiting.insert((self.vruntime[vcpu.index()], vcpu.0));
         }
@@ -110,10 +101,8 @@ impl Host {
         self.take_off(pcpu);
         self.waiting.remove(&(self.vruntime[vcpu.index()], vcpu.0));
         self.assignment.set(pcpu, Some(vcpu));
-        self.pcpu[vcpu.index()] = Some(pcpu);
         self.since[pcpu] = self.now;
         self.running.insert(self.running_key(vcpu, pcpu));
-        self.idle.remove(pcpu);
         self.set_slice_end(pcpu, self.now + SLICE);
     }
 
@@ -125,7 +114,7 @@ impl Host {
 
     /// Gives idle pCPUs the waiting tasks with the least vruntime.
     fn fill_idle(&mut self) {
-        while let Some(pcpu) = self.idle.minimum()
+        while let Some(pcpu) = self.assignment.first_idle()
             && let Some(next) = self.least_waiting()
         {
             self.put(pcpu, next);
@@ -142,20 +131,20 @@ impl Host {
         }
         self.runnable[vcpu.index()] = true;
         self.waiting.insert((self.vruntime[vcpu.index()], vcpu.0));
-        if let Some(pcpu) = self.idle.minimum() {
+        if let Some(pcpu) = self.assignment.first_idle() {
             self.put(pcpu, vcpu);
             return;
         }
         let current = self.furthest_running().expect("no pCPU is idle");
         if self.vruntime[vcpu.index()] + WAKEUP_GRANULARITY < self.vruntime_now(current) {
-            let pcpu = self.pcpu[current.index()].expect("a running task");
+            let pcpu = self.assignment.pcpu_of(current).expect("a running task");
             self.put(pcpu, vcpu);
         }
     }
 
     fn leave(&mut self, vcpu: VcpuId) {
         self.runnable[vcpu.index()] = false;
-        match self.pcpu[vcpu.index()] {
+        match self.assignment.pcpu_of(vcpu) {
             Some(pcpu) => self.take_off(pcpu),
             None => {
                 self.waiting.remove(&(self.vruntime[vcpu.index()], vcpu.0));
@@ -166,7 +155,7 @@ impl Host {
 
     /// The task on `vcpu`'s pCPU goes behind every other, if another waits.
     fn yield_pcpu(&mut self, vcpu: VcpuId) {
-        let (Some(pcpu), Some(next)) = (self.pcpu[vcpu.index()], self.least_waiting()) else { return };
+        let (Some(pcpu), Some(next)) = (self.assignment.pcpu_of(vcpu), self.least_waiting()) else { return };
         let last = self.runnable_vruntimes().max().unwrap_or(0);
         self.take_off(pcpu);
         self.waiting.remove(&(self.vruntime[vcpu.index()], vcpu.0));

@@ -102,13 +102,6 @@ impl Topology {
         VcpuId(self.first[vm] + index)
     }
 
-    /// Every pCPU, as a set (the policies keep their idle pCPUs so: the lowest is found fast).
-    pub fn all_pcpus(&self) -> FixedBitSet {
-        let mut set = FixedBitSet::with_capacity(self.pcpus as usize);
-        set.insert_range(..);
-        set
-    }
-
     fn range_of(&self, vm: usize) -> Range<u32> {
         self.first[vm]..self.first[vm + 1]
     }
@@ -147,28 +140,50 @@ impl Topology {
     }
 }
 
-/// A policy's assignment: the VCPU each pCPU should run. It remembers which pCPUs' slots
-/// were written since [`Assignment::drain_written`] last took them (each pCPU once), so that
-/// a consumer following every event need not compare the whole assignment each time.
+/// A policy's assignment: the VCPU each pCPU should run, with what the policies ask of it
+/// at nearly every decision kept at hand (each VCPU's pCPU, the idle pCPUs). It also
+/// remembers which pCPUs' slots were written since [`Assignment::drain_written`] last took
+/// them (each pCPU once), so that a consumer following every event need not compare the
+/// whole assignment each time.
 #[derive(Clone, Debug)]
 pub struct Assignment {
     slots: Vec<Option<VcpuId>>,
+    /// Each VCPU's pCPU, if it has one.
+    pcpus: Vec<Option<usize>>,
+    idle: FixedBitSet,
     written: Vec<usize>,
     marked: FixedBitSet,
 }
 
 impl Assignment {
-    /// All of `pcpus` idle.
-    pub fn new(pcpus: usize) -> Assignment {
-        Assignment { slots: vec![None; pcpus], written: Vec::new(), marked: FixedBitSet::with_capacity(pcpus) }
+    /// Every pCPU of `topology` idle.
+    pub fn new(topology: &Topology) -> Assignment {
+        let pcpus = topology.pcpus as usize;
+        let mut idle = FixedBitSet::with_capacity(pcpus);
+        idle.insert_range(..);
+        Assignment {
+            slots: vec![None; pcpus],
+            pcpus: vec![None; topology.nr_vcpus()],
+            idle,
+            written: Vec::new(),
+            marked: FixedBitSet::with_capacity(pcpus),
+        }
     }
 
-    /// Sets `pcpu`'s VCPU.
+    /// Sets `pcpu`'s VCPU, which must not be on another pCPU.
     pub fn set(&mut self, pcpu: usize, vcpu: Option<VcpuId>) {
+        if let Some(old) = self.slots[pcpu] {
+            self.pcpus[old.index()] = None;
+        }
+        if let Some(new) = vcpu {
+            assert!(self.pcpus[new.index()].is_none(), "{new} assigned to two pCPUs");
+            self.pcpus[new.index()] = Some(pcpu);
+        }
+        self.slots[pcpu] = vcpu;
+        self.idle.set(pcpu, vcpu.is_none());
         if !self.marked.put(pcpu) {
             self.written.push(pcpu);
         }
-        self.slots[pcpu] = vcpu;
     }
 
     /// Clears `pcpu`'s slot, returning the VCPU it held.
@@ -176,6 +191,21 @@ impl Assignment {
         let vcpu = self.slots[pcpu];
         self.set(pcpu, None);
         vcpu
+    }
+
+    /// The pCPU `vcpu` is assigned to.
+    pub fn pcpu_of(&self, vcpu: VcpuId) -> Option<usize> {
+        self.pcpus[vcpu.index()]
+    }
+
+    /// The lowest-numbered idle pCPU.
+    pub fn first_idle(&self) -> Option<usize> {
+        self.idle.minimum()
+    }
+
+    /// The idle pCPUs, lowest first.
+    pub fn idle(&self) -> impl Iterator<Item = usize> + '_ {
+        self.idle.ones()
     }
 
     /// Appends to `into` the pCPUs whose slot was written since the last call, in the order
@@ -371,13 +401,17 @@ mod tests {
     }
 
     #[test]
-    fn an_assignment_reports_each_written_pcpu_once_until_drained() {
-        let mut assignment = Assignment::new(4);
+    fn an_assignment_knows_pcpus_of_vcpus_idle_pcpus_and_written_ones_until_drained() {
+        let topology = Topology::new(4, vec![vm(8, 256, None)]);
+        let mut assignment = Assignment::new(&topology);
         assignment.set(2, Some(VcpuId(7)));
         assignment.set(0, Some(VcpuId(1)));
         assert_eq!(assignment.take(2), Some(VcpuId(7)));
         assert_eq!(assignment.take(3), None);
         assert_eq!(&*assignment, &[Some(VcpuId(1)), None, None, None]);
+        assert_eq!((assignment.pcpu_of(VcpuId(1)), assignment.pcpu_of(VcpuId(7))), (Some(0), None));
+        assert_eq!(assignment.idle().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(assignment.first_idle(), Some(1));
         let mut written = vec![9];
         assignment.drain_written(&mut written);
         assert_eq!(written, [9, 2, 0, 3], "appended in the order first written");

@@ -38,8 +38,6 @@
 
 use std::collections::BTreeSet;
 
-use fixedbitset::FixedBitSet;
-
 use crate::{Assignment, Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
 pub struct Relaxed {
@@ -48,11 +46,8 @@ pub struct Relaxed {
     max_skew: Ns,
     tick: Ns,
     assignment: Assignment,
-    /// Each VCPU's pCPU, if it runs.
-    pcpu: Vec<Option<usize>>,
     /// When each pCPU's VCPU started running there.
     since: Vec<Ns>,
-    idle: FixedBitSet,
     /// When the current slice ends, on every pCPU.
     slice_end: Ns,
     runnable: Vec<bool>,
@@ -97,10 +92,8 @@ impl Relaxed {
             slice: params.slice.max(1),
             max_skew: params.skew,
             tick: params.tick.max(1),
-            assignment: Assignment::new(pcpus),
-            pcpu: vec![None; vcpus],
+            assignment: Assignment::new(topology),
             since: vec![0; pcpus],
-            idle: topology.all_pcpus(),
             slice_end: 0,
             runnable: vec![false; vcpus],
             costopped: vec![false; vcpus],
@@ -143,12 +136,12 @@ impl Relaxed {
 
     /// `vcpu`'s progress now.
     fn progress_now(&self, vcpu: VcpuId) -> Ns {
-        self.progress[vcpu.index()] + self.pcpu[vcpu.index()].map_or(0, |pcpu| self.now - self.since[pcpu])
+        self.progress[vcpu.index()] + self.assignment.pcpu_of(vcpu).map_or(0, |pcpu| self.now - self.since[pcpu])
     }
 
     /// `vcpu`'s virtual time now.
     fn vtime_now(&self, vcpu: VcpuId) -> u64 {
-        let ran = self.pcpu[vcpu.index()].map_or(0, |pcpu| self.now - self.since[pcpu]);
+        let ran = self.assignment.pcpu_of(vcpu).map_or(0, |pcpu| self.now - self.since[pcpu]);
         self.vtime[vcpu.index()] + self.virtual_ns(vcpu, ran)
     }
 
@@ -166,7 +159,7 @@ impl Relaxed {
     /// Runnable, not co-stopped, and without a pCPU (in `waiting`, not co-stopped).
     fn ready(&self, vcpu: VcpuId) -> bool {
         let v = vcpu.index();
-        self.runnable[v] && !self.costopped[v] && self.pcpu[v].is_none()
+        self.runnable[v] && !self.costopped[v] && self.assignment.pcpu_of(vcpu).is_none()
     }
 
     /// The ready VCPU of least virtual time (ties by id).
@@ -177,11 +170,10 @@ impl Relaxed {
     /// The VCPU on `pcpu` stops running: its virtual time and progress are brought up to
     /// date, and it waits if it is still runnable.
     fn take_off(&mut self, pcpu: usize) {
-        let Some(vcpu) = self.assignment.take(pcpu) else { return };
+        let Some(vcpu) = self.assignment[pcpu] else { return };
         self.vtime[vcpu.index()] = self.vtime_now(vcpu);
         self.progress[vcpu.index()] = self.progress_now(vcpu);
-        self.pcpu[vcpu.index()] = None;
-        self.idle.insert(pcpu);
+        self.assignment.take(pcpu);
         if self.runnable[vcpu.index()] {
             self.waiting.insert(self.key(vcpu));
         }
@@ -194,9 +186,7 @@ impl Relaxed {
         if let Some(new) = vcpu {
             self.waiting.remove(&self.key(new));
             self.assignment.set(pcpu, Some(new));
-            self.pcpu[new.index()] = Some(pcpu);
             self.since[pcpu] = self.now;
-            self.idle.remove(pcpu);
             self.to_refresh.push(self.topology.vm_of(new));
         }
     }
@@ -210,7 +200,7 @@ impl Relaxed {
         let runnable = self.topology.vcpus_of(vm).filter(|v| self.runnable[v.index()]);
         let margins = runnable.filter_map(|v| {
             let lead = self.lead(v, slowest);
-            if self.pcpu[v.index()].is_some() {
+            if self.assignment.pcpu_of(v).is_some() {
                 Some(self.max_skew.saturating_sub(lead))
             } else {
                 self.costopped[v.index()].then(|| lead.saturating_sub(self.max_skew))
@@ -262,7 +252,7 @@ impl Relaxed {
     fn leave(&mut self, vcpu: VcpuId) {
         self.runnable[vcpu.index()] = false;
         self.set_costopped(vcpu, false);
-        match self.pcpu[vcpu.index()] {
+        match self.assignment.pcpu_of(vcpu) {
             Some(pcpu) => self.take_off(pcpu),
             None => {
                 self.waiting.remove(&self.key(vcpu));
@@ -271,7 +261,7 @@ impl Relaxed {
     }
 
     fn yield_pcpu(&mut self, vcpu: VcpuId, to: Option<VcpuId>) {
-        let Some(pcpu) = self.pcpu[vcpu.index()] else { return };
+        let Some(pcpu) = self.assignment.pcpu_of(vcpu) else { return };
         let vm = self.topology.vm_of(vcpu);
         if let Some(to) = to.filter(|&to| self.topology.vm_of(to) == vm && self.ready(to)) {
             self.put(pcpu, Some(to));
@@ -298,7 +288,7 @@ impl Relaxed {
         self.to_check.clear();
         // Only a VCPU co-stopped just now can be on a pCPU.
         let changed = self.costop_changed.iter().filter(|v| self.costopped[v.index()]);
-        let mut leaders: Vec<usize> = changed.filter_map(|v| self.pcpu[v.index()]).collect();
+        let mut leaders: Vec<usize> = changed.filter_map(|v| self.assignment.pcpu_of(*v)).collect();
         leaders.sort_unstable();
         for pcpu in leaders {
             let leader = self.assignment[pcpu].expect("a running leader");
@@ -330,7 +320,7 @@ impl Relaxed {
                 self.put(pcpu, None);
             }
         }
-        let newcomers: Vec<VcpuId> = dealt.into_iter().filter(|v| self.pcpu[v.index()].is_none()).collect();
+        let newcomers: Vec<VcpuId> = dealt.into_iter().filter(|&v| self.assignment.pcpu_of(v).is_none()).collect();
         let idle: Vec<usize> = (0..self.assignment.len()).filter(|&pcpu| self.assignment[pcpu].is_none()).collect();
         for (pcpu, vcpu) in idle.into_iter().zip(newcomers) {
             self.put(pcpu, Some(vcpu));
@@ -339,7 +329,7 @@ impl Relaxed {
 
     /// Gives the idle pCPUs the ready VCPUs with the least virtual time.
     fn fill(&mut self) {
-        while let Some(pcpu) = self.idle.minimum()
+        while let Some(pcpu) = self.assignment.first_idle()
             && let Some(next) = self.least_ready()
         {
             self.put(pcpu, Some(next));

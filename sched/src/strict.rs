@@ -57,7 +57,7 @@ impl Strict {
         Strict {
             topology: topology.clone(),
             slice: params.slice.max(1),
-            assignment: Assignment::new(topology.pcpus as usize),
+            assignment: Assignment::new(topology),
             online: vec![false; vcpus],
             runnable: vec![false; vcpus],
             online_count: vec![0; topology.vms.len()],
@@ -104,17 +104,13 @@ impl Strict {
         self.has_runnable(vm) && self.width(vm) <= self.assignment.len()
     }
 
-    fn pcpu_of(&self, vcpu: VcpuId) -> Option<usize> {
-        self.assignment.iter().position(|&slot| slot == Some(vcpu))
-    }
-
     /// How many of `vm`'s VCPUs hold pCPUs.
     fn placed(&self, vm: usize) -> usize {
         self.assignment.iter().flatten().filter(|&&v| self.topology.vm_of(v) == vm).count()
     }
 
     fn free_pcpus(&self) -> usize {
-        self.assignment.iter().filter(|slot| slot.is_none()).count()
+        self.assignment.idle().count()
     }
 
     /// Charges every gang for the pCPUs it held since the last charge.
@@ -143,7 +139,7 @@ impl Strict {
     fn place(&mut self, vm: usize) {
         let mut free = 0;
         for vcpu in self.topology.vcpus_of(vm) {
-            if self.online[vcpu.index()] && self.pcpu_of(vcpu).is_none() {
+            if self.online[vcpu.index()] && self.assignment.pcpu_of(vcpu).is_none() {
                 free += self.assignment[free..].iter().position(Option::is_none).expect("the chosen gangs fit");
                 self.assignment.set(free, Some(vcpu));
             }
@@ -232,7 +228,7 @@ impl Policy for Strict {
             Event::Down(vcpu) => {
                 self.set_online(vcpu, false);
                 self.set_runnable(vcpu, false);
-                if let Some(pcpu) = self.pcpu_of(vcpu) {
+                if let Some(pcpu) = self.assignment.pcpu_of(vcpu) {
                     self.assignment.set(pcpu, None);
                 }
                 self.repair(self.topology.vm_of(vcpu));
