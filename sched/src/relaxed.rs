@@ -195,18 +195,22 @@ impl Relaxed {
     /// meanwhile: a lead grows or shrinks at most as fast as time passes, a running VCPU's
     /// only grows and a waiting one's only shrinks (its slowest sibling can only advance), so
     /// only a running VCPU can cross the bound upward and only a co-stopped one downward.
+    /// So it comes from three figures of one pass: the least progress of the runnable VCPUs
+    /// (the slowest), the most of the running ones and the least of the co-stopped ones.
     fn due(&self, vm: usize, now: Ns) -> Ns {
-        let slowest = self.slowest(vm);
-        let runnable = self.topology.vcpus_of(vm).filter(|v| self.runnable[v.index()]);
-        let margins = runnable.filter_map(|v| {
-            let lead = self.lead(v, slowest);
+        let (mut slowest, mut fastest_running, mut slowest_costopped) = (Ns::MAX, None, None);
+        for v in self.topology.vcpus_of(vm).filter(|v| self.runnable[v.index()]) {
+            let progress = self.progress_now(v);
+            slowest = slowest.min(progress);
             if self.assignment.pcpu_of(v).is_some() {
-                Some(self.max_skew.saturating_sub(lead))
-            } else {
-                self.costopped[v.index()].then(|| lead.saturating_sub(self.max_skew))
+                fastest_running = fastest_running.max(Some(progress));
+            } else if self.costopped[v.index()] {
+                slowest_costopped = Some(slowest_costopped.map_or(progress, |least: Ns| least.min(progress)));
             }
-        });
-        margins.min().map_or(Ns::MAX, |margin| now + margin)
+        }
+        let rising = fastest_running.map(|most| self.max_skew.saturating_sub(most - slowest));
+        let falling = slowest_costopped.map(|least| (least - slowest).saturating_sub(self.max_skew));
+        rising.into_iter().chain(falling).min().map_or(Ns::MAX, |margin| now + margin)
     }
 
     /// Has `vm` checked at this event.
