@@ -441,8 +441,10 @@ impl Sim {
             trace.push(Span { vcpu: v as u32, pcpu: Some(p as u32), start_ns, end_ns: self.now });
         }
         self.recategorize(v);
-        // A pCPU waiting for this VCPU to leave another one can have it now.
+        // A pCPU waiting for this VCPU to leave another one can have it now. (Its own pCPU
+        // waits for the policy: a VCPU stops there to block, go down or yield.)
         if let Some(q) = self.applied_at[v]
+            && q != p
             && self.pcpus[q].target == Some(v)
             && self.pcpus[q].running.is_none()
         {
