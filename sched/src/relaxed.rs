@@ -36,7 +36,8 @@
 //! - A yield to a ready sibling hands it the pCPU for the rest of the slice (directed yield);
 //!   another yield gives the pCPU to the ready VCPU with the least virtual time, if any.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 
 use crate::{Assignment, Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
@@ -64,10 +65,11 @@ pub struct Relaxed {
     /// The VCPUs whose co-stop state changed at the last event.
     costop_changed: Vec<VcpuId>,
     /// Per VM: when its co-stops are checked next, at or before the earliest time one could
-    /// change if nothing happens to the VM before (see `due`); and the VMs with such a time,
-    /// by (time, VM).
+    /// change if nothing happens to the VM before (see `due`); and those times as a min-heap
+    /// of (time, VM), where a time is only ever replaced by an earlier one, its old entry left
+    /// behind as stale (it no longer matches `due`).
     due: Vec<Ns>,
-    dues: BTreeSet<(Ns, usize)>,
+    dues: BinaryHeap<Reverse<(Ns, usize)>>,
     /// The VMs whose skew is to be checked at this event, and a mark per VM of whether it is
     /// among them (buffers kept between events).
     to_check: Vec<usize>,
@@ -106,7 +108,7 @@ impl Relaxed {
             waiting: BTreeSet::new(),
             costop_changed: Vec::new(),
             due: vec![Ns::MAX; topology.vms.len()],
-            dues: BTreeSet::new(),
+            dues: BinaryHeap::new(),
             to_check: Vec::new(),
             marked: vec![false; topology.vms.len()],
             to_refresh: Vec::new(),
@@ -347,12 +349,15 @@ impl Policy for Relaxed {
         self.costop_changed.clear();
         // The VMs whose co-stops may have changed are checked: those whose due time has come,
         // and the event's. Checking the others could change nothing.
-        while let Some(&(due, vm)) = self.dues.first()
+        while let Some(&Reverse((due, vm))) = self.dues.peek()
             && due <= now
         {
-            self.dues.pop_first();
-            self.due[vm] = Ns::MAX;
-            self.mark(vm);
+            self.dues.pop();
+            // An entry a VM's earlier time has replaced is stale.
+            if self.due[vm] == due {
+                self.due[vm] = Ns::MAX;
+                self.mark(vm);
+            }
         }
         match event {
             Event::Wake(vcpu) => self.wake(vcpu),
@@ -373,9 +378,8 @@ impl Policy for Relaxed {
             // A check sooner than needed changes nothing: a VM already due sooner stays so.
             let due = self.due(vm, now);
             if due < self.due[vm] {
-                self.dues.remove(&(self.due[vm], vm));
                 self.due[vm] = due;
-                self.dues.insert((due, vm));
+                self.dues.push(Reverse((due, vm)));
             }
         }
         self.to_refresh = vms;
