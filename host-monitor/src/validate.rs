@@ -12,6 +12,7 @@ use crate::report;
 use crate::runner::ScenarioResult;
 use crate::scenario::Scenario;
 use crate::sim;
+use sched::PolicyKind;
 
 /// Below this a result has collapsed (a VM stuck in a convoy): two collapsed results agree
 /// whatever their ratio.
@@ -34,6 +35,10 @@ pub struct ValidateArgs {
     /// Write the real and simulated results side by side to FILE (JSON)
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write the comparison to FILE as Markdown: a summary, then a table of scenario and VM
+    /// by policy, each entry real / simulated
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
 }
 
 /// One VM of one scenario under one policy, measured and simulated.
@@ -76,6 +81,10 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
     print_table(&rows, args.tolerance);
     if let Some(path) = &args.json {
         report::write_json(path, &serde_json::json!({ "rows": rows }))?;
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, markdown(&rows, &selection.policies))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -182,6 +191,69 @@ fn print_table(rows: &[Row], tolerance: f64) {
     }
 }
 
+/// The comparison as Markdown: how many agree, overall, by workload (a scenario's name up to
+/// its first `-`) and by policy; then a row per scenario and VM, a column per policy, each
+/// entry real / simulated, **x** where they disagree, t/o after a real median with runs
+/// stopped at their timeout, - where the policy cannot run the scenario.
+fn markdown(rows: &[Row], policies: &[PolicyKind]) -> String {
+    let agree = rows.iter().filter(|row| row.agrees).count();
+    let spread = rows.iter().filter(|row| !row.agrees && row.within_runs).count();
+    let errors: Vec<f64> = rows.iter().filter_map(|row| row.error).collect();
+    let median_error = if errors.is_empty() { 0.0 } else { crate::bench::Summary::of(errors).median };
+    let tally = |key: &dyn Fn(&Row) -> String| {
+        let mut groups: Vec<(String, usize, usize)> = Vec::new();
+        for row in rows {
+            let name = key(row);
+            let at = groups.iter().position(|(group, ..)| *group == name).unwrap_or_else(|| {
+                groups.push((name, 0, 0));
+                groups.len() - 1
+            });
+            groups[at].1 += usize::from(row.agrees);
+            groups[at].2 += 1;
+        }
+        // Best agreement first (ties: first seen first).
+        groups.sort_by(|a, b| (b.1 * a.2).cmp(&(a.1 * b.2)));
+        groups.iter().map(|(name, agree, all)| format!("{name} {agree} of {all}")).collect::<Vec<_>>().join(", ")
+    };
+    let workload = |row: &Row| row.real.scenario.split('-').next().unwrap_or_default().to_owned();
+    let policy = |row: &Row| format!("`{}`", row.real.policy);
+    let mut text = format!(
+        "{agree} of {} agree, median error {:.1}%. {spread} of the {} others lie within the range of their real \
+         runs. By workload: {}. By policy: {}.\n\n",
+        rows.len(),
+        median_error * 100.0,
+        rows.len() - agree,
+        tally(&workload),
+        tally(&policy)
+    );
+    let short = |policy: &PolicyKind| policy.name().trim_start_matches("cosched-").to_owned();
+    let header: Vec<String> = policies.iter().map(short).collect();
+    text += &format!("| scenario | VM | {} |\n|---|---|{}\n", header.join(" | "), "---|".repeat(policies.len()));
+    let mut vms: Vec<(&str, &str)> = Vec::new();
+    for row in rows {
+        let vm = (row.real.scenario.as_str(), row.real.vm.as_str());
+        if !vms.contains(&vm) {
+            vms.push(vm);
+        }
+    }
+    for (scenario, vm) in vms {
+        let entries: Vec<String> = policies
+            .iter()
+            .map(|policy| {
+                let found = rows
+                    .iter()
+                    .find(|row| row.real.scenario == scenario && row.real.vm == vm && row.real.policy == policy.name());
+                let Some(row) = found else { return "-".to_owned() };
+                let timeouts = if row.real.timeouts > 0 { " t/o" } else { "" };
+                let mark = if row.agrees { "" } else { " **x**" };
+                format!("{:.2}{timeouts} / {:.2}{mark}", row.real.median, row.sim.median)
+            })
+            .collect();
+        text += &format!("| {scenario} | {vm} | {} |\n", entries.join(" | "));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +286,39 @@ mod tests {
         assert_eq!(repeatability(&rows, 0.15), (6, 7));
         // Of two others, the median is their mean: 1.0 is 31% off (1.1 + 1.8) / 2.
         assert_eq!(repeatability(&[row(&[1.0, 1.1, 1.8])], 0.15), (0, 3));
+    }
+
+    #[test]
+    fn the_markdown_tallies_agreement_and_lays_policies_out_as_columns() {
+        let cell = |scenario: &str, vm: &str, policy: PolicyKind, median: f64, timeouts: usize| Cell {
+            scenario: scenario.to_owned(),
+            vm: vm.to_owned(),
+            policy: policy.name().to_owned(),
+            ratios: vec![median],
+            timeouts,
+            median,
+        };
+        let pair = |scenario, vm, policy, real, sim, timeouts| Row {
+            real: cell(scenario, vm, policy, real, timeouts),
+            sim: cell(scenario, vm, policy, sim, 0),
+            error: relative_error(sim, real),
+            agrees: agree(sim, real, 0.15),
+            within_runs: false,
+        };
+        let rows = [
+            pair("locks-2x-pv", "a", PolicyKind::Credit, 1.0, 0.9, 0),
+            pair("locks-2x-pv", "a", PolicyKind::CoschedRelaxed, 0.5, 1.0, 1),
+            pair("nbody-3x-spin", "wide", PolicyKind::Credit, 0.8, 0.8, 0),
+        ];
+        let text = markdown(&rows, &[PolicyKind::Credit, PolicyKind::CoschedStrict, PolicyKind::CoschedRelaxed]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "2 of 3 agree, median error 10.0%. 0 of the 1 others lie within the range of their real runs. By \
+             workload: nbody 1 of 1, locks 1 of 2. By policy: `credit` 2 of 2, `cosched-relaxed` 0 of 1."
+        );
+        assert_eq!(lines[2], "| scenario | VM | credit | strict | relaxed |");
+        assert_eq!(lines[4], "| locks-2x-pv | a | 1.00 / 0.90 | - | 0.50 t/o / 1.00 **x** |");
+        assert_eq!(lines[5], "| nbody-3x-spin | wide | 0.80 / 0.80 | - | - |");
     }
 }
