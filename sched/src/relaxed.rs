@@ -37,7 +37,7 @@
 //!   another yield gives the pCPU to the ready VCPU with the least virtual time, if any.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 
 use crate::{Assignment, Event, Ns, Params, Policy, Topology, UNIT_WEIGHT, VcpuId};
 
@@ -59,9 +59,13 @@ pub struct Relaxed {
     /// Per VM: how fast its VCPUs' virtual time runs, VCPUs x `UNIT_WEIGHT` / weight, as a
     /// reduced fraction.
     rate: Vec<(u64, u64)>,
-    /// The runnable VCPUs without a pCPU (co-stopped ones too), by (virtual time, id): only
-    /// running VCPUs' virtual times move, so the order holds until they run.
-    waiting: BTreeSet<(u64, u32)>,
+    /// The runnable VCPUs without a pCPU by (virtual time, id), the ready ones and the
+    /// co-stopped ones apart: only running VCPUs' virtual times move, so the order holds until
+    /// they run. Min-heaps whose entries are left behind as stale when their VCPU leaves
+    /// (runs, blocks, is co-stopped or co-started: see `waits`), dropped when they come to the
+    /// top: a VCPU joins a heap far more often than its least entry is asked for.
+    ready_heap: BinaryHeap<Reverse<(u64, u32)>>,
+    costopped_heap: BinaryHeap<Reverse<(u64, u32)>>,
     /// The VCPUs whose co-stop state changed at the last event.
     costop_changed: Vec<VcpuId>,
     /// Per VM: when its co-stops are checked next, at or before the earliest time one could
@@ -105,7 +109,8 @@ impl Relaxed {
                 .iter()
                 .map(|vm| reduced(u64::from(vm.vcpus) * UNIT_WEIGHT, u64::from(vm.weight.max(1))))
                 .collect(),
-            waiting: BTreeSet::new(),
+            ready_heap: BinaryHeap::new(),
+            costopped_heap: BinaryHeap::new(),
             costop_changed: Vec::new(),
             due: vec![Ns::MAX; topology.vms.len()],
             dues: BinaryHeap::new(),
@@ -154,19 +159,54 @@ impl Relaxed {
         if denominator == 1 { ns * numerator } else { ns * numerator / denominator }
     }
 
-    fn key(&self, vcpu: VcpuId) -> (u64, u32) {
-        (self.vtime[vcpu.index()], vcpu.0)
-    }
-
-    /// Runnable, not co-stopped, and without a pCPU (in `waiting`, not co-stopped).
+    /// Runnable, not co-stopped, and without a pCPU.
     fn ready(&self, vcpu: VcpuId) -> bool {
         let v = vcpu.index();
         self.runnable[v] && !self.costopped[v] && self.assignment.pcpu_of(vcpu).is_none()
     }
 
+    /// Whether heap entry `(vtime, vcpu)` of the ready heap (`costopped` false) or the
+    /// co-stopped one stands for a VCPU waiting there now.
+    fn waits(&self, (vtime, vcpu): (u64, u32), costopped: bool) -> bool {
+        let v = vcpu as usize;
+        self.runnable[v]
+            && self.costopped[v] == costopped
+            && self.vtime[v] == vtime
+            && self.assignment.pcpu_of(VcpuId(vcpu)).is_none()
+    }
+
+    fn heap(&mut self, costopped: bool) -> &mut BinaryHeap<Reverse<(u64, u32)>> {
+        if costopped { &mut self.costopped_heap } else { &mut self.ready_heap }
+    }
+
+    /// Enters runnable `vcpu`, just left without a pCPU or co-stopped or co-started, in the
+    /// heap of its state.
+    fn enqueue(&mut self, vcpu: VcpuId) {
+        let costopped = self.costopped[vcpu.index()];
+        let entry = Reverse((self.vtime[vcpu.index()], vcpu.0));
+        self.heap(costopped).push(entry);
+        // Stale entries buried under a long-waiting VCPU's are cleared out now and then.
+        if self.heap(costopped).len() > 4 * self.runnable.len() + 64 {
+            let mut heap = std::mem::take(self.heap(costopped));
+            heap.retain(|&Reverse(entry)| self.waits(entry, costopped));
+            *self.heap(costopped) = heap;
+        }
+    }
+
+    /// The least (virtual time, id) of the ready VCPUs or of the co-stopped waiting ones.
+    fn least(&mut self, costopped: bool) -> Option<(u64, u32)> {
+        while let Some(&Reverse(entry)) = self.heap(costopped).peek() {
+            if self.waits(entry, costopped) {
+                return Some(entry);
+            }
+            self.heap(costopped).pop();
+        }
+        None
+    }
+
     /// The ready VCPU of least virtual time (ties by id).
-    fn least_ready(&self) -> Option<VcpuId> {
-        self.waiting.iter().map(|&(_, v)| VcpuId(v)).find(|v| !self.costopped[v.index()])
+    fn least_ready(&mut self) -> Option<VcpuId> {
+        self.least(false).map(|(_, v)| VcpuId(v))
     }
 
     /// The VCPU on `pcpu` stops running: its virtual time and progress are brought up to
@@ -177,7 +217,7 @@ impl Relaxed {
         self.progress[vcpu.index()] = self.progress_now(vcpu);
         self.assignment.take(pcpu);
         if self.runnable[vcpu.index()] {
-            self.waiting.insert(self.key(vcpu));
+            self.enqueue(vcpu);
         }
         self.to_refresh.push(self.topology.vm_of(vcpu));
     }
@@ -186,7 +226,6 @@ impl Relaxed {
     fn put(&mut self, pcpu: usize, vcpu: Option<VcpuId>) {
         self.take_off(pcpu);
         if let Some(new) = vcpu {
-            self.waiting.remove(&self.key(new));
             self.assignment.set(pcpu, Some(new));
             self.since[pcpu] = self.now;
             self.to_refresh.push(self.topology.vm_of(new));
@@ -227,6 +266,9 @@ impl Relaxed {
         if self.costopped[vcpu.index()] != costopped {
             self.costopped[vcpu.index()] = costopped;
             self.costop_changed.push(vcpu);
+            if self.runnable[vcpu.index()] && self.assignment.pcpu_of(vcpu).is_none() {
+                self.enqueue(vcpu);
+            }
         }
     }
 
@@ -234,8 +276,9 @@ impl Relaxed {
     /// VCPU wakes: between wakes that least time can only grow (virtual times grow and the
     /// runnable set only shrinks), so it is greatest just then.
     fn raise_floor(&mut self) {
+        let waiting = [self.least(false), self.least(true)].into_iter().flatten().map(|(vtime, _)| vtime);
         let running = self.assignment.iter().flatten().map(|&v| self.vtime_now(v));
-        if let Some(least) = running.chain(self.waiting.first().map(|&(vtime, _)| vtime)).min() {
+        if let Some(least) = running.chain(waiting).min() {
             self.floor = self.floor.max(least);
         }
     }
@@ -251,18 +294,16 @@ impl Relaxed {
         let lag = self.virtual_ns(vcpu, self.slice);
         self.vtime[vcpu.index()] = self.vtime[vcpu.index()].max(self.floor.saturating_sub(lag));
         self.runnable[vcpu.index()] = true;
-        self.waiting.insert(self.key(vcpu));
+        self.enqueue(vcpu);
     }
 
     /// `vcpu` blocked or went down.
     fn leave(&mut self, vcpu: VcpuId) {
         self.runnable[vcpu.index()] = false;
         self.set_costopped(vcpu, false);
-        match self.assignment.pcpu_of(vcpu) {
-            Some(pcpu) => self.take_off(pcpu),
-            None => {
-                self.waiting.remove(&self.key(vcpu));
-            }
+        // Waiting, it leaves its heap as its entry goes stale.
+        if let Some(pcpu) = self.assignment.pcpu_of(vcpu) {
+            self.take_off(pcpu);
         }
     }
 
@@ -736,6 +777,29 @@ mod tests {
         // c comes online level with a.
         policy.handle(4 * MS, Event::Wake(c));
         assert_eq!((policy.skew(a), policy.skew(c)), (0, 0));
+    }
+
+    #[test]
+    fn stale_waiting_entries_stay_bounded_under_a_storm_of_directed_yields() {
+        // Two siblings hand one pCPU back and forth, each yield leaving an entry behind in
+        // the ready heap above the third VCPU's, which waits for the slice end.
+        let topology = topology(1, &[(2, 256), (1, 256)]);
+        let mut policy = Relaxed::new(&params(), &topology);
+        let (x, y, z) = (VcpuId(0), VcpuId(1), VcpuId(2));
+        for vcpu in [x, y, z] {
+            policy.handle(0, Event::Wake(vcpu));
+        }
+        for step in 1..=2_000 {
+            let running = policy.assignment()[0].expect("a busy pCPU");
+            assert_ne!(running, z, "z ran before the slice end");
+            let sibling = if running == x { y } else { x };
+            policy.handle(step * 1_000, Event::Yield { vcpu: running, to: Some(sibling) });
+            assert_eq!(policy.assignment()[0], Some(sibling));
+            assert!(policy.ready_heap.len() <= 4 * 3 + 64 + 1, "{} entries", policy.ready_heap.len());
+        }
+        // z, with the least virtual time, takes the pCPU at the slice end.
+        policy.handle(SLICE, Event::Tick);
+        assert_eq!(policy.assignment()[0], Some(z));
     }
 
     #[test]
