@@ -112,6 +112,8 @@ pub(super) struct Guest {
     queues: Vec<Fifo>,
     /// VCPUs the guest keeps online.
     pub(super) grant: u32,
+    /// Which of its VCPUs run guest code now, bit by VCPU index (a VM has at most 64).
+    pub(super) running: u64,
     /// When the grant last changed, until the VCPUs have followed.
     grant_changed: Option<Ns>,
     /// A vcpu_up is on its way.
@@ -152,6 +154,7 @@ impl Guest {
             opened_at: 0,
             queues,
             grant: plan.vcpus,
+            running: 0,
             grant_changed: None,
             growing: false,
             ops: 0,
@@ -509,6 +512,9 @@ impl Sim {
                         guest.threads[next].batch = most.min(ops - guest.threads[next].ops);
                     }
                     match self.states[x] {
+                        // Waiters looking at the ticket's owner see it preempted at their
+                        // next check, as when a running owner is preempted.
+                        State::Runnable if self.preempted_now(x) => self.preempted(x),
                         State::Runnable => self.poke(x, 0),
                         State::Blocked => {
                             self.guests[vm].stats.kicks += 1;
@@ -695,14 +701,19 @@ impl Sim {
     pub(super) fn preempted(&mut self, x: usize) {
         let vm = self.vcpus[x].vm;
         let guest = &self.guests[vm];
-        if guest.pv.is_none() {
-            return;
-        }
-        for y in guest.first..guest.first + guest.vcpus as usize {
-            if y != x
-                && self.vcpus[y].pcpu.is_some()
-                && matches!(self.vcpus[y].activity, Activity::LockWait { .. } | Activity::BarrierWait { .. })
-            {
+        let Some((yield_after, _)) = guest.pv else { return };
+        // A lock waiter still spinning before its first look looks then anyway.
+        let looking = self.now + PV_CHECK;
+        let (first, mut running) = (guest.first, guest.running & !(1 << self.vcpus[x].index));
+        while running != 0 {
+            let y = first + running.trailing_zeros() as usize;
+            running &= running - 1;
+            let notices = match self.vcpus[y].activity {
+                Activity::LockWait { since } => since + yield_after <= looking,
+                Activity::BarrierWait { .. } => true,
+                _ => false,
+            };
+            if notices {
                 self.poke(y, PV_CHECK);
             }
         }

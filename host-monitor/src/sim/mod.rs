@@ -422,6 +422,7 @@ impl Sim {
         self.pcpus[p].running = Some(v);
         let vcpu = &mut self.vcpus[v];
         vcpu.pcpu = Some(p);
+        self.guests[vcpu.vm].running |= 1 << vcpu.index;
         vcpu.mark = self.now;
         vcpu.epoch = vcpu.epoch.wrapping_add(1);
         self.recategorize(v);
@@ -435,6 +436,7 @@ impl Sim {
         self.vcpus[v].pcpu = None;
         self.vcpus[v].epoch = self.vcpus[v].epoch.wrapping_add(1);
         self.pcpus[p].running = None;
+        self.guests[self.vcpus[v].vm].running &= !(1 << self.vcpus[v].index);
         if let Some(trace) = &mut self.trace {
             // Still in `Run` since it started: `since` is when it did.
             let start_ns = self.vcpus[v].since;
