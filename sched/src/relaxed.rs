@@ -159,20 +159,21 @@ impl Relaxed {
         if denominator == 1 { ns * numerator } else { ns * numerator / denominator }
     }
 
-    /// Runnable, not co-stopped, and without a pCPU.
+    /// Runnable and without a pCPU.
+    fn waiting(&self, vcpu: VcpuId) -> bool {
+        self.runnable[vcpu.index()] && self.assignment.pcpu_of(vcpu).is_none()
+    }
+
+    /// Waiting and not co-stopped.
     fn ready(&self, vcpu: VcpuId) -> bool {
-        let v = vcpu.index();
-        self.runnable[v] && !self.costopped[v] && self.assignment.pcpu_of(vcpu).is_none()
+        self.waiting(vcpu) && !self.costopped[vcpu.index()]
     }
 
     /// Whether heap entry `(vtime, vcpu)` of the ready heap (`costopped` false) or the
     /// co-stopped one stands for a VCPU waiting there now.
     fn waits(&self, (vtime, vcpu): (u64, u32), costopped: bool) -> bool {
         let v = vcpu as usize;
-        self.runnable[v]
-            && self.costopped[v] == costopped
-            && self.vtime[v] == vtime
-            && self.assignment.pcpu_of(VcpuId(vcpu)).is_none()
+        self.waiting(VcpuId(vcpu)) && self.costopped[v] == costopped && self.vtime[v] == vtime
     }
 
     fn heap(&mut self, costopped: bool) -> &mut BinaryHeap<Reverse<(u64, u32)>> {
@@ -266,7 +267,7 @@ impl Relaxed {
         if self.costopped[vcpu.index()] != costopped {
             self.costopped[vcpu.index()] = costopped;
             self.costop_changed.push(vcpu);
-            if self.runnable[vcpu.index()] && self.assignment.pcpu_of(vcpu).is_none() {
+            if self.waiting(vcpu) {
                 self.enqueue(vcpu);
             }
         }
