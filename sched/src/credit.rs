@@ -42,9 +42,8 @@
 //! priority, and its pCPU picks again.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
 
-use crate::{Assignment, Event, Ns, Params, Policy, Topology, VcpuId};
+use crate::{Assignment, Event, Ns, Params, Policy, SliceEnds, Topology, VcpuId};
 
 /// Lowest first, so that the derived order ranks them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -113,9 +112,8 @@ pub struct Credit {
     vcpus: Vec<Vcpu>,
     vms: Vec<Vm>,
     assignment: Assignment,
-    /// When each pCPU's running VCPU's slice ends; and the running pCPUs by (slice end, pCPU).
-    slice_end: Vec<Ns>,
-    slice_ends: BTreeSet<(Ns, usize)>,
+    /// When each busy pCPU's running VCPU's slice ends.
+    slice_ends: SliceEnds,
     /// Each pCPU's waiting VCPUs, by priority, FIFO within one (a yield bends this).
     queues: Vec<Vec<VcpuId>>,
     /// Each pCPU's queue's offer to the others: the priority a pCPU stealing from it gets
@@ -160,8 +158,7 @@ impl Credit {
             vcpus,
             vms,
             assignment: Assignment::new(topology),
-            slice_end: vec![0; pcpus],
-            slice_ends: BTreeSet::new(),
+            slice_ends: SliceEnds::new(pcpus),
             queues: vec![Vec::new(); pcpus],
             offers: vec![None; pcpus],
             offering: [0; 3],
@@ -304,13 +301,7 @@ impl Credit {
     /// Requeues the VCPUs whose slice is over and picks again on their pCPUs, lowest pCPU
     /// first.
     fn end_slices(&mut self, now: Ns) {
-        if self.slice_ends.first().is_none_or(|&(end, _)| end > now) {
-            return;
-        }
-        let mut over: Vec<usize> =
-            self.slice_ends.iter().take_while(|&&(end, _)| end <= now).map(|&(_, p)| p).collect();
-        over.sort_unstable();
-        for pcpu in over {
+        for pcpu in self.slice_ends.over(now) {
             self.preempt(pcpu, false, now);
             self.reschedule(pcpu, now);
         }
@@ -371,15 +362,15 @@ impl Credit {
     fn run(&mut self, pcpu: usize, vcpu: VcpuId, now: Ns) {
         let state = &mut self.vcpus[vcpu.index()];
         state.home = Some(pcpu);
-        self.slice_end[pcpu] = now + if state.boosted { self.slice.min(self.accounting) } else { self.slice };
-        self.slice_ends.insert((self.slice_end[pcpu], pcpu));
+        let slice = if state.boosted { self.slice.min(self.accounting) } else { self.slice };
+        self.slice_ends.set(pcpu, now + slice);
         self.assignment.set(pcpu, Some(vcpu));
         self.charged_since[pcpu] = now;
     }
 
     /// Takes `pcpu`'s VCPU off it.
     fn vacate(&mut self, pcpu: usize) -> Option<VcpuId> {
-        self.slice_ends.remove(&(self.slice_end[pcpu], pcpu));
+        self.slice_ends.clear(pcpu);
         self.assignment.take(pcpu)
     }
 
@@ -550,17 +541,16 @@ impl Policy for Credit {
 
     fn next_tick(&self) -> Option<Ns> {
         let running = || self.assignment.iter().flatten();
-        if self.slice_ends.is_empty() && self.queues.iter().all(Vec::is_empty) {
+        if self.slice_ends.earliest().is_none() && self.queues.iter().all(Vec::is_empty) {
             return None;
         }
-        let slice_ends = self.slice_ends.first().map(|&(end, _)| end);
         let capped_vms = self.vms.iter().enumerate().filter(|_| self.capped);
         let caps_reached = capped_vms.filter_map(|(vm, state)| {
             let budget = state.budget.filter(|_| !state.parked)?;
             let width = running().filter(|&&vcpu| self.vcpu(vcpu).vm == vm).count() as u64;
             (width > 0).then(|| self.charged_at + (budget - state.used).div_ceil(width))
         });
-        slice_ends.into_iter().chain(caps_reached).chain([self.next_accounting]).min()
+        self.slice_ends.earliest().into_iter().chain(caps_reached).chain([self.next_accounting]).min()
     }
 }
 

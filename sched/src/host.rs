@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::{Assignment, Event, MS, Ns, Params, Policy, Topology, VcpuId};
+use crate::{Assignment, Event, MS, Ns, Params, Policy, SliceEnds, Topology, VcpuId};
 
 /// Linux's base slice on machines with 8 or more CPUs (`sched_base_slice` scaled by CPUs).
 const SLICE: Ns = 3 * MS;
@@ -24,8 +24,6 @@ const WAKEUP_GRANULARITY: Ns = MS;
 pub struct Host {
     now: Ns,
     assignment: Assignment,
-    /// When each pCPU's task's slice ends.
-    slice_end: Vec<Ns>,
     /// When each pCPU's task started running there.
     since: Vec<Ns>,
     runnable: Vec<bool>,
@@ -35,8 +33,8 @@ pub struct Host {
     waiting: BTreeSet<(Ns, u32)>,
     /// The running tasks, by (vruntime minus start time, id): by (vruntime, id) at any time.
     running: BTreeSet<(i64, u32)>,
-    /// The busy pCPUs, by (slice end, pCPU).
-    slices: BTreeSet<(Ns, usize)>,
+    /// When each busy pCPU's task's slice ends.
+    slices: SliceEnds,
 }
 
 impl Host {
@@ -46,13 +44,12 @@ impl Host {
         Host {
             now: 0,
             assignment: Assignment::new(topology),
-            slice_end: vec![0; pcpus],
             since: vec![0; pcpus],
             runnable: vec![false; vcpus],
             vruntime: vec![0; vcpus],
             waiting: BTreeSet::new(),
             running: BTreeSet::new(),
-            slices: BTreeSet::new(),
+            slices: SliceEnds::new(pcpus),
         }
     }
 
@@ -90,7 +87,7 @@ impl Host {
         let Some(vcpu) = self.assignment.take(pcpu) else { return };
         self.running.remove(&self.running_key(vcpu, pcpu));
         self.vruntime[vcpu.index()] += self.now - self.since[pcpu];
-        self.slices.remove(&(self.slice_end[pcpu], pcpu));
+        self.slices.clear(pcpu);
         if self.runnable[vcpu.index()] {
             self.waiting.insert((self.vruntime[vcpu.index()], vcpu.0));
         }
@@ -103,13 +100,7 @@ impl Host {
         self.assignment.set(pcpu, Some(vcpu));
         self.since[pcpu] = self.now;
         self.running.insert(self.running_key(vcpu, pcpu));
-        self.set_slice_end(pcpu, self.now + SLICE);
-    }
-
-    fn set_slice_end(&mut self, pcpu: usize, end: Ns) {
-        self.slices.remove(&(self.slice_end[pcpu], pcpu));
-        self.slice_end[pcpu] = end;
-        self.slices.insert((end, pcpu));
+        self.slices.set(pcpu, self.now + SLICE);
     }
 
     /// Gives idle pCPUs the waiting tasks with the least vruntime.
@@ -167,14 +158,11 @@ impl Host {
     /// Ends the slices that are over, pCPU by pCPU in order: each such pCPU runs the
     /// least-vruntime task next, if that one is behind its own.
     fn rotate(&mut self) {
-        let mut over: Vec<usize> =
-            self.slices.iter().take_while(|&&(end, _)| end <= self.now).map(|&(_, p)| p).collect();
-        over.sort_unstable();
-        for pcpu in over {
+        for pcpu in self.slices.over(self.now) {
             let current = self.assignment[pcpu].expect("a busy pCPU");
             match self.least_waiting() {
                 Some(next) if self.vruntime[next.index()] < self.vruntime_now(current) => self.put(pcpu, next),
-                _ => self.set_slice_end(pcpu, self.now + SLICE),
+                _ => self.slices.set(pcpu, self.now + SLICE),
             }
         }
     }
@@ -205,7 +193,7 @@ impl Policy for Host {
         if self.waiting.is_empty() {
             return None;
         }
-        self.slices.first().map(|&(end, _)| end)
+        self.slices.earliest()
     }
 
     fn gates(&self) -> bool {

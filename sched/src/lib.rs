@@ -20,6 +20,7 @@ pub mod host;
 pub mod relaxed;
 pub mod strict;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
@@ -226,6 +227,47 @@ impl std::ops::Deref for Assignment {
     }
 }
 
+/// When each busy pCPU's slice ends, kept in order too, so that the earliest and the ones
+/// that are over are found without a scan.
+#[derive(Clone, Debug)]
+pub struct SliceEnds {
+    ends: Vec<Option<Ns>>,
+    order: BTreeSet<(Ns, usize)>,
+}
+
+impl SliceEnds {
+    /// No slice on any of `pcpus`.
+    pub fn new(pcpus: usize) -> SliceEnds {
+        SliceEnds { ends: vec![None; pcpus], order: BTreeSet::new() }
+    }
+
+    /// `pcpu`'s slice ends at `end` (replacing any it had).
+    pub fn set(&mut self, pcpu: usize, end: Ns) {
+        self.clear(pcpu);
+        self.ends[pcpu] = Some(end);
+        self.order.insert((end, pcpu));
+    }
+
+    /// `pcpu` has no slice any more.
+    pub fn clear(&mut self, pcpu: usize) {
+        if let Some(end) = self.ends[pcpu].take() {
+            self.order.remove(&(end, pcpu));
+        }
+    }
+
+    /// The earliest slice end.
+    pub fn earliest(&self) -> Option<Ns> {
+        self.order.first().map(|&(end, _)| end)
+    }
+
+    /// The pCPUs whose slice is over at `now`, lowest first.
+    pub fn over(&self, now: Ns) -> Vec<usize> {
+        let mut over: Vec<usize> = self.order.iter().take_while(|&&(end, _)| end <= now).map(|&(_, p)| p).collect();
+        over.sort_unstable();
+        over
+    }
+}
+
 /// What happened to a VCPU, or that time passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -421,6 +463,23 @@ mod tests {
         assignment.set(2, None);
         assignment.drain_written(&mut written);
         assert_eq!(written, [2]);
+    }
+
+    #[test]
+    fn slice_ends_give_the_earliest_and_the_pcpus_over_lowest_first() {
+        let mut ends = SliceEnds::new(4);
+        assert_eq!(ends.earliest(), None);
+        ends.set(3, 10);
+        ends.set(1, 10);
+        ends.set(2, 30);
+        ends.set(0, 50);
+        ends.set(0, 5);
+        assert_eq!(ends.earliest(), Some(5));
+        assert_eq!(ends.over(10), [0, 1, 3]);
+        ends.clear(0);
+        ends.clear(0);
+        assert_eq!((ends.earliest(), ends.over(9)), (Some(10), vec![]));
+        assert_eq!(ends.over(30), [1, 2, 3]);
     }
 
     #[test]
