@@ -145,6 +145,27 @@ fn simulate(selection: &Selection, scenarios: &[Scenario], seeds: u64) -> anyhow
     Ok(results)
 }
 
+/// How a comparison came out as a whole.
+struct Totals {
+    agree: usize,
+    /// Disagreeing, but within the real runs' range.
+    spread: usize,
+    median_error: f64,
+    largest_error: f64,
+}
+
+impl Totals {
+    fn of(rows: &[Row]) -> Totals {
+        let errors: Vec<f64> = rows.iter().filter_map(|row| row.error).collect();
+        Totals {
+            agree: rows.iter().filter(|row| row.agrees).count(),
+            spread: rows.iter().filter(|row| !row.agrees && row.within_runs).count(),
+            largest_error: errors.iter().copied().fold(0.0, f64::max),
+            median_error: if errors.is_empty() { 0.0 } else { crate::bench::Summary::of(errors).median },
+        }
+    }
+}
+
 fn print_table(rows: &[Row], tolerance: f64) {
     println!("each VM's result / ideal, real (median of runs) and simulated (median of seeds):");
     println!("{:<24} {:<7} {:<16} {:>14} {:>8} {:>8}", "scenario", "VM", "policy", "real", "sim", "error");
@@ -165,18 +186,15 @@ fn print_table(rows: &[Row], tolerance: f64) {
             row.real.scenario, row.real.vm, row.real.policy, real, row.sim.median, error
         );
     }
-    let agree = rows.iter().filter(|row| row.agrees).count();
-    let spread = rows.iter().filter(|row| !row.agrees && row.within_runs).count();
+    let Totals { agree, spread, median_error, largest_error } = Totals::of(rows);
     let collapsed = rows.iter().filter(|row| row.real.median < COLLAPSED && row.sim.median < COLLAPSED).count();
-    let errors: Vec<f64> = rows.iter().filter_map(|row| row.error).collect();
-    let median_error = if errors.is_empty() { 0.0 } else { crate::bench::Summary::of(errors.clone()).median };
     println!(
         "{agree} of {} within {:.0}% ({collapsed} of them collapsed below {COLLAPSED} in both), {spread} more within the \
          range of their real runs; median error {:.1}%, largest {:.1}%",
         rows.len(),
         tolerance * 100.0,
         median_error * 100.0,
-        errors.iter().copied().fold(0.0, f64::max) * 100.0
+        largest_error * 100.0
     );
     let (repeated, runs) = repeatability(rows, tolerance);
     if runs > 0 {
@@ -196,10 +214,7 @@ fn print_table(rows: &[Row], tolerance: f64) {
 /// entry real / simulated, **x** where they disagree, t/o after a real median with runs
 /// stopped at their timeout, - where the policy cannot run the scenario.
 fn markdown(rows: &[Row], policies: &[PolicyKind]) -> String {
-    let agree = rows.iter().filter(|row| row.agrees).count();
-    let spread = rows.iter().filter(|row| !row.agrees && row.within_runs).count();
-    let errors: Vec<f64> = rows.iter().filter_map(|row| row.error).collect();
-    let median_error = if errors.is_empty() { 0.0 } else { crate::bench::Summary::of(errors).median };
+    let Totals { agree, spread, median_error, .. } = Totals::of(rows);
     let tally = |key: &dyn Fn(&Row) -> String| {
         let mut groups: Vec<(String, usize, usize)> = Vec::new();
         for row in rows {
