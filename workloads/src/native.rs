@@ -5,6 +5,7 @@
 use std::cell::Cell;
 use std::num::NonZero;
 use std::ops::{Deref, DerefMut};
+use std::string::String;
 use std::sync::{PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
@@ -12,6 +13,7 @@ use std::vec::Vec;
 use crate::record::LockStats;
 use crate::runtime::{BarrierKind, Lock, Runtime};
 use crate::sync::{KindedBarrier, TicketLock, WaitSet, tsc};
+use crate::{Error, Record};
 
 /// How long a blocking barrier's waiter spins before it blocks.
 const BARRIER_SPIN: Duration = Duration::from_micros(50);
@@ -31,6 +33,13 @@ impl NativeRuntime {
         let cpus = cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZero::get));
         NativeRuntime { cpus, start: Instant::now() }
     }
+}
+
+/// Runs `workload` with `key=value` arguments `args` on host threads, counting `cpus` CPUs
+/// as its own (all host CPUs if `None`): the bare-metal baseline.
+pub fn run(workload: &str, cpus: Option<usize>, args: &[String]) -> Result<Record, Error> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::run(&NativeRuntime::new(cpus), workload, &args)
 }
 
 /// A `std::sync::Mutex` that counts acquisitions, contended ones and cycles waited.

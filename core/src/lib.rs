@@ -1,0 +1,22 @@
+//! tandem's core, the floor that both the KVM side and the simulator stand on: no KVM, no
+//! threads, no command line.
+//!
+//! - [`scenario`]: which pCPUs, which policy, which VMs running what (and its file format);
+//! - [`experiment`]: experiments as values: the comparison's matrix and the sweep's grid;
+//! - [`guest`]: what to boot, checked alike for `tandem run` and scenario files;
+//! - [`results`]: each VM's result against its ideal, utilization and fairness, for real and
+//!   simulated runs alike, and the reference rates behind the ideals;
+//! - [`metrics`]: what runs report (VCPU times in esxtop's terms, the dispatcher's figures,
+//!   the trace);
+//! - [`stats`]: medians, percentiles, Jain's index;
+//! - [`sim_config`]: what a simulation is told beyond the scenario (its costs);
+//! - [`host`]: the host CPUs a scenario may use.
+
+pub mod experiment;
+pub mod guest;
+pub mod host;
+pub mod metrics;
+pub mod results;
+pub mod scenario;
+pub mod sim_config;
+pub mod stats;

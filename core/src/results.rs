@@ -1,0 +1,188 @@
+//! A scenario's results, real or simulated, computed once for both: each VM's result set
+//! against its ideal, pCPU utilization and fairness.
+//!
+//! The ideal comes from a reference run of the same VM alone at 1x: `min(vcpus, pcpus)`
+//! VCPUs on as many pCPUs under `credit` (see [`Scenario::reference_of`]). A VM whose fair
+//! share is `s` pCPUs should then do its work at `reference rate * s / min(vcpus, pcpus)`.
+
+use std::collections::HashMap;
+
+use sched::VcpuId;
+use serde::Serialize;
+use workloads::Record;
+
+use crate::metrics::{DispatchReport, VcpuTimes};
+use crate::scenario::{Scenario, VmPlan};
+use crate::stats::jain;
+
+/// What a scenario run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub policy: String,
+    /// Whether it comes from the simulator rather than real VMs.
+    pub simulated: bool,
+    /// Host CPU of each pCPU.
+    pub cores: Vec<usize>,
+    /// From the first VM's start to the last VM's end.
+    pub elapsed_s: f64,
+    /// VCPU run time over pCPU time available.
+    pub utilization: f64,
+    /// Jain's index over the VMs' ratios to their ideal (1 = perfectly even).
+    pub fairness: Option<f64>,
+    pub vms: Vec<VmResult>,
+    pub dispatch: DispatchReport,
+}
+
+/// One VM's part of a [`ScenarioResult`].
+#[derive(Debug, Clone, Serialize)]
+pub struct VmResult {
+    pub name: String,
+    pub workload: String,
+    pub locks: String,
+    pub vcpus: u32,
+    pub weight: u32,
+    pub cap: Option<u32>,
+    /// How it ended, in words.
+    pub outcome: String,
+    /// Whether the guest exited with 0 (its self-checks passed).
+    pub ok: bool,
+    /// Whether it was stopped at the scenario's timeout.
+    pub timed_out: bool,
+    pub elapsed_s: f64,
+    /// The workload's result record.
+    pub record: Option<Record>,
+    /// Its fair share of the pCPUs, in pCPUs.
+    pub fair_share: f64,
+    /// Ops per second it should reach at its fair share, if a reference was measured.
+    pub ideal_rate: Option<f64>,
+    /// Its rate over the ideal.
+    pub ratio: Option<f64>,
+    /// Per VCPU: RUN, RDY, CSTP and WAIT time.
+    pub vcpu_times: Vec<VcpuTimes>,
+}
+
+impl VmResult {
+    /// Ops per second the workload reported.
+    pub fn rate(&self) -> Option<f64> {
+        self.record.as_ref().map(Record::rate)
+    }
+}
+
+/// What one VM did, before it is set against its ideal.
+#[derive(Debug, Clone)]
+pub struct VmRun {
+    /// How it ended, in words.
+    pub outcome: String,
+    /// Whether it ended well (a real guest exited with 0).
+    pub ok: bool,
+    pub timed_out: bool,
+    pub elapsed_s: f64,
+    pub record: Option<Record>,
+    pub vcpu_times: Vec<VcpuTimes>,
+}
+
+/// How a scenario's VMs ran together, before their results are set against their ideals.
+#[derive(Debug, Clone)]
+pub struct ScenarioRun {
+    /// Per VM of the scenario, in its order.
+    pub vms: Vec<VmRun>,
+    /// From the first VM's start to the last VM's end, in nanoseconds.
+    pub elapsed_ns: u64,
+    pub simulated: bool,
+    pub dispatch: DispatchReport,
+}
+
+impl ScenarioResult {
+    /// The result of `run`, a run of `scenario`: with `references`, each VM against its
+    /// ideal, and if every VM has one, Jain's index over their ratios.
+    pub fn of(scenario: &Scenario, run: ScenarioRun, references: Option<&References>) -> ScenarioResult {
+        let topology = scenario.topology();
+        let pcpus = scenario.cores.len() as u32;
+        let vms: Vec<VmResult> = scenario
+            .vms
+            .iter()
+            .zip(run.vms)
+            .zip(topology.fair_shares())
+            .map(|((plan, vm), share)| {
+                let width = plan.vcpus.min(pcpus);
+                let ideal_rate =
+                    references.and_then(|r| r.rate(scenario, plan)).map(|rate| rate * share / f64::from(width));
+                let ratio = match (&vm.record, ideal_rate) {
+                    (Some(record), Some(ideal)) => Some(record.rate() / ideal),
+                    _ => None,
+                };
+                VmResult {
+                    name: plan.name.clone(),
+                    workload: plan.workload.clone(),
+                    locks: plan.locks.clone(),
+                    vcpus: plan.vcpus,
+                    weight: plan.weight,
+                    cap: plan.cap,
+                    outcome: vm.outcome,
+                    ok: vm.ok,
+                    timed_out: vm.timed_out,
+                    elapsed_s: vm.elapsed_s,
+                    record: vm.record,
+                    fair_share: share,
+                    ideal_rate,
+                    ratio,
+                    vcpu_times: vm.vcpu_times,
+                }
+            })
+            .collect();
+        let run_ns: u64 = vms.iter().flat_map(|vm| &vm.vcpu_times).map(|times| times.run_ns).sum();
+        let utilization = run_ns as f64 / (run.elapsed_ns as f64 * scenario.cores.len() as f64).max(1.0);
+        let ratios: Vec<f64> = vms.iter().filter_map(|vm| vm.ratio).collect();
+        let fairness = (ratios.len() == vms.len()).then(|| jain(&ratios));
+        ScenarioResult {
+            scenario: scenario.path.display().to_string(),
+            policy: scenario.policy.name().to_owned(),
+            simulated: run.simulated,
+            cores: scenario.cores.clone(),
+            elapsed_s: run.elapsed_ns as f64 / 1e9,
+            utilization,
+            fairness,
+            vms,
+            dispatch: run.dispatch,
+        }
+    }
+}
+
+/// Reference rates (ops per second at 1x) by what tells reference runs apart
+/// ([`Scenario::reference_key`]), each measured once, on KVM or in the simulator.
+#[derive(Debug, Default)]
+pub struct References {
+    rates: HashMap<String, f64>,
+}
+
+impl References {
+    /// `vm`'s reference rate, if measured.
+    pub fn rate(&self, scenario: &Scenario, vm: &VmPlan) -> Option<f64> {
+        self.rates.get(&scenario.reference_key(vm)).copied()
+    }
+
+    /// Measures `vm`'s reference rate with `measure` (given its reference scenario) unless
+    /// it is known.
+    pub fn measure(
+        &mut self,
+        scenario: &Scenario,
+        vm: &VmPlan,
+        measure: impl FnOnce(&Scenario) -> anyhow::Result<f64>,
+    ) -> anyhow::Result<f64> {
+        let key = scenario.reference_key(vm);
+        if let Some(rate) = self.rates.get(&key) {
+            return Ok(*rate);
+        }
+        let rate = measure(&scenario.reference_of(vm))?;
+        self.rates.insert(key, rate);
+        Ok(rate)
+    }
+}
+
+/// Names a VCPU of `scenario` (by its id over all VMs) as `vm/vcpuN`.
+pub fn vcpu_name(scenario: &Scenario, vcpu: VcpuId) -> String {
+    let topology = scenario.topology();
+    let vm = topology.vm_of(vcpu);
+    format!("{}/vcpu{}", scenario.vms[vm].name, vcpu.0 - topology.vcpu(vm, 0).0)
+}

@@ -1,0 +1,455 @@
+//! Scenario files: TOML read with spans, so that every error names the file, the line and
+//! the key. The format is shown in the parent module's doc.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::bail;
+use sched::{MS, Ns, Params, PolicyKind};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{DEFAULT_WEIGHT, MAX_SIM_PCPUS, Scenario, Target, VmPlan};
+use crate::host::available_cores;
+use crate::sim_config::{Costs, SimConfig};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    pcpus: Spanned<Pcpus>,
+    #[serde(default = "default_timeout")]
+    timeout_s: Spanned<f64>,
+    policy: Spanned<PolicyTable>,
+    vm: Spanned<Vec<Spanned<VmTable>>>,
+    sim: Option<Spanned<SimTable>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimTable {
+    scale: Option<Spanned<i64>>,
+    duration_s: Option<Spanned<f64>>,
+    seed: Option<Spanned<i64>>,
+    costs: Option<Spanned<String>>,
+    exit_us: Option<Spanned<f64>>,
+    kick_us: Option<Spanned<f64>>,
+    up_us: Option<Spanned<f64>>,
+    switch_us: Option<Spanned<f64>>,
+    preempt_us: Option<Spanned<f64>>,
+    timer_us: Option<Spanned<f64>>,
+    host_tick_us: Option<Spanned<f64>>,
+    boot_us: Option<Spanned<f64>>,
+    grain_us: Option<Spanned<f64>>,
+    jitter: Option<Spanned<f64>>,
+}
+
+fn default_timeout() -> Spanned<f64> {
+    Spanned::new(0..0, 600.0)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Pcpus {
+    Count(i64),
+    List(Vec<i64>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyTable {
+    name: Spanned<String>,
+    slice_ms: Option<Spanned<f64>>,
+    accounting_ms: Option<Spanned<f64>>,
+    skew_ms: Option<Spanned<f64>>,
+    tick_ms: Option<Spanned<f64>>,
+    raise_ms: Option<Spanned<f64>>,
+    lower_ms: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmTable {
+    name: Spanned<String>,
+    vcpus: Spanned<i64>,
+    weight: Option<Spanned<i64>>,
+    cap: Option<Spanned<i64>>,
+    workload: Spanned<String>,
+    args: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    locks: Option<Spanned<String>>,
+    mem_mib: Option<Spanned<i64>>,
+    start_delay_ms: Option<Spanned<i64>>,
+}
+
+/// Builds errors that point into the file.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line(&self, span: std::ops::Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn error<T>(&self, span: std::ops::Range<usize>, key: &str, message: impl std::fmt::Display) -> anyhow::Result<T> {
+        if span == (0..0) {
+            bail!("{}: `{key}`: {message}", self.path.display());
+        }
+        bail!("{}:{}: `{key}`: {message}", self.path.display(), self.line(span))
+    }
+}
+
+/// Converts a duration in milliseconds from the file, which must be positive.
+fn millis(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns) -> anyhow::Result<Ns> {
+    match value {
+        None => Ok(default),
+        Some(ms) if *ms.get_ref() > 0.0 && ms.get_ref().is_finite() => Ok((ms.get_ref() * MS as f64) as Ns),
+        Some(ms) => {
+            source.error(ms.span(), key, format!("must be a positive number of milliseconds, not {}", ms.get_ref()))
+        }
+    }
+}
+
+/// Converts a duration in microseconds from the `[sim]` table, which must not be negative.
+fn micros(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns) -> anyhow::Result<Ns> {
+    match value {
+        None => Ok(default),
+        Some(us) if *us.get_ref() >= 0.0 && us.get_ref().is_finite() => Ok((us.get_ref() * 1000.0) as Ns),
+        Some(us) => {
+            source.error(us.span(), key, format!("must be a number of microseconds >= 0, not {}", us.get_ref()))
+        }
+    }
+}
+
+fn parse_sim(source: &Source, table: &SimTable) -> anyhow::Result<SimConfig> {
+    let defaults = SimConfig::default();
+    let scale = match &table.scale {
+        None => defaults.scale,
+        Some(scale) if (1..=1024).contains(scale.get_ref()) => *scale.get_ref() as u32,
+        Some(scale) => return source.error(scale.span(), "sim.scale", "must be 1 to 1024"),
+    };
+    let duration = match &table.duration_s {
+        None => None,
+        Some(d) if *d.get_ref() > 0.0 && *d.get_ref() <= 86_400.0 => Some((d.get_ref() * 1e9) as Ns),
+        Some(d) => return source.error(d.span(), "sim.duration_s", "must be more than 0 and at most 86400 seconds"),
+    };
+    let seed = match &table.seed {
+        None => defaults.seed,
+        Some(seed) if *seed.get_ref() >= 0 => *seed.get_ref() as u64,
+        Some(seed) => return source.error(seed.span(), "sim.seed", "must not be negative"),
+    };
+    let preset = match &table.costs {
+        None => defaults.costs,
+        Some(name) => match Costs::preset(name.get_ref()) {
+            Some(costs) => costs,
+            None => return source.error(name.span(), "sim.costs", "the presets are \"measured\" and \"vmx\""),
+        },
+    };
+    let costs = Costs {
+        exit: micros(source, &table.exit_us, "sim.exit_us", preset.exit)?,
+        kick: micros(source, &table.kick_us, "sim.kick_us", preset.kick)?,
+        up: micros(source, &table.up_us, "sim.up_us", preset.up)?,
+        switch: micros(source, &table.switch_us, "sim.switch_us", preset.switch)?,
+        preempt: micros(source, &table.preempt_us, "sim.preempt_us", preset.preempt)?,
+        timer: micros(source, &table.timer_us, "sim.timer_us", preset.timer)?,
+        host_tick: micros(source, &table.host_tick_us, "sim.host_tick_us", preset.host_tick)?,
+        boot: micros(source, &table.boot_us, "sim.boot_us", preset.boot)?,
+    };
+    let grain = micros(source, &table.grain_us, "sim.grain_us", defaults.grain)?.max(1);
+    let jitter = match &table.jitter {
+        None => defaults.jitter,
+        Some(j) if (0.0..0.5).contains(j.get_ref()) => *j.get_ref(),
+        Some(j) => return source.error(j.span(), "sim.jitter", "must be at least 0 and below 0.5"),
+    };
+    Ok(SimConfig { scale, duration, seed, costs, grain, jitter })
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file to run on this host.
+    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+        Scenario::load_for(path, Target::Host)
+    }
+
+    /// Reads and checks a scenario file for `target`; for the simulator, `[sim] scale` is
+    /// applied.
+    pub fn load_for(path: &Path, target: Target) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("cannot read scenario {}: {error}", path.display()))?;
+        Scenario::parse_for(path, &text, target)
+    }
+
+    /// Parses and checks scenario `text` read from `path`, to run on this host.
+    pub fn parse(path: &Path, text: &str) -> anyhow::Result<Scenario> {
+        Scenario::parse_for(path, text, Target::Host)
+    }
+
+    /// Parses and checks scenario `text` read from `path` for `target`.
+    pub fn parse_for(path: &Path, text: &str, target: Target) -> anyhow::Result<Scenario> {
+        let source = Source { path, text };
+        let file: File = toml::from_str(text).map_err(|error| {
+            let line = error.span().map(|span| format!(":{}", source.line(span))).unwrap_or_default();
+            anyhow::anyhow!("{}{line}: {}", path.display(), error.message())
+        })?;
+
+        let available = match target {
+            Target::Host => available_cores(),
+            Target::Sim => (0..MAX_SIM_PCPUS).collect(),
+        };
+        let cores = match file.pcpus.get_ref() {
+            Pcpus::Count(n) if *n >= 1 && (*n as usize) <= available.len() => available[..*n as usize].to_vec(),
+            Pcpus::Count(n) => {
+                return source.error(
+                    file.pcpus.span(),
+                    "pcpus",
+                    format!("{n} pCPUs asked for; this process may use 1 to {} host CPUs", available.len()),
+                );
+            }
+            Pcpus::List(list) => {
+                let mut cores = Vec::new();
+                for &core in list {
+                    if core < 0 || !available.contains(&(core as usize)) || cores.contains(&(core as usize)) {
+                        return source.error(
+                            file.pcpus.span(),
+                            "pcpus",
+                            format!("host CPU {core} is not usable or listed twice; usable: {available:?}"),
+                        );
+                    }
+                    cores.push(core as usize);
+                }
+                if cores.is_empty() {
+                    return source.error(file.pcpus.span(), "pcpus", "the list of host CPUs is empty");
+                }
+                cores
+            }
+        };
+
+        let policy_table = file.policy.get_ref();
+        let policy = match policy_table.name.get_ref().parse::<PolicyKind>() {
+            Ok(policy) => policy,
+            Err(message) => return source.error(policy_table.name.span(), "policy.name", message),
+        };
+        let defaults = Params::default();
+        let params = Params {
+            slice: millis(&source, &policy_table.slice_ms, "policy.slice_ms", defaults.slice)?,
+            accounting: millis(&source, &policy_table.accounting_ms, "policy.accounting_ms", defaults.accounting)?,
+            skew: millis(&source, &policy_table.skew_ms, "policy.skew_ms", defaults.skew)?,
+            tick: millis(&source, &policy_table.tick_ms, "policy.tick_ms", defaults.tick)?,
+            raise_after: millis(&source, &policy_table.raise_ms, "policy.raise_ms", defaults.raise_after)?,
+            lower_after: millis(&source, &policy_table.lower_ms, "policy.lower_ms", defaults.lower_after)?,
+        };
+
+        let timeout_s = *file.timeout_s.get_ref();
+        if !(timeout_s > 0.0 && timeout_s.is_finite()) {
+            return source.error(file.timeout_s.span(), "timeout_s", "must be a positive number of seconds");
+        }
+
+        if file.vm.get_ref().is_empty() {
+            return source.error(file.vm.span(), "vm", "a scenario needs at least one [[vm]]");
+        }
+        let mut vms: Vec<VmPlan> = Vec::new();
+        for table in file.vm.get_ref() {
+            let vm = parse_vm(&source, table.get_ref())?;
+            if vms.iter().any(|other| other.name == vm.name) {
+                return source.error(table.get_ref().name.span(), "vm.name", format!("two VMs are named {}", vm.name));
+            }
+            vms.push(vm);
+        }
+        let sim = match &file.sim {
+            Some(table) => parse_sim(&source, table.get_ref())?,
+            None => SimConfig::default(),
+        };
+        let mut scenario = Scenario { path: path.to_owned(), cores, policy, params, timeout_s, vms, sim };
+        if target == Target::Sim {
+            scenario = scenario.scaled(scenario.sim.scale);
+            if scenario.cores.len() > MAX_SIM_PCPUS {
+                return source.error(file.pcpus.span(), "pcpus", format!("at most {MAX_SIM_PCPUS} simulated pCPUs"));
+            }
+        }
+        scenario
+            .check_policy_fits()
+            .or_else(|message| source.error(policy_table.name.span(), "policy.name", message))?;
+        Ok(scenario)
+    }
+}
+
+fn parse_vm(source: &Source, table: &VmTable) -> anyhow::Result<VmPlan> {
+    let name = table.name.get_ref().clone();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return source.error(table.name.span(), "vm.name", "use letters, digits, - and _");
+    }
+    let vcpus = *table.vcpus.get_ref();
+    if !(1..=pv_abi::MAX_VCPUS as i64).contains(&vcpus) {
+        return source.error(table.vcpus.span(), "vm.vcpus", format!("a VM has 1 to {} VCPUs", pv_abi::MAX_VCPUS));
+    }
+    let weight = match &table.weight {
+        None => DEFAULT_WEIGHT,
+        Some(weight) if (1..=65535).contains(weight.get_ref()) => *weight.get_ref() as u32,
+        Some(weight) => return source.error(weight.span(), "vm.weight", "must be 1 to 65535"),
+    };
+    let cap = match &table.cap {
+        None => None,
+        Some(cap) if (1..=100 * vcpus).contains(cap.get_ref()) => Some(*cap.get_ref() as u32),
+        Some(cap) => {
+            return source.error(
+                cap.span(),
+                "vm.cap",
+                format!("percent of one pCPU: 1 to {} for this VM", 100 * vcpus),
+            );
+        }
+    };
+    let workload = table.workload.get_ref().clone();
+    if !workloads::WORKLOADS.iter().any(|w| w.name == workload) {
+        let names: Vec<&str> = workloads::WORKLOADS.iter().map(|w| w.name).collect();
+        return source.error(
+            table.workload.span(),
+            "vm.workload",
+            format!("unknown workload `{workload}`; the workloads are {}", names.join(", ")),
+        );
+    }
+    let mut args = Vec::new();
+    let args_span = table.args.as_ref().map_or_else(|| table.workload.span(), Spanned::span);
+    for (key, value) in table.args.iter().flat_map(|args| args.get_ref()) {
+        let value = match value {
+            toml::Value::String(text) => text.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            other => {
+                let kind = other.type_str();
+                return source.error(args_span, "vm.args", format!("{key} is a {kind}; use a string or an integer"));
+            }
+        };
+        args.push(format!("{key}={value}"));
+    }
+    let locks = table.locks.as_ref().map_or_else(|| "spin".to_owned(), |locks| locks.get_ref().clone());
+    args.push(format!("locks={locks}"));
+    let mem_mib = match &table.mem_mib {
+        None => 128,
+        Some(mem) if *mem.get_ref() > 0 => *mem.get_ref() as u64,
+        Some(mem) => return source.error(mem.span(), "vm.mem_mib", "must be positive"),
+    };
+    let start_delay_ms = match &table.start_delay_ms {
+        None => 0,
+        Some(delay) if *delay.get_ref() >= 0 => *delay.get_ref() as u64,
+        Some(delay) => return source.error(delay.span(), "vm.start_delay_ms", "must not be negative"),
+    };
+    let plan = VmPlan { name, vcpus: vcpus as u32, weight, cap, workload, args, locks, mem_mib, start_delay_ms };
+    // The same checks `tandem run` makes: memory size, parameters and their values.
+    if let Err(error) = plan.vm_config(1.0) {
+        let message = format!("{error:#}");
+        let (span, key) = match &table.locks {
+            Some(locks) if message.contains("locks") => (locks.span(), "vm.locks"),
+            _ => (args_span, "vm.args"),
+        };
+        return source.error(span, key, message);
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+pcpus = 1
+timeout_s = 30
+
+[policy]
+name = "cosched-relaxed"
+skew_ms = 2.5
+
+[[vm]]
+name = "a"
+vcpus = 1
+weight = 512
+cap = 50
+workload = "nbody"
+args = { bodies = 64, barrier = "block" }
+
+[[vm]]
+name = "b"
+vcpus = 1
+workload = "cpu"
+start_delay_ms = 10
+"#;
+
+    fn parse(text: &str) -> anyhow::Result<Scenario> {
+        Scenario::parse(Path::new("test.toml"), text)
+    }
+
+    fn error(text: &str) -> String {
+        format!("{:#}", parse(text).expect_err("the scenario should be refused"))
+    }
+
+    #[test]
+    fn a_good_scenario_parses_with_defaults_filled_in() {
+        let scenario = parse(GOOD).unwrap();
+        assert_eq!(scenario.cores.len(), 1);
+        assert_eq!(scenario.policy, PolicyKind::CoschedRelaxed);
+        assert_eq!(scenario.params.skew, 2_500_000);
+        assert_eq!(scenario.params.slice, Params::default().slice);
+        assert_eq!(scenario.timeout_s, 30.0);
+        let a = &scenario.vms[0];
+        assert_eq!((a.vcpus, a.weight, a.cap), (1, 512, Some(50)));
+        assert_eq!(a.args, ["barrier=block", "bodies=64", "locks=spin"]);
+        let b = &scenario.vms[1];
+        assert_eq!((b.weight, b.cap, b.start_delay_ms, b.mem_mib), (DEFAULT_WEIGHT, None, 10, 128));
+        assert_eq!(scenario.topology().nr_vcpus(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_key() {
+        let cases = [
+            (GOOD.replace("weight = 512", "wieght = 512"), "test.toml:12", "unknown field `wieght`"),
+            (GOOD.replace("pcpus = 1", "pcpus = 4096"), "test.toml:2: `pcpus`", "4096 pCPUs"),
+            (GOOD.replace("pcpus = 1", "pcpus = [0, 0]"), "test.toml:2: `pcpus`", "listed twice"),
+            (GOOD.replace("vcpus = 1\nweight", "vcpus = 0\nweight"), "test.toml:11: `vm.vcpus`", "1 to 64"),
+            (GOOD.replace("\"cpu\"", "\"gobmk\""), "test.toml:20: `vm.workload`", "unknown workload `gobmk`"),
+            (GOOD.replace("cosched-relaxed", "fifo"), "test.toml:6: `policy.name`", "unknown policy `fifo`"),
+            (GOOD.replace("skew_ms = 2.5", "skew_ms = -1"), "test.toml:7: `policy.skew_ms`", "positive"),
+            (GOOD.replace("bodies = 64", "bodies = \"many\""), "test.toml:15: `vm.args`", "bodies"),
+            (GOOD.replace("bodies = 64", "bodies = 6.4"), "test.toml:15: `vm.args`", "use a string or an integer"),
+            (GOOD.replace("cap = 50", "cap = 500"), "test.toml:13: `vm.cap`", "1 to 100"),
+            (GOOD.replace("name = \"b\"", "name = \"a\""), "test.toml:18: `vm.name`", "two VMs"),
+            (GOOD.replace("[policy]", "[polcy]"), "test.toml", "policy"),
+            ("pcpus = 1\n[policy]\nname = \"credit\"\n".to_owned(), "test.toml", "missing field `vm`"),
+            ("pcpus = \n".to_owned(), "test.toml:1", ""),
+        ];
+        for (text, place, what) in cases {
+            let message = error(&text);
+            assert!(message.starts_with(place), "{message:?} should start with {place:?}");
+            assert!(message.contains(what), "{message:?} should say {what:?}");
+        }
+    }
+
+    #[test]
+    fn strict_co_scheduling_refuses_a_vm_wider_than_the_pcpus() {
+        let wide = GOOD
+            .replace("cosched-relaxed", "cosched-strict")
+            .replace("vcpus = 1\nworkload = \"cpu\"", "vcpus = 2\nworkload = \"cpu\"");
+        let message = error(&wide);
+        assert!(message.starts_with("test.toml:6: `policy.name`"), "{message}");
+        assert!(message.contains("VM b has 2 VCPUs but there are 1 pCPUs"), "{message}");
+        // The same file under another policy is fine; switching to strict is refused.
+        let relaxed = parse(&wide.replace("cosched-strict", "credit")).unwrap();
+        assert!(relaxed.with(Some(PolicyKind::CoschedStrict), None).is_err());
+        assert!(relaxed.with(None, Some(0)).is_err());
+    }
+
+    #[test]
+    fn the_example_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                // The examples use 2 pCPUs; a 1-CPU machine still checks everything else.
+                let text = text.replace("pcpus = 2", &format!("pcpus = {}", available_cores().len().min(2)));
+                if let Err(error) = Scenario::parse(&path, &text) {
+                    panic!("{error:#}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 6, "only {seen} scenarios in {}", dir.display());
+    }
+}

@@ -1,0 +1,202 @@
+//! Scenarios: which pCPUs, which policy, which VMs running what. Read from TOML files
+//! ([`file`]), e.g.
+//!
+//! ```toml
+//! pcpus = 2                     # a count (the first N CPUs this process may use) or [0, 1]
+//! timeout_s = 300               # VMs still running then are stopped
+//!
+//! [policy]
+//! name = "credit"               # host, credit, cosched-strict, cosched-relaxed, dynamic
+//! slice_ms = 30                 # optional tunables (see `sched::Params`): slice_ms,
+//!                               # accounting_ms, skew_ms, tick_ms, raise_ms, lower_ms
+//!
+//! [[vm]]
+//! name = "a"
+//! vcpus = 2
+//! weight = 256                  # optional, default 256
+//! cap = 50                      # optional, percent of one pCPU
+//! workload = "nbody"
+//! args = { barrier = "spin" }   # the workload's parameters
+//! locks = "spin"                # optional, the guest's spinlock family
+//! start_delay_ms = 0            # optional
+//!
+//! [sim]                         # optional, read by `tandem sim` only (see `sim_config`)
+//! scale = 4
+//! ```
+//!
+//! Every error in a file names the file, the line and the key. Experiments build scenarios
+//! as values (see `experiment`).
+
+mod file;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use sched::{Params, PolicyKind, Topology, VmSpec};
+
+use crate::guest::{self, VmConfig};
+use crate::host::available_cores;
+use crate::sim_config::SimConfig;
+
+/// Xen's default weight.
+pub const DEFAULT_WEIGHT: u32 = 256;
+
+/// A checked scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Where it was read from (for messages).
+    pub path: PathBuf,
+    /// Host CPU of each pCPU.
+    pub cores: Vec<usize>,
+    pub policy: PolicyKind,
+    pub params: Params,
+    pub timeout_s: f64,
+    pub vms: Vec<VmPlan>,
+    /// How to simulate it (the `[sim]` table; defaults without one).
+    pub sim: SimConfig,
+}
+
+/// Whether a scenario is to run on this host or in the simulator, whose pCPUs are not the
+/// host's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Host,
+    Sim,
+}
+
+/// Most pCPUs a simulated scenario may have.
+pub const MAX_SIM_PCPUS: usize = 4096;
+
+/// One VM of a scenario.
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    pub name: String,
+    pub vcpus: u32,
+    pub weight: u32,
+    pub cap: Option<u32>,
+    pub workload: String,
+    /// `key=value` words: the workload's, then `locks=`.
+    pub args: Vec<String>,
+    pub locks: String,
+    pub mem_mib: u64,
+    pub start_delay_ms: u64,
+}
+
+impl Scenario {
+    /// The scenario `factor` times over: `factor` times the pCPUs, and each VM `factor` times
+    /// (VM `a` as `a.0`, `a.1`, ...). For the simulator: the pCPUs are numbered anew.
+    pub fn scaled(&self, factor: u32) -> Scenario {
+        if factor <= 1 {
+            return self.clone();
+        }
+        let mut scenario = self.clone();
+        scenario.cores = (0..self.cores.len() * factor as usize).collect();
+        scenario.vms = (0..factor)
+            .flat_map(|copy| {
+                self.vms.iter().map(move |vm| VmPlan { name: format!("{}.{copy}", vm.name), ..vm.clone() })
+            })
+            .collect();
+        scenario
+    }
+
+    /// The same scenario under another policy or on another number of this host's CPUs.
+    pub fn with(&self, policy: Option<PolicyKind>, pcpus: Option<usize>) -> anyhow::Result<Scenario> {
+        self.with_cores(policy, pcpus, &available_cores())
+    }
+
+    /// The same simulated scenario under another policy or on another number of pCPUs.
+    pub fn with_sim(&self, policy: Option<PolicyKind>, pcpus: Option<usize>) -> anyhow::Result<Scenario> {
+        self.with_cores(policy, pcpus, &(0..MAX_SIM_PCPUS).collect::<Vec<_>>())
+    }
+
+    fn with_cores(
+        &self,
+        policy: Option<PolicyKind>,
+        pcpus: Option<usize>,
+        available: &[usize],
+    ) -> anyhow::Result<Scenario> {
+        let mut scenario = self.clone();
+        if let Some(policy) = policy {
+            scenario.policy = policy;
+        }
+        if let Some(n) = pcpus {
+            if n == 0 || n > available.len() {
+                bail!("--pcpus {n}: 1 to {} pCPUs may be used", available.len());
+            }
+            scenario.cores = available[..n].to_vec();
+        }
+        scenario.check_policy_fits().map_err(|message| anyhow::anyhow!("{}: {message}", self.path.display()))?;
+        Ok(scenario)
+    }
+
+    /// The scenario with every VM on the spinlock family `locks`, named `<name>-<locks>`.
+    pub fn with_locks(&self, locks: &str) -> Scenario {
+        let mut scenario = self.clone();
+        let stem = self.path.file_stem().map_or_else(String::new, |stem| stem.to_string_lossy().into_owned());
+        scenario.path = self.path.with_file_name(format!("{stem}-{locks}.toml"));
+        for vm in &mut scenario.vms {
+            vm.locks = locks.to_owned();
+            vm.args.retain(|arg| !arg.starts_with("locks="));
+            vm.args.push(format!("locks={locks}"));
+        }
+        scenario
+    }
+
+    /// `vm` alone at 1x: as many VCPUs as fit on this scenario's pCPUs (`min(vcpus, pCPUs)`),
+    /// on that many of them, under `credit`, at the default weight, without cap or delay.
+    /// Its rate gives `vm`'s ideal.
+    pub fn reference_of(&self, vm: &VmPlan) -> Scenario {
+        let width = vm.vcpus.min(self.cores.len() as u32);
+        Scenario {
+            cores: self.cores[..width as usize].to_vec(),
+            policy: PolicyKind::Credit,
+            vms: vec![VmPlan { vcpus: width, start_delay_ms: 0, weight: DEFAULT_WEIGHT, cap: None, ..vm.clone() }],
+            ..self.clone()
+        }
+    }
+
+    /// What tells `vm`'s reference run apart from others in this scenario's pCPUs.
+    pub fn reference_key(&self, vm: &VmPlan) -> String {
+        format!("{} {} on {}", vm.workload, vm.args.join(" "), vm.vcpus.min(self.cores.len() as u32))
+    }
+
+    /// Strict co-scheduling runs a VM only when all its VCPUs fit on distinct pCPUs.
+    fn check_policy_fits(&self) -> Result<(), String> {
+        if self.policy != PolicyKind::CoschedStrict {
+            return Ok(());
+        }
+        match self.vms.iter().find(|vm| vm.vcpus as usize > self.cores.len()) {
+            Some(vm) => Err(format!(
+                "VM {} has {} VCPUs but there are {} pCPUs: under cosched-strict it could never run",
+                vm.name,
+                vm.vcpus,
+                self.cores.len()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// What the policy sees.
+    pub fn topology(&self) -> Topology {
+        let vms = self.vms.iter().map(|vm| VmSpec { vcpus: vm.vcpus, weight: vm.weight, cap: vm.cap }).collect();
+        Topology::new(self.cores.len() as u32, vms)
+    }
+}
+
+impl VmPlan {
+    /// The VM to boot, stopped after `timeout_s`: the same checks `tandem run` makes
+    /// (memory size, parameters and their values).
+    pub fn vm_config(&self, timeout_s: f64) -> anyhow::Result<VmConfig> {
+        let config = VmConfig {
+            name: self.name.clone(),
+            vcpus: self.vcpus,
+            mem_mib: self.mem_mib,
+            cmdline: guest::cmdline(&self.workload, &self.args)?,
+            timeout: Duration::from_secs_f64(timeout_s),
+            echo_console: false,
+        };
+        config.check()?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,201 @@
+//! The simulator's behaviour on small scenarios: each workload model and guest mechanism
+//! shows the effect it is there for, and a run replays byte for byte.
+
+use std::path::Path;
+
+use super::{References, simulate};
+use tandem_core::results::ScenarioResult;
+use tandem_core::scenario::{Scenario, Target};
+
+fn scenario(text: &str) -> Scenario {
+    Scenario::parse_for(Path::new("test.toml"), text, Target::Sim).unwrap()
+}
+
+fn run(text: &str) -> ScenarioResult {
+    simulate(&scenario(text), &mut References::default(), false).unwrap().result
+}
+
+/// One VM of `vcpus` running `workload` with `args` and `locks` on `pcpus` under `policy`,
+/// next to `others` copies of itself.
+fn vms(pcpus: u32, policy: &str, copies: usize, vcpus: u32, workload: &str, args: &str, locks: &str) -> String {
+    let mut text = format!("pcpus = {pcpus}\ntimeout_s = 20\n[policy]\nname = \"{policy}\"\n");
+    for copy in 0..copies {
+        text += &format!(
+            "[[vm]]\nname = \"vm{copy}\"\nvcpus = {vcpus}\nworkload = \"{workload}\"\nargs = {args}\nlocks = \"{locks}\"\n"
+        );
+    }
+    text
+}
+
+#[test]
+fn a_run_is_identical_for_the_same_seed_and_differs_for_another() {
+    let text = vms(2, "cosched-relaxed", 3, 2, "nbody", "{ steps = 200 }", "pv");
+    let json = |seed: u64| {
+        let mut scenario = scenario(&text);
+        scenario.sim.seed = seed;
+        let result = simulate(&scenario, &mut References::default(), true).unwrap().result;
+        let trace: Vec<_> = result.dispatch.trace.iter().map(|s| (s.vcpu, s.pcpu, s.start_ns, s.end_ns)).collect();
+        format!("{}\n{trace:?}", serde_json::to_string(&result).unwrap())
+    };
+    let first = json(7);
+    assert_eq!(first, json(7), "same seed, different output");
+    assert_ne!(first, json(8), "the seed changes nothing");
+}
+
+#[test]
+fn independent_work_alone_runs_at_its_ideal_and_ends() {
+    let result = run(&vms(2, "credit", 1, 2, "cpu", "{ tasks = 20 }", "spin"));
+    let vm = &result.vms[0];
+    assert!(!vm.timed_out, "{}", vm.outcome);
+    assert_eq!(vm.record.as_ref().unwrap().ops, 20);
+    assert!((vm.ratio.unwrap() - 1.0).abs() < 0.02, "ratio {:?}", vm.ratio);
+    assert!(result.utilization <= 1.0 + 1e-9);
+}
+
+#[test]
+fn the_cpu_is_shared_by_weight_among_independent_vms() {
+    let mut text = vms(1, "credit", 2, 1, "cpu", "{ tasks = 2000 }", "spin");
+    text = text.replacen("vcpus = 1\n", "vcpus = 1\nweight = 512\n", 1);
+    let mut scenario = scenario(&text);
+    scenario.sim.duration = Some(3_000_000_000);
+    let result = simulate(&scenario, &mut References::default(), false).unwrap().result;
+    let run = |vm: usize| result.vms[vm].vcpu_times[0].run_ns as f64;
+    let share = run(0) / (run(0) + run(1));
+    assert!((share - 2.0 / 3.0).abs() < 0.03, "the heavier VM got {share:.3} of the pCPU");
+}
+
+#[test]
+fn a_preempted_ticket_holder_stalls_spinning_waiters_and_pv_waiters_yield_instead() {
+    // Two 2-VCPU VMs on two pCPUs: a preempted holder or queued waiter stalls its sibling.
+    let spin = run(&vms(2, "credit", 2, 2, "locks", "{ ops = 300000 }", "spin"));
+    let pv = run(&vms(2, "credit", 2, 2, "locks", "{ ops = 300000 }", "pv"));
+    let (spin, pv) = (&spin.vms[0], &pv.vms[0]);
+    assert!(pv.ratio.unwrap() > 0.7, "pv locks at {:?} of ideal", pv.ratio);
+    assert!(spin.ratio.unwrap() < 0.2 * pv.ratio.unwrap(), "spin {:?} vs pv {:?}", spin.ratio, pv.ratio);
+    let stats = pv.record.as_ref().unwrap().lock_stats.unwrap();
+    assert!(stats.directed_yields > 0, "{stats:?}");
+    assert_eq!(spin.record.as_ref().unwrap().lock_stats.unwrap().directed_yields, 0);
+}
+
+#[test]
+fn pv_waiters_block_behind_a_running_holder_and_are_kicked() {
+    // Long critical sections, short thinking: waiters queue behind a running holder past the
+    // blocking bound; each is kicked by the unlock that serves it.
+    let args = "{ ops = 400, cs = 200000, think = 10 }";
+    let result = run(&vms(4, "credit", 1, 4, "locks", args, "pv"));
+    let vm = &result.vms[0];
+    let stats = vm.record.as_ref().unwrap().lock_stats.unwrap();
+    assert!(!vm.timed_out, "{}", vm.outcome);
+    assert!(stats.blocks > 0 && stats.kicks > 0, "{stats:?}");
+    assert!(vm.vcpu_times.iter().any(|t| t.wait_ns > 0));
+}
+
+#[test]
+fn a_spinning_barrier_waits_for_the_descheduled_sibling() {
+    // One pCPU: once both threads run on their own VCPUs, every barrier waits for the other
+    // VCPU's turn, a slice later.
+    let result = run(&vms(1, "credit", 1, 2, "nbody", "{ steps = 200 }", "spin"));
+    let vm = &result.vms[0];
+    assert!(vm.ratio.unwrap() < 0.2, "{:?}", vm.ratio);
+    // Gang scheduling on two pCPUs keeps the siblings together.
+    let gang = run(&vms(2, "cosched-strict", 2, 2, "nbody", "{ steps = 20 }", "spin"));
+    assert!(
+        gang.vms.iter().all(|vm| vm.ratio.unwrap() > 0.8),
+        "{:?}",
+        gang.vms.iter().map(|v| v.ratio).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn pipeline_stages_block_when_starved_and_every_item_gets_through() {
+    let result = run(&vms(2, "credit", 1, 3, "pipeline", "{ items = 50000, work = 2000 }", "spin"));
+    let vm = &result.vms[0];
+    assert!(!vm.timed_out, "{}", vm.outcome);
+    let record = vm.record.as_ref().unwrap();
+    assert_eq!(record.ops, 50000);
+    assert_eq!(record.per_thread, [0, 0, 50000]);
+    // Three stages on two pCPUs: VCPUs run out of items and block at times.
+    assert!(vm.vcpu_times.iter().map(|t| t.wait_ns).sum::<u64>() > 0);
+}
+
+#[test]
+fn phases_change_demand_and_dynamic_grants_follow() {
+    // Alone on 2 pCPUs, a 4-VCPU VM is granted 2 VCPUs in its parallel phases, 1 in its
+    // serial ones.
+    let text = vms(2, "dynamic", 1, 4, "phases", "{ rounds = 6, phase_ms = 100 }", "spin");
+    let result = run(&text);
+    assert!(result.vms.iter().all(|vm| !vm.timed_out));
+    assert!(result.vms.iter().all(|vm| vm.record.as_ref().unwrap().ops == 6));
+    let followed = result.dispatch.reconfiguration_ns;
+    assert!(followed.count >= 6, "{followed:?}");
+    // VCPU 1 comes and goes; VCPUs 2 and 3 are never granted.
+    let vm = &result.vms[0];
+    let online = |t: &tandem_core::metrics::VcpuTimes| t.run_ns + t.ready_ns + t.wait_ns + t.costop_ns;
+    assert!(online(&vm.vcpu_times[1]) < online(&vm.vcpu_times[0]) && online(&vm.vcpu_times[1]) > 0);
+    assert_eq!(online(&vm.vcpu_times[3]), 0);
+}
+
+#[test]
+fn a_rising_grant_waits_for_a_scheduling_point() {
+    // Both VMs are granted one VCPU; when b ends, a is granted two, but its threads never
+    // yield (a `locks` thread runs to its end): VCPU 1 comes up only when the first thread
+    // ends, and by then VCPU 0 has taken the second.
+    let mut text = vms(2, "dynamic", 1, 2, "locks", "{ ops = 200000 }", "spin");
+    text += "[[vm]]\nname = \"b\"\nvcpus = 2\nworkload = \"cpu\"\nargs = { tasks = 20 }\n";
+    let result = run(&text);
+    let a = &result.vms[0];
+    assert!(result.vms.iter().all(|vm| !vm.timed_out));
+    assert!(a.vcpu_times[1].run_ns * 100 < a.vcpu_times[0].run_ns, "{:?}", a.vcpu_times);
+    let rise = result.dispatch.reconfiguration_ns;
+    assert!(rise.p99 > 100_000_000, "followed in {rise:?}");
+}
+
+#[test]
+fn relaxed_co_scheduling_co_stops_leaders() {
+    let result = run(&vms(2, "cosched-relaxed", 3, 2, "nbody", "{ steps = 100 }", "spin"));
+    assert!(result.vms.iter().flat_map(|vm| &vm.vcpu_times).any(|t| t.costop_ns > 0));
+    assert!(result.vms.iter().all(|vm| vm.ratio.unwrap() > 0.5));
+}
+
+#[test]
+fn scale_multiplies_pcpus_and_vms() {
+    let mut text = vms(2, "credit", 2, 2, "cpu", "{ tasks = 10 }", "spin");
+    text += "[sim]\nscale = 3\n";
+    let scaled = scenario(&text);
+    assert_eq!(scaled.cores.len(), 6);
+    let names: Vec<&str> = scaled.vms.iter().map(|vm| vm.name.as_str()).collect();
+    assert_eq!(names, ["vm0.0", "vm1.0", "vm0.1", "vm1.1", "vm0.2", "vm1.2"]);
+    // On the host, the table is read but not applied.
+    assert_eq!(Scenario::parse(Path::new("t.toml"), &text).unwrap().cores.len(), 2);
+}
+
+#[test]
+fn bad_sim_tables_are_refused_with_the_line_and_key() {
+    let base = vms(2, "credit", 1, 2, "cpu", "{ tasks = 10 }", "spin");
+    for (table, wanted) in [
+        ("scale = 0", "sim.scale"),
+        ("duration_s = -1", "sim.duration_s"),
+        ("costs = \"sparc\"", "sim.costs"),
+        ("exit_us = -5", "sim.exit_us"),
+        ("jitter = 0.9", "sim.jitter"),
+        ("seed = -1", "sim.seed"),
+        ("speed = 2", "speed"),
+    ] {
+        let text = format!("{base}[sim]\n{table}\n");
+        let error = format!("{:#}", Scenario::parse_for(Path::new("t.toml"), &text, Target::Sim).unwrap_err());
+        assert!(error.contains(wanted) && error.contains("t.toml:"), "{table}: {error}");
+    }
+    // More pCPUs than this host has are fine for the simulator, not for a real run.
+    let big = base.replace("pcpus = 2", "pcpus = 512");
+    assert_eq!(Scenario::parse_for(Path::new("t.toml"), &big, Target::Sim).unwrap().cores.len(), 512);
+    assert!(Scenario::parse(Path::new("t.toml"), &big).is_err());
+}
+
+#[test]
+fn vmx_costs_make_pv_locks_cheaper() {
+    let text = vms(1, "credit", 1, 2, "locks", "{ ops = 20000 }", "pv");
+    let measured = run(&text);
+    let vmx = run(&format!("{text}[sim]\ncosts = \"vmx\"\n"));
+    let rate = |r: &ScenarioResult| r.vms[0].rate().unwrap();
+    assert!(rate(&vmx) > rate(&measured), "vmx {} vs measured {}", rate(&vmx), rate(&measured));
+}

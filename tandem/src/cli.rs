@@ -1,0 +1,386 @@
+//! The `tandem` command line.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sched::PolicyKind;
+use tandem_core::guest::{self, VmConfig};
+use tandem_core::results::{References, ScenarioResult};
+use tandem_core::scenario::{Scenario, Target};
+use tandem_kvm::vm::{self, Outcome, RunReport};
+use tandem_kvm::{image, open_kvm, runner};
+use workloads::Record;
+
+use crate::bench::{self, BenchCommand};
+use crate::compare::{self, CompareArgs};
+use crate::report;
+use crate::sweep::{self, SweepArgs};
+use crate::validate::{self, ValidateArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Runs paravirtual SMP unikernels under KVM",
+    long_about = "Runs paravirtual SMP unikernels under KVM. Without a command, compares the VCPU \
+                  scheduling policies with spinning and paravirtual locks on a lock-heavy and a \
+                  barrier-synchronized workload at 2x overcommit (`tandem compare --workloads \
+                  locks,nbody --overcommit 2 --runs 1`)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot a guest and run a workload or another of its programs
+    Run(RunArgs),
+    /// Run a workload on host threads: the bare-metal baseline
+    Native(NativeArgs),
+    /// Run the VMs of a scenario file together under a VCPU scheduling policy
+    Scenario(ScenarioArgs),
+    /// Run scenarios under each policy, side by side, and compare each VM's result to its ideal
+    Compare(CompareArgs),
+    /// Simulate a scenario file in virtual time (same policies, modelled guests)
+    Sim(SimArgs),
+    /// Run scenarios on KVM and in the simulator, and compare each VM's results
+    Validate(ValidateArgs),
+    /// Simulate a grid of pCPU counts, overcommit ratios, workload mixes, lock families and
+    /// policies; write CSV, JSON and SVG plots
+    Sweep(SweepArgs),
+    /// List the workloads and their parameters
+    Workloads,
+    /// Measure boot time and hypercalls, or workloads in the guest against native
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = exit_status_help())]
+pub struct RunArgs {
+    /// The guest program: a workload (see `tandem workloads`) or one of hello, hypercall,
+    /// updown, selftest, fault, panic, hang, badcall
+    #[arg(required_unless_present = "list")]
+    pub program: Option<String>,
+    /// List the workloads and their parameters, and exit
+    #[arg(long)]
+    pub list: bool,
+    /// Number of VCPUs (1 to 64)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=pv_abi::MAX_VCPUS as i64))]
+    pub vcpus: u32,
+    /// Guest memory in MiB (even, 4 to 3072)
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    pub mem: u64,
+    /// Guest kernel ELF to boot instead of the embedded one
+    #[arg(long, value_name = "ELF")]
+    pub kernel: Option<PathBuf>,
+    /// Stop the guest after this many seconds
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
+    pub timeout: f64,
+    /// Print each VCPU's %RUN, %RDY, %WAIT and exits by kind after the run
+    #[arg(long)]
+    pub stats: bool,
+    /// Write the result records the guest reported to FILE, as a JSON array
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Arguments for the program, after `--` (workloads also take locks=spin|pv, pv_yield_us, pv_block_us)
+    #[arg(last = true, value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
+}
+
+/// What `tandem scenario` and `tandem sim` may change of a scenario file, and where they
+/// write.
+#[derive(Debug, Args)]
+pub struct ScenarioOptions {
+    /// Use this policy instead of the file's: host, credit, cosched-strict, cosched-relaxed,
+    /// dynamic
+    #[arg(long)]
+    pub policy: Option<PolicyKind>,
+    /// Use N pCPUs instead of the file's (on KVM: the first N host CPUs)
+    #[arg(long, value_name = "N")]
+    pub pcpus: Option<usize>,
+    /// Write the results (tables' content, dispatcher figures) to FILE as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write which VCPU ran on which pCPU when to FILE, as Chrome trace-event JSON (Perfetto)
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit status: 0 if every VM exited with 0 (its self-checks passed), 1 otherwise or for a \
+    monitor error, 2 for bad command-line arguments.")]
+pub struct ScenarioArgs {
+    /// The scenario (TOML): pCPUs, policy, VMs (see scenarios/ for examples)
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub options: ScenarioOptions,
+    /// Skip the reference runs (each VM alone at 1x) that give the ideal results
+    #[arg(long)]
+    pub no_reference: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "The scenario file may have a [sim] table: scale, duration_s, seed, costs (\"measured\" or \
+    \"vmx\"), exit_us, kick_us, up_us, switch_us, preempt_us, timer_us, host_tick_us, boot_us, grain_us, jitter (see the \
+    README). The same file and seed give the same output, byte for byte; the wall time and event rate go to stderr.")]
+pub struct SimArgs {
+    /// The scenario (TOML), as for `tandem scenario`, plus an optional [sim] table
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub options: ScenarioOptions,
+    /// Seed instead of the file's
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct NativeArgs {
+    /// The workload (see `tandem workloads`)
+    pub workload: String,
+    /// CPUs the workload counts as its own (its default thread count); all host CPUs if unset
+    #[arg(long)]
+    pub cpus: Option<usize>,
+    /// Write the result record to FILE, as a JSON array of one
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// The workload's parameters, after `--`
+    #[arg(last = true, value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
+}
+
+fn exit_status_help() -> String {
+    format!(
+        "Exit status: the guest's exit code (0 = success, 1 = a workload's self-check failed, 64 = bad \
+         program arguments; codes outside 0-255 give 1); {} if the guest panicked, {} if it faulted or \
+         made a hypercall that cannot be answered, {} if it timed out; 1 for a monitor error (bad \
+         kernel image, no KVM), 2 for bad command-line arguments.",
+        vm::STATUS_PANIC,
+        vm::STATUS_FAULT,
+        vm::STATUS_TIMEOUT
+    )
+}
+
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
+impl RunArgs {
+    /// Arguments to boot `program` with the defaults of everything else.
+    pub fn new(program: &str, vcpus: u32, args: &[&str]) -> RunArgs {
+        RunArgs {
+            program: Some(program.to_owned()),
+            list: false,
+            vcpus,
+            mem: 128,
+            kernel: None,
+            timeout: 300.0,
+            stats: false,
+            json: None,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+        }
+    }
+
+    fn program(&self) -> &str {
+        self.program.as_deref().expect("clap requires a program unless --list")
+    }
+
+    pub fn config(&self, echo_console: bool) -> anyhow::Result<VmConfig> {
+        Ok(VmConfig {
+            name: self.program().to_owned(),
+            vcpus: self.vcpus,
+            mem_mib: self.mem,
+            cmdline: guest::cmdline(self.program(), &self.args)?,
+            timeout: Duration::from_secs_f64(self.timeout),
+            echo_console,
+        })
+    }
+}
+
+/// Boots the configured guest and runs it to its outcome.
+pub fn run_vm(args: &RunArgs, echo_console: bool) -> anyhow::Result<RunReport> {
+    let config = args.config(echo_console)?;
+    let image: Cow<'_, [u8]> = match &args.kernel {
+        Some(path) => Cow::Owned(image::read(path)?),
+        None => Cow::Borrowed(image::DEFAULT_GUEST),
+    };
+    vm::run_alone(&open_kvm()?, &config, &image)
+}
+
+/// `text` cut to at most `max` characters, saying how long it was.
+fn abbreviate(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => Cow::Owned(format!("{}... ({} bytes)", &text[..cut], text.len())),
+        None => Cow::Borrowed(text),
+    }
+}
+
+fn write_json(path: &Path, records: &[Record]) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(records).context("encoding records")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if args.list {
+        list_workloads();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let program = args.program();
+    let report = run_vm(args, true)?;
+    // Workload records were summarized on the guest console; show other records as they are.
+    let mut records = Vec::new();
+    for text in &report.reports {
+        match Record::from_json(text) {
+            Ok(record) => records.push(record),
+            Err(_) => println!("[{program} report] {}", abbreviate(text, 400)),
+        }
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &records)?;
+    }
+    if args.stats {
+        print_vcpu_stats(&report);
+    }
+    eprintln!("tandem: {} ({:.1} ms)", report.outcome.describe(program), report.elapsed.as_secs_f64() * 1e3);
+    if let Outcome::TimedOut(_) = report.outcome {
+        let states: Vec<String> =
+            report.vcpus.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();
+        eprintln!("tandem: when stopped: {}", states.join(", "));
+    }
+    Ok(ExitCode::from(report.outcome.status()))
+}
+
+fn scenario(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
+    let options = &args.options;
+    let scenario = Scenario::load(&args.file)?.with(options.policy, options.pcpus)?;
+    let kvm = open_kvm()?;
+    let mut references = References::default();
+    if !args.no_reference {
+        runner::measure_references(&kvm, image::DEFAULT_GUEST, &scenario, &mut references, true)?;
+    }
+    let result =
+        runner::run_scenario(&kvm, image::DEFAULT_GUEST, &scenario, (!args.no_reference).then_some(&references))?;
+    print!("{}", report::table(&result));
+    write_outputs(options, &scenario, &result)?;
+    let all_ok = result.vms.iter().all(|vm| vm.ok);
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
+    let options = &args.options;
+    let mut scenario = Scenario::load_for(&args.file, Target::Sim)?.with_sim(options.policy, options.pcpus)?;
+    if let Some(seed) = args.seed {
+        scenario.sim.seed = seed;
+    }
+    let started = Instant::now();
+    let outcome = tandem_sim::simulate(&scenario, &mut References::default(), options.trace.is_some())?;
+    let wall = started.elapsed().as_secs_f64();
+    print!("{}", report::table(&outcome.result));
+    eprintln!(
+        "simulated {:.2} s in {wall:.2} s of wall time: {} events, {:.2} M events/s",
+        outcome.result.elapsed_s,
+        outcome.events,
+        outcome.events as f64 / wall.max(1e-9) / 1e6
+    );
+    write_outputs(options, &scenario, &outcome.result)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a scenario's results and trace where `options` say.
+fn write_outputs(options: &ScenarioOptions, scenario: &Scenario, result: &ScenarioResult) -> anyhow::Result<()> {
+    if let Some(path) = &options.json {
+        report::write_json(path, result)?;
+    }
+    if let Some(path) = &options.trace {
+        report::write_trace(path, scenario, result)?;
+    }
+    Ok(())
+}
+
+fn native(args: &NativeArgs) -> anyhow::Result<ExitCode> {
+    let record =
+        workloads::native::run(&args.workload, args.cpus, &args.args).with_context(|| args.workload.clone())?;
+    println!("{}", record.summary());
+    if let Some(path) = &args.json {
+        write_json(path, std::slice::from_ref(&record))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_workloads() {
+    for info in workloads::WORKLOADS {
+        println!("{:<10} {}", info.name, info.about);
+        print_params(info.params);
+    }
+    println!("In the guest, every workload also takes:");
+    print_params(workloads::GUEST_PARAMS);
+}
+
+fn print_params(params: &[workloads::ParamSpec]) {
+    for param in params {
+        let values = param.choices.map_or_else(|| "N".to_owned(), |choices| choices.join("|"));
+        let syntax = format!("{}={values}", param.name);
+        println!("    {syntax:<20} default {:<8} {}", param.default, param.help);
+    }
+}
+
+/// Per VCPU: RUN, RDY and WAIT as percentages of the run, and exits by kind.
+fn print_vcpu_stats(report: &RunReport) {
+    let percent = |ns: u64| ns as f64 * 100.0 / report.elapsed.as_nanos().max(1) as f64;
+    println!("{:<6} {:>6} {:>6} {:>6} {:>8} by kind", "vcpu", "%RUN", "%RDY", "%WAIT", "exits");
+    for (id, counters) in report.vcpus.iter().enumerate() {
+        let times = counters.times;
+        let kinds: Vec<String> = pv_abi::hypercall::Hypercall::ALL
+            .iter()
+            .zip(counters.hypercalls)
+            .filter(|(_, n)| *n > 0)
+            .map(|(call, n)| format!("{}={n}", call.name()))
+            .chain((counters.other > 0).then(|| format!("other={}", counters.other)))
+            .collect();
+        println!(
+            "{id:<6} {:>6.1} {:>6.1} {:>6.1} {:>8} {}",
+            percent(times.run_ns),
+            percent(times.ready_ns),
+            percent(times.wait_ns),
+            counters.total(),
+            kinds.join(" ")
+        );
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        None => compare::run(&CompareArgs::quick()).map(|()| ExitCode::SUCCESS),
+        Some(command) => dispatch(command),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("tandem: error: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run(args),
+        Command::Native(args) => native(args),
+        Command::Scenario(args) => scenario(args),
+        Command::Compare(args) => compare::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => sim(args),
+        Command::Validate(args) => validate::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sweep(args) => sweep::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Workloads => {
+            list_workloads();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(command) => bench::run(command).map(|()| ExitCode::SUCCESS),
+    }
+}

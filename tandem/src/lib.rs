@@ -1,0 +1,16 @@
+//! The `tandem` command and the experiments that span both sides: the top floor, above the
+//! KVM side (`tandem-kvm`) and the simulator (`tandem-sim`), both on `tandem-core`.
+//!
+//! - [`cli`]: the command line: parsing, calling the floors below, printing;
+//! - [`report`]: results as tables, JSON and Chrome traces;
+//! - [`compare`]: scenarios under each policy on KVM, side by side, table and chart;
+//! - [`validate`]: the same scenarios on KVM and in the simulator;
+//! - [`sweep`]: the simulator over a grid, as CSV, JSON and plots;
+//! - [`bench`]: boot time, hypercalls, and workloads in the guest against native.
+
+pub mod bench;
+pub mod cli;
+pub mod compare;
+pub mod report;
+pub mod sweep;
+pub mod validate;

@@ -1,0 +1,152 @@
+//! End-to-end tests of scenarios: several VMs at once under each policy, on real KVM.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use sched::PolicyKind;
+use tandem_core::host::available_cores;
+use tandem_core::results::{References, ScenarioResult};
+use tandem_core::scenario::Scenario;
+use tandem_kvm::image::DEFAULT_GUEST;
+use tandem_kvm::open_kvm;
+use tandem_kvm::runner::{measure_references, run_scenario};
+
+/// Two small VMs on (at most) 2 pCPUs: a barrier-synchronized one and an independent one,
+/// both checking their own results.
+const TWO_VMS: &str = r#"
+pcpus = 2
+timeout_s = 120
+
+[policy]
+name = "credit"
+slice_ms = 5
+
+[[vm]]
+name = "sync"
+vcpus = 2
+workload = "nbody"
+args = { bodies = 48, steps = 300, barrier = "spin" }
+
+[[vm]]
+name = "indep"
+vcpus = 2
+workload = "cpu"
+args = { tasks = 40 }
+"#;
+
+fn two_vms() -> Scenario {
+    let pcpus = available_cores().len().min(2);
+    Scenario::parse(Path::new("two-vms.toml"), &TWO_VMS.replace("pcpus = 2", &format!("pcpus = {pcpus}"))).unwrap()
+}
+
+/// Checks that no two spans of the trace overlap on one pCPU.
+fn assert_one_vcpu_per_pcpu(result: &ScenarioResult) {
+    for pcpu in 0..result.cores.len() as u32 {
+        let mut spans: Vec<_> = result.dispatch.trace.iter().filter(|s| s.pcpu == Some(pcpu)).collect();
+        spans.sort_by_key(|s| s.start_ns);
+        for pair in spans.windows(2) {
+            assert!(pair[0].end_ns <= pair[1].start_ns, "{} overlaps on pCPU {pcpu}: {pair:?}", result.policy);
+        }
+    }
+}
+
+#[test]
+fn two_vms_complete_under_every_policy_with_no_gate_violation() {
+    if !common::kvm_available() {
+        return;
+    }
+    let kvm = open_kvm().unwrap();
+    let base = two_vms();
+    for policy in PolicyKind::ALL {
+        let scenario = base.with(Some(policy), None).unwrap();
+        let result = run_scenario(&kvm, DEFAULT_GUEST, &scenario, None).unwrap();
+        for vm in &result.vms {
+            assert!(vm.ok, "{policy}: {}", vm.outcome);
+            let record = vm.record.as_ref().expect("a workload record");
+            assert!(record.ops > 0, "{policy}: {record:?}");
+        }
+        assert_eq!(result.dispatch.gate_violations, 0, "{policy}");
+        if policy != PolicyKind::Host {
+            assert!(result.dispatch.trace.iter().all(|span| span.pcpu.is_some()), "{policy}: ungated span");
+            assert_one_vcpu_per_pcpu(&result);
+            assert!(result.dispatch.decision_ns.count > 0, "{policy}: no decisions measured");
+        }
+    }
+}
+
+#[test]
+fn ideal_results_come_from_a_reference_run_alone() {
+    if !common::kvm_available() {
+        return;
+    }
+    let kvm = open_kvm().unwrap();
+    let scenario = two_vms();
+    let mut references = References::default();
+    measure_references(&kvm, DEFAULT_GUEST, &scenario, &mut references, false).unwrap();
+    let result = run_scenario(&kvm, DEFAULT_GUEST, &scenario, Some(&references)).unwrap();
+    for vm in &result.vms {
+        let (ideal, ratio) = (vm.ideal_rate.unwrap(), vm.ratio.unwrap());
+        assert!(ideal > 0.0 && ratio > 0.0, "{}: ideal {ideal}, ratio {ratio}", vm.name);
+        assert!((vm.rate().unwrap() / ideal - ratio).abs() < 1e-9);
+    }
+    let fairness = result.fairness.unwrap();
+    assert!(fairness > 0.0 && fairness <= 1.0 + 1e-12, "{fairness}");
+}
+
+#[test]
+fn the_scenario_command_reports_a_bad_file_clearly_and_writes_json_and_a_trace() {
+    let dir = std::env::temp_dir().join(format!("tandem-scenario-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, TWO_VMS.replace("vcpus = 2\nworkload = \"cpu\"", "vcpus = 0\nworkload = \"cpu\"")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem")).arg("scenario").arg(&bad).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{}:17: `vm.vcpus`: a VM has 1 to 64 VCPUs", bad.display())), "{stderr}");
+
+    if !common::kvm_available() {
+        return;
+    }
+    let good = dir.join("good.toml");
+    std::fs::write(&good, TWO_VMS).unwrap();
+    let (json, trace) = (dir.join("out.json"), dir.join("trace.json"));
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["scenario", "--policy", "cosched-relaxed", "--pcpus", "1", "--no-reference", "--json"])
+        .args([&json, &good])
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("policy cosched-relaxed on 1 pCPUs") && stdout.contains("%CSTP"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(json["vms"].as_array().unwrap().len(), 2);
+    assert_eq!(json["dispatch"]["gate_violations"], 0);
+    let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let slices = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
+    assert!(slices >= 4, "{slices} trace slices");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_guest_follows_the_grant_as_its_parallelism_changes() {
+    if !common::kvm_available() {
+        return;
+    }
+    // One 4-VCPU VM alone on 2 pCPUs, 4 rounds of a 4-thread and a 1-thread phase of 150 ms:
+    // under `dynamic` its grant is 2 in each parallel phase and 1 in each serial one.
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/dynamic/phases.toml")).unwrap();
+    let text = text.replace("rounds = 20, phase_ms = 200", "rounds = 4, phase_ms = 150");
+    let scenario = Scenario::parse(Path::new("phases.toml"), &text).expect("2 host CPUs");
+    let result = run_scenario(&open_kvm().unwrap(), DEFAULT_GUEST, &scenario, None).unwrap();
+    assert!(result.vms[0].ok, "{}", result.vms[0].outcome);
+    // 2 -> 1 in each serial phase and back in each later parallel one: 7 changes, each seen
+    // through to the VCPUs going down or up.
+    let changes = result.dispatch.reconfiguration_ns.count;
+    assert!(changes >= 6, "{changes} grant changes followed");
+    assert_eq!(result.dispatch.gate_violations, 0);
+}
