@@ -1,1 +1,148 @@
-//! Experiments as values.
+//! Experiments as values: the scenarios of `tandem compare`'s co-design matrix and of
+//! `tandem sweep`'s grid are built here directly from the workload registry, and a
+//! comparison's results are gathered into cells (a VM of a scenario under a policy, over
+//! repeated runs).
+
+use sched::PolicyKind;
+use serde::{Deserialize, Serialize};
+
+use crate::results::{ScenarioResult, VmResult};
+use crate::scenario::{Scenario, Target, VmPlan};
+use crate::sim_config::SimConfig;
+use crate::stats::Summary;
+
+/// The matrix's pCPUs.
+pub const MATRIX_PCPUS: usize = 2;
+/// A matrix VM stuck in a collapse (a convoy of spinning waiters) is stopped after this long.
+pub const MATRIX_TIMEOUT_S: f64 = 20.0;
+
+/// The matrix's scenario of `workload` at `level` times overcommit of 2 pCPUs: one 2-VCPU
+/// VM (1), two (2), or a 4-VCPU and a 2-VCPU VM (3), each running the workload with its
+/// matrix arguments, named `<workload>-<level>x`.
+pub fn matrix(workload: &str, level: u32) -> anyhow::Result<Scenario> {
+    let Some(args) = workloads::workload(workload).and_then(|w| w.matrix_args) else {
+        let known: Vec<&str> =
+            workloads::WORKLOADS.iter().filter(|w| w.matrix_args.is_some()).map(|w| w.name).collect();
+        anyhow::bail!("--workloads: unknown workload `{workload}` (known: {})", known.join(", "));
+    };
+    let widths: &[(&str, u32)] = match level {
+        1 => &[("a", 2)],
+        2 => &[("a", 2), ("b", 2)],
+        _ => &[("wide", 4), ("narrow", 2)],
+    };
+    let vms = widths
+        .iter()
+        .map(|&(name, vcpus)| VmPlan::new(name, vcpus, workload, args, "spin"))
+        .collect::<anyhow::Result<_>>()?;
+    let path = format!("{workload}-{level}x.toml");
+    Scenario::build(&path, Target::Host, MATRIX_PCPUS, PolicyKind::Credit, MATRIX_TIMEOUT_S, vms, SimConfig::default())
+}
+
+/// The sweep's workload mixes, each's workloads dealt to its VMs in turn.
+pub const MIXES: &[(&str, &[&str])] = &[
+    ("independent", &["cpu"]),
+    ("synchronizing", &["nbody"]),
+    ("locks", &["locks"]),
+    ("mixed", &["cpu", "nbody", "locks", "pipeline"]),
+];
+
+/// The sweep's VM widths, dealt in turn (at most the pCPU count).
+const SWEEP_WIDTHS: &[u32] = &[2, 4, 8];
+
+/// One point of the sweep's grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SweepPoint<'a> {
+    pub pcpus: u32,
+    /// VCPUs over pCPUs: VMs are added until the VCPUs reach it.
+    pub overcommit: f64,
+    /// A name of [`MIXES`].
+    pub mix: &'a str,
+    pub locks: &'a str,
+    /// Virtual seconds it is simulated.
+    pub duration_s: f64,
+    pub seed: u64,
+}
+
+impl SweepPoint<'_> {
+    /// The point's scenario, to simulate: VMs of the mix's workloads with their endless
+    /// arguments, under `credit` (to be set per policy with [`Scenario::with_sim`]).
+    pub fn scenario(&self) -> anyhow::Result<Scenario> {
+        let Some(&(_, workloads)) = MIXES.iter().find(|(name, _)| *name == self.mix) else {
+            let names: Vec<&str> = MIXES.iter().map(|(name, _)| *name).collect();
+            anyhow::bail!("--mixes: unknown mix `{}` (known: {})", self.mix, names.join(", "));
+        };
+        let target = (f64::from(self.pcpus) * self.overcommit).round().max(1.0) as u32;
+        let (mut vcpus, mut vms) = (0, Vec::new());
+        while vcpus < target {
+            let index = vms.len();
+            let width = SWEEP_WIDTHS[index % SWEEP_WIDTHS.len()].min(self.pcpus).min(target - vcpus).max(1);
+            let workload = workloads[index % workloads.len()];
+            let args = workloads::workload(workload).map_or(&[][..], |w| w.endless_args);
+            vms.push(VmPlan::new(&format!("{workload}{index}"), width, workload, args, self.locks)?);
+            vcpus += width;
+        }
+        let path = format!("{}-{}-{}pcpus-{}x.toml", self.mix, self.locks, self.pcpus, self.overcommit);
+        let sim =
+            SimConfig { duration: Some((self.duration_s * 1e9) as sched::Ns), seed: self.seed, ..SimConfig::default() };
+        let timeout_s = crate::scenario::DEFAULT_TIMEOUT_S;
+        Scenario::build(&path, Target::Sim, self.pcpus as usize, PolicyKind::Credit, timeout_s, vms, sim)
+    }
+}
+
+/// A scenario's short name: its file's stem.
+pub fn name(scenario: &Scenario) -> String {
+    let path = &scenario.path;
+    path.file_stem().map_or_else(|| path.display().to_string(), |stem| stem.to_string_lossy().into_owned())
+}
+
+/// A VM of a scenario under a policy, over repeated runs: one bar of a comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cell {
+    pub scenario: String,
+    pub vm: String,
+    pub policy: String,
+    /// Ratio to ideal in each run (0 for a run stopped at the timeout).
+    pub ratios: Vec<f64>,
+    /// Runs stopped at the timeout.
+    pub timeouts: usize,
+    /// NaN (`null` in JSON) if the policy cannot run the scenario.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub median: f64,
+}
+
+/// Reads `null` (JSON has no NaN) as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(value: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(value)?.unwrap_or(f64::NAN))
+}
+
+/// Each scenario VM's ratios under each policy, with their median.
+pub fn cells(scenarios: &[Scenario], policies: &[PolicyKind], results: &[ScenarioResult]) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for scenario in scenarios {
+        let path = scenario.path.display().to_string();
+        for vm in &scenario.vms {
+            for policy in policies {
+                let runs: Vec<&VmResult> = results
+                    .iter()
+                    .filter(|r| r.scenario == path && r.policy == policy.name())
+                    .flat_map(|r| r.vms.iter().filter(|v| v.name == vm.name))
+                    .collect();
+                // A run stopped at its timeout reports nothing: counted as 0 (a matrix run takes
+                // well under a second at its ideal, and is stopped after 20 s).
+                let ratios: Vec<f64> =
+                    runs.iter().filter_map(|v| if v.timed_out { Some(0.0) } else { v.ratio }).collect();
+                let timeouts = runs.iter().filter(|v| v.timed_out).count();
+                let median = if ratios.is_empty() { f64::NAN } else { Summary::of(ratios.clone()).median };
+                cells.push(Cell {
+                    scenario: name(scenario),
+                    vm: vm.name.clone(),
+                    policy: policy.name().to_owned(),
+                    ratios,
+                    timeouts,
+                    median,
+                });
+            }
+        }
+    }
+    cells
+}

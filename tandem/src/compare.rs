@@ -12,25 +12,14 @@ use anyhow::{Context, bail};
 use clap::Args;
 use plotters::prelude::*;
 use sched::PolicyKind;
-use serde::{Deserialize, Serialize};
 
-use tandem_core::results::{References, ScenarioResult, VmResult};
+use tandem_core::experiment::{self, Cell, cells, name};
+use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::Scenario;
 use tandem_core::stats::Summary;
 use tandem_kvm::{image, open_kvm, runner};
 
 use crate::report;
-
-/// Each workload's arguments in the matrix: about 0.2-0.3 s of work at 1x on this machine.
-const MATRIX_ARGS: &[(&str, &str)] = &[
-    ("locks", "{ ops = 300000 }"),
-    ("nbody", "{ barrier = \"spin\", steps = 300 }"),
-    ("cpu", "{ tasks = 120 }"),
-    ("pipeline", "{ items = 400000 }"),
-];
-
-/// A VM stuck in a collapse (a convoy of spinning waiters) is stopped after this long.
-const MATRIX_TIMEOUT_S: u32 = 20;
 
 /// Which scenarios to run, under which policies, how many times: shared by `compare` and
 /// `validate`.
@@ -87,26 +76,6 @@ impl CompareArgs {
             json: None,
         }
     }
-}
-
-/// One bar of the comparison: a VM of a scenario under a policy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Cell {
-    pub scenario: String,
-    pub vm: String,
-    pub policy: String,
-    /// Ratio to ideal in each run (0 for a run stopped at the timeout).
-    pub ratios: Vec<f64>,
-    /// Runs stopped at the timeout.
-    pub timeouts: usize,
-    /// NaN (`null` in JSON) if the policy cannot run the scenario.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub median: f64,
-}
-
-/// Reads `null` (JSON has no NaN) as NaN.
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(value: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(value)?.unwrap_or(f64::NAN))
 }
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
@@ -171,8 +140,7 @@ pub fn load(args: &Selection) -> anyhow::Result<Vec<Scenario>> {
         let mut scenarios = Vec::new();
         for workload in &args.workloads {
             for &level in &args.overcommit {
-                let name = PathBuf::from(format!("{workload}-{level}x.toml"));
-                scenarios.push(Scenario::parse(&name, &matrix_scenario(workload, level)?)?);
+                scenarios.push(experiment::matrix(workload, level)?);
             }
         }
         (scenarios, families)
@@ -184,62 +152,6 @@ pub fn load(args: &Selection) -> anyhow::Result<Vec<Scenario>> {
         return Ok(scenarios);
     }
     Ok(scenarios.iter().flat_map(|scenario| locks.iter().map(|family| scenario.with_locks(family))).collect())
-}
-
-/// The matrix's scenario of `workload` at `level` times overcommit of 2 pCPUs.
-fn matrix_scenario(workload: &str, level: u32) -> anyhow::Result<String> {
-    let Some((_, args)) = MATRIX_ARGS.iter().find(|(name, _)| *name == workload) else {
-        let known: Vec<&str> = MATRIX_ARGS.iter().map(|(name, _)| *name).collect();
-        bail!("--workloads: unknown workload `{workload}` (known: {})", known.join(", "));
-    };
-    let vms: &[(&str, u32)] = match level {
-        1 => &[("a", 2)],
-        2 => &[("a", 2), ("b", 2)],
-        _ => &[("wide", 4), ("narrow", 2)],
-    };
-    let mut text = format!("pcpus = 2\ntimeout_s = {MATRIX_TIMEOUT_S}\n[policy]\nname = \"credit\"\n");
-    for (name, vcpus) in vms {
-        text += &format!("[[vm]]\nname = \"{name}\"\nvcpus = {vcpus}\nworkload = \"{workload}\"\nargs = {args}\n");
-    }
-    Ok(text)
-}
-
-/// A scenario's short name: its file's stem.
-pub fn name(scenario: &Scenario) -> String {
-    let path = &scenario.path;
-    path.file_stem().map_or_else(|| path.display().to_string(), |stem| stem.to_string_lossy().into_owned())
-}
-
-/// Each scenario VM's ratios under each policy, with their median.
-pub fn cells(scenarios: &[Scenario], policies: &[PolicyKind], results: &[ScenarioResult]) -> Vec<Cell> {
-    let mut cells = Vec::new();
-    for scenario in scenarios {
-        let path = scenario.path.display().to_string();
-        for vm in &scenario.vms {
-            for policy in policies {
-                let runs: Vec<&VmResult> = results
-                    .iter()
-                    .filter(|r| r.scenario == path && r.policy == policy.name())
-                    .flat_map(|r| r.vms.iter().filter(|v| v.name == vm.name))
-                    .collect();
-                // A run stopped at its timeout reports nothing: counted as 0 (a matrix run takes
-                // well under a second at its ideal, and is stopped after 20 s).
-                let ratios: Vec<f64> =
-                    runs.iter().filter_map(|v| if v.timed_out { Some(0.0) } else { v.ratio }).collect();
-                let timeouts = runs.iter().filter(|v| v.timed_out).count();
-                let median = if ratios.is_empty() { f64::NAN } else { Summary::of(ratios.clone()).median };
-                cells.push(Cell {
-                    scenario: name(scenario),
-                    vm: vm.name.clone(),
-                    policy: policy.name().to_owned(),
-                    ratios,
-                    timeouts,
-                    median,
-                });
-            }
-        }
-    }
-    cells
 }
 
 fn print_table(scenarios: &[Scenario], policies: &[PolicyKind], cells: &[Cell]) {

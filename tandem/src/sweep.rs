@@ -15,31 +15,11 @@ use plotters::prelude::*;
 use sched::PolicyKind;
 use serde::Serialize;
 
+use tandem_core::experiment::SweepPoint;
 use tandem_core::results::References;
-use tandem_core::scenario::{MAX_SIM_PCPUS, Scenario, Target};
+use tandem_core::scenario::MAX_SIM_PCPUS;
 
 use crate::report;
-
-/// Each mix's workloads, dealt to its VMs in turn.
-const MIXES: &[(&str, &[&str])] = &[
-    ("independent", &["cpu"]),
-    ("synchronizing", &["nbody"]),
-    ("locks", &["locks"]),
-    ("mixed", &["cpu", "nbody", "locks", "pipeline"]),
-];
-
-/// VM widths, dealt in turn (at most the pCPU count).
-const WIDTHS: &[u32] = &[2, 4, 8];
-
-/// Arguments that keep every workload busy past any simulated duration.
-fn endless(workload: &str) -> &'static str {
-    match workload {
-        "cpu" => "{ tasks = 16777216 }",
-        "nbody" => "{ barrier = \"spin\", steps = 1000000000 }",
-        "locks" => "{ ops = 1000000000000 }",
-        _ => "{ items = 1000000000000 }",
-    }
-}
 
 #[derive(Debug, Args)]
 pub struct SweepArgs {
@@ -92,33 +72,7 @@ struct Point {
     wall_s: f64,
 }
 
-/// The scenario of one grid point, as a scenario file would say it.
-fn scenario_text(pcpus: u32, overcommit: f64, workloads: &[&str], locks: &str, duration: f64, seed: u64) -> String {
-    let mut text =
-        format!("pcpus = {pcpus}\n[policy]\nname = \"credit\"\n[sim]\nduration_s = {duration}\nseed = {seed}\n");
-    let target = (f64::from(pcpus) * overcommit).round().max(1.0) as u32;
-    let (mut vcpus, mut vm) = (0, 0);
-    while vcpus < target {
-        let width = WIDTHS[vm % WIDTHS.len()].min(pcpus).min(target - vcpus).max(1);
-        let workload = workloads[vm % workloads.len()];
-        let _ = write!(
-            text,
-            "[[vm]]\nname = \"{workload}{vm}\"\nvcpus = {width}\nworkload = \"{workload}\"\nargs = {}\nlocks = \"{locks}\"\n",
-            endless(workload)
-        );
-        vcpus += width;
-        vm += 1;
-    }
-    text
-}
-
 pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
-    for mix in &args.mixes {
-        if !MIXES.iter().any(|(name, _)| name == mix) {
-            let names: Vec<&str> = MIXES.iter().map(|(name, _)| *name).collect();
-            bail!("--mixes: unknown mix `{mix}` (known: {})", names.join(", "));
-        }
-    }
     if !(args.duration > 0.0 && args.duration <= 3600.0) {
         bail!("--duration must be more than 0 and at most 3600 seconds");
     }
@@ -133,10 +87,9 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         for &overcommit in &args.overcommit {
             for mix in &args.mixes {
                 for locks in &args.locks {
-                    let workloads = MIXES.iter().find(|(name, _)| name == mix).expect("checked above").1;
-                    let text = scenario_text(pcpus, overcommit, workloads, locks, args.duration, args.seed);
-                    let path = PathBuf::from(format!("{mix}-{locks}-{pcpus}pcpus-{overcommit}x.toml"));
-                    let scenario = Scenario::parse_for(&path, &text, Target::Sim)?;
+                    let point =
+                        SweepPoint { pcpus, overcommit, mix, locks, duration_s: args.duration, seed: args.seed };
+                    let scenario = point.scenario()?;
                     for &policy in &args.policies {
                         if let Ok(scenario) = scenario.with_sim(Some(policy), None) {
                             grid.push((pcpus, overcommit, mix.clone(), locks.clone(), scenario));

@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 use sched::PolicyKind;
 use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::Scenario;
-use tandem_core::stats::Summary;
+use tandem_core::stats::{self, Summary};
 
-use crate::compare::{self, Cell, Selection};
+use tandem_core::experiment::{Cell, cells};
+
+use crate::compare::{self, Selection};
 use crate::report;
 
 /// Below this a result has collapsed (a VM stuck in a convoy): two collapsed results agree
@@ -60,9 +62,9 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
     let scenarios = compare::load(selection)?;
     let real = match &args.real {
         Some(path) => load_real(path)?,
-        None => compare::cells(&scenarios, &selection.policies, &compare::measure(selection, &scenarios)?),
+        None => cells(&scenarios, &selection.policies, &compare::measure(selection, &scenarios)?),
     };
-    let simulated = compare::cells(&scenarios, &selection.policies, &simulate(selection, &scenarios, args.seeds)?);
+    let simulated = cells(&scenarios, &selection.policies, &simulate(selection, &scenarios, args.seeds)?);
     let mut rows = Vec::new();
     // A scenario a policy cannot run (VMs wider than the pCPUs under strict co-scheduling)
     // has no result either way.
@@ -107,10 +109,8 @@ fn repeatability(rows: &[Row], tolerance: f64) -> (usize, usize) {
     let mut runs = (0, 0);
     for ratios in rows.iter().map(|row| &row.real.ratios).filter(|ratios| ratios.len() >= 3) {
         for (i, &run) in ratios.iter().enumerate() {
-            let mut others: Vec<f64> = ratios.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &r)| r).collect();
-            others.sort_by(f64::total_cmp);
-            // The median; of an even count, the mean of the middle two.
-            let median = (others[(others.len() - 1) / 2] + others[others.len() / 2]) / 2.0;
+            let others: Vec<f64> = ratios.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &r)| r).collect();
+            let median = stats::median(&others).expect("a cell of three runs or more");
             runs.0 += usize::from(agree(run, median, tolerance));
             runs.1 += 1;
         }

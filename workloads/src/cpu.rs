@@ -6,11 +6,21 @@ use alloc::format;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::Error;
 use crate::common::{self, THREADS};
 use crate::params::{ParamSpec, Params};
 use crate::record::{FNV_OFFSET, Record, fnv1a};
 use crate::runtime::Runtime;
+use crate::{Error, WorkloadInfo};
+
+/// `cpu` as the registry lists it.
+pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
+    name: "cpu",
+    about: "independent game-tree searches, no sharing (SPEC CPU gobmk)",
+    unit: "tasks",
+    params: PARAMS,
+    matrix_args: Some(&[("tasks", "120")]),
+    endless_args: &[("tasks", "16777216")],
+};
 
 /// The parameters of `cpu`.
 pub const PARAMS: &[ParamSpec] =
@@ -85,7 +95,13 @@ pub fn run<R: Runtime>(rt: &R, params: &Params) -> Result<Record, Error> {
         }
         checksum = fnv1a(fnv1a(checksum, value as u64), nodes);
     }
-    Ok(Record { elapsed_ns, ops: tasks as u64, checksum, per_thread, ..common::record(rt, "cpu", params, "tasks") })
+    Ok(Record {
+        elapsed_ns,
+        ops: tasks as u64,
+        checksum,
+        per_thread,
+        ..common::record(rt, WORKLOAD.name, params, WORKLOAD.unit)
+    })
 }
 
 #[cfg(test)]

@@ -36,15 +36,25 @@ pub use params::{ParamError, ParamSpec, Params};
 pub use record::Record;
 pub use runtime::{Barrier, BarrierKind, Condvar, Lock, Runtime};
 
-/// A workload, for listings and argument checks.
+/// A workload as the registry describes it: everything the monitor, the experiments and the
+/// listings need to know of it. A workload is its own module, which defines its descriptor,
+/// plus its line in [`WORKLOADS`] and in [`run`]; the simulator's model of it is registered
+/// in the simulator.
 #[derive(Clone, Copy, Debug)]
 pub struct WorkloadInfo {
     /// The name [`run`] takes.
     pub name: &'static str,
     /// One line on what it does.
     pub about: &'static str,
+    /// What one op of its result is (its [`Record::unit`]).
+    pub unit: &'static str,
     /// Its `key=value` parameters.
     pub params: &'static [ParamSpec],
+    /// Its arguments in the co-design matrix of `tandem compare` (about 0.2-0.3 s of work at
+    /// 1x on the test machines), or `None` if it is not in the matrix.
+    pub matrix_args: Option<&'static [(&'static str, &'static str)]>,
+    /// Arguments that keep it busy past any simulated duration (`tandem sweep`'s).
+    pub endless_args: &'static [(&'static str, &'static str)],
 }
 
 /// Parameters every workload takes in the guest, for the guest runtime rather than the
@@ -65,29 +75,13 @@ pub fn split_guest_args<'a>(
 }
 
 /// Every workload, in the order they are listed.
-pub const WORKLOADS: &[WorkloadInfo] = &[
-    WorkloadInfo {
-        name: "cpu",
-        about: "independent game-tree searches, no sharing (SPEC CPU gobmk)",
-        params: cpu::PARAMS,
-    },
-    WorkloadInfo {
-        name: "nbody",
-        about: "barrier-synchronized particle simulation (SPEC OMP ammp)",
-        params: nbody::PARAMS,
-    },
-    WorkloadInfo { name: "locks", about: "a shared table under one spinlock (ebizzy, dbench)", params: locks::PARAMS },
-    WorkloadInfo {
-        name: "pipeline",
-        about: "producer/consumer stages over mutex + condvar queues",
-        params: pipeline::PARAMS,
-    },
-    WorkloadInfo {
-        name: "phases",
-        about: "parallel and serial phases in turn (Amdahl): changing demand for VCPUs",
-        params: phases::PARAMS,
-    },
-];
+pub const WORKLOADS: &[WorkloadInfo] =
+    &[cpu::WORKLOAD, nbody::WORKLOAD, locks::WORKLOAD, pipeline::WORKLOAD, phases::WORKLOAD];
+
+/// The workload named `name`.
+pub fn workload(name: &str) -> Option<&'static WorkloadInfo> {
+    WORKLOADS.iter().find(|w| w.name == name)
+}
 
 /// Why a workload did not produce a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,8 +120,7 @@ impl From<ParamError> for Error {
 
 /// Runs `workload` on `rt` with `key=value` arguments `args`.
 pub fn run<R: Runtime>(rt: &R, workload: &str, args: &[&str]) -> Result<Record, Error> {
-    let info =
-        WORKLOADS.iter().find(|w| w.name == workload).ok_or_else(|| Error::UnknownWorkload(workload.to_string()))?;
+    let info = self::workload(workload).ok_or_else(|| Error::UnknownWorkload(workload.to_string()))?;
     let params = Params::parse(info.params, args.iter().copied())?;
     match info.name {
         "cpu" => cpu::run(rt, &params),

@@ -5,11 +5,21 @@
 use alloc::format;
 use alloc::vec;
 
-use crate::Error;
 use crate::common::{self, THREADS, XorShift};
 use crate::params::{ParamSpec, Params};
 use crate::record::{FNV_OFFSET, Record, fnv1a};
 use crate::runtime::{Lock, Runtime};
+use crate::{Error, WorkloadInfo};
+
+/// `locks` as the registry lists it.
+pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
+    name: "locks",
+    about: "a shared table under one spinlock (ebizzy, dbench)",
+    unit: "ops",
+    params: PARAMS,
+    matrix_args: Some(&[("ops", "300000")]),
+    endless_args: &[("ops", "1000000000000")],
+};
 
 /// The parameters of `locks`.
 pub const PARAMS: &[ParamSpec] = &[
@@ -74,7 +84,7 @@ pub fn run<R: Runtime>(rt: &R, params: &Params) -> Result<Record, Error> {
         checksum,
         per_thread,
         lock_stats: Some(lock_stats),
-        ..common::record(rt, "locks", params, "ops")
+        ..common::record(rt, WORKLOAD.name, params, WORKLOAD.unit)
     })
 }
 

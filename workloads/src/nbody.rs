@@ -10,11 +10,21 @@ use alloc::vec::Vec;
 use core::arch::x86_64::{_mm_cvtsd_f64, _mm_set_sd, _mm_sqrt_sd};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::Error;
 use crate::common::{self, THREADS, XorShift};
 use crate::params::{ParamSpec, Params};
 use crate::record::{FNV_OFFSET, Record, fnv1a};
 use crate::runtime::{Barrier, BarrierKind, Runtime};
+use crate::{Error, WorkloadInfo};
+
+/// `nbody` as the registry lists it.
+pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
+    name: "nbody",
+    about: "barrier-synchronized particle simulation (SPEC OMP ammp)",
+    unit: "timesteps",
+    params: PARAMS,
+    matrix_args: Some(&[("barrier", "spin"), ("steps", "300")]),
+    endless_args: &[("barrier", "spin"), ("steps", "1000000000")],
+};
 
 /// The parameters of `nbody`.
 pub const PARAMS: &[ParamSpec] = &[
@@ -175,7 +185,7 @@ pub fn run<R: Runtime>(rt: &R, params: &Params) -> Result<Record, Error> {
         ops: steps,
         checksum: system.checksum(),
         per_thread,
-        ..common::record(rt, "nbody", params, "timesteps")
+        ..common::record(rt, WORKLOAD.name, params, WORKLOAD.unit)
     })
 }
 

@@ -9,11 +9,21 @@ use alloc::format;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::Error;
 use crate::common::{self, THREADS};
 use crate::params::{ParamSpec, Params};
 use crate::record::{FNV_OFFSET, Record, fnv1a};
 use crate::runtime::Runtime;
+use crate::{Error, WorkloadInfo};
+
+/// `phases` as the registry lists it.
+pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
+    name: "phases",
+    about: "parallel and serial phases in turn (Amdahl): changing demand for VCPUs",
+    unit: "rounds",
+    params: PARAMS,
+    matrix_args: None,
+    endless_args: &[("rounds", "10000"), ("phase_ms", "1000")],
+};
 
 /// The parameters of `phases`.
 pub const PARAMS: &[ParamSpec] = &[
@@ -69,5 +79,11 @@ pub fn run<R: Runtime>(rt: &R, params: &Params) -> Result<Record, Error> {
     }
     let elapsed_ns = rt.now_ns() - start;
     let per_thread = chunks.iter().map(|n| n.load(Ordering::Relaxed)).collect();
-    Ok(Record { elapsed_ns, ops: rounds, checksum, per_thread, ..common::record(rt, "phases", params, "rounds") })
+    Ok(Record {
+        elapsed_ns,
+        ops: rounds,
+        checksum,
+        per_thread,
+        ..common::record(rt, WORKLOAD.name, params, WORKLOAD.unit)
+    })
 }

@@ -13,11 +13,21 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::Error;
 use crate::common;
 use crate::params::{ParamSpec, Params};
 use crate::record::{FNV_OFFSET, LockStats, Record, fnv1a};
 use crate::runtime::{Condvar, Lock, Runtime};
+use crate::{Error, WorkloadInfo};
+
+/// `pipeline` as the registry lists it.
+pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
+    name: "pipeline",
+    about: "producer/consumer stages over mutex + condvar queues",
+    unit: "items",
+    params: PARAMS,
+    matrix_args: Some(&[("items", "400000")]),
+    endless_args: &[("items", "1000000000000")],
+};
 
 /// The parameters of `pipeline`.
 pub const PARAMS: &[ParamSpec] = &[
@@ -194,7 +204,7 @@ pub fn run<R: Runtime>(rt: &R, params: &Params) -> Result<Record, Error> {
         checksum,
         per_thread,
         lock_stats: Some(lock_stats),
-        ..common::record(rt, "pipeline", params, "items")
+        ..common::record(rt, WORKLOAD.name, params, WORKLOAD.unit)
     })
 }
 

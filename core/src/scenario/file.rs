@@ -9,8 +9,7 @@ use sched::{MS, Ns, Params, PolicyKind};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{DEFAULT_WEIGHT, MAX_SIM_PCPUS, Scenario, Target, VmPlan};
-use crate::host::available_cores;
+use super::{DEFAULT_MEM_MIB, DEFAULT_TIMEOUT_S, DEFAULT_WEIGHT, MAX_SIM_PCPUS, Scenario, Target, VmPlan, vm_words};
 use crate::sim_config::{Costs, SimConfig};
 
 #[derive(Deserialize)]
@@ -44,7 +43,7 @@ struct SimTable {
 }
 
 fn default_timeout() -> Spanned<f64> {
-    Spanned::new(0..0, 600.0)
+    Spanned::new(0..0, DEFAULT_TIMEOUT_S)
 }
 
 #[derive(Deserialize)]
@@ -191,10 +190,7 @@ impl Scenario {
             anyhow::anyhow!("{}{line}: {}", path.display(), error.message())
         })?;
 
-        let available = match target {
-            Target::Host => available_cores(),
-            Target::Sim => (0..MAX_SIM_PCPUS).collect(),
-        };
+        let available = target.pcpus();
         let cores = match file.pcpus.get_ref() {
             Pcpus::Count(n) if *n >= 1 && (*n as usize) <= available.len() => available[..*n as usize].to_vec(),
             Pcpus::Count(n) => {
@@ -258,12 +254,10 @@ impl Scenario {
             Some(table) => parse_sim(&source, table.get_ref())?,
             None => SimConfig::default(),
         };
-        let mut scenario = Scenario { path: path.to_owned(), cores, policy, params, timeout_s, vms, sim };
-        if target == Target::Sim {
-            scenario = scenario.scaled(scenario.sim.scale);
-            if scenario.cores.len() > MAX_SIM_PCPUS {
-                return source.error(file.pcpus.span(), "pcpus", format!("at most {MAX_SIM_PCPUS} simulated pCPUs"));
-            }
+        let scenario =
+            Scenario { path: path.to_owned(), cores, policy, params, timeout_s, vms, sim }.for_target(target);
+        if scenario.cores.len() > MAX_SIM_PCPUS {
+            return source.error(file.pcpus.span(), "pcpus", format!("at most {MAX_SIM_PCPUS} simulated pCPUs"));
         }
         scenario
             .check_policy_fits()
@@ -306,7 +300,7 @@ fn parse_vm(source: &Source, table: &VmTable) -> anyhow::Result<VmPlan> {
             format!("unknown workload `{workload}`; the workloads are {}", names.join(", ")),
         );
     }
-    let mut args = Vec::new();
+    let mut pairs = Vec::new();
     let args_span = table.args.as_ref().map_or_else(|| table.workload.span(), Spanned::span);
     for (key, value) in table.args.iter().flat_map(|args| args.get_ref()) {
         let value = match value {
@@ -317,12 +311,12 @@ fn parse_vm(source: &Source, table: &VmTable) -> anyhow::Result<VmPlan> {
                 return source.error(args_span, "vm.args", format!("{key} is a {kind}; use a string or an integer"));
             }
         };
-        args.push(format!("{key}={value}"));
+        pairs.push((key.as_str(), value));
     }
     let locks = table.locks.as_ref().map_or_else(|| "spin".to_owned(), |locks| locks.get_ref().clone());
-    args.push(format!("locks={locks}"));
+    let args = vm_words(pairs, &locks);
     let mem_mib = match &table.mem_mib {
-        None => 128,
+        None => DEFAULT_MEM_MIB,
         Some(mem) if *mem.get_ref() > 0 => *mem.get_ref() as u64,
         Some(mem) => return source.error(mem.span(), "vm.mem_mib", "must be positive"),
     };
@@ -443,7 +437,8 @@ start_delay_ms = 10
             if path.extension().is_some_and(|ext| ext == "toml") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 // The examples use 2 pCPUs; a 1-CPU machine still checks everything else.
-                let text = text.replace("pcpus = 2", &format!("pcpus = {}", available_cores().len().min(2)));
+                let text =
+                    text.replace("pcpus = 2", &format!("pcpus = {}", crate::host::available_cores().len().min(2)));
                 if let Err(error) = Scenario::parse(&path, &text) {
                     panic!("{error:#}");
                 }

@@ -41,6 +41,16 @@ use crate::sim_config::SimConfig;
 
 /// Xen's default weight.
 pub const DEFAULT_WEIGHT: u32 = 256;
+/// VMs still running after this long are stopped, unless the scenario says otherwise.
+pub const DEFAULT_TIMEOUT_S: f64 = 600.0;
+/// Guest memory of a VM that does not say.
+pub const DEFAULT_MEM_MIB: u64 = 128;
+
+/// A VM's `key=value` words: the workload's arguments in key order, then `locks=`.
+fn vm_words(mut args: Vec<(&str, String)>, locks: &str) -> Vec<String> {
+    args.sort_by(|a, b| a.0.cmp(b.0));
+    args.into_iter().map(|(key, value)| format!("{key}={value}")).chain([format!("locks={locks}")]).collect()
+}
 
 /// A checked scenario.
 #[derive(Debug, Clone)]
@@ -68,6 +78,17 @@ pub enum Target {
 /// Most pCPUs a simulated scenario may have.
 pub const MAX_SIM_PCPUS: usize = 4096;
 
+impl Target {
+    /// The pCPUs a scenario for this target may use, in order: the host CPUs this process
+    /// may run on, or simulated ones.
+    pub fn pcpus(self) -> Vec<usize> {
+        match self {
+            Target::Host => available_cores(),
+            Target::Sim => (0..MAX_SIM_PCPUS).collect(),
+        }
+    }
+}
+
 /// One VM of a scenario.
 #[derive(Debug, Clone)]
 pub struct VmPlan {
@@ -84,6 +105,38 @@ pub struct VmPlan {
 }
 
 impl Scenario {
+    /// A scenario built as a value rather than read from a file: the first `pcpus` pCPUs of
+    /// `target`, `policy` at its default tunables, `vms` (see [`VmPlan::new`]); checked as a
+    /// file would be.
+    pub fn build(
+        path: &str,
+        target: Target,
+        pcpus: usize,
+        policy: PolicyKind,
+        timeout_s: f64,
+        vms: Vec<VmPlan>,
+        sim: SimConfig,
+    ) -> anyhow::Result<Scenario> {
+        let available = target.pcpus();
+        if pcpus == 0 || pcpus > available.len() {
+            bail!("{path}: {pcpus} pCPUs asked for; this process may use 1 to {} host CPUs", available.len());
+        }
+        let cores = available[..pcpus].to_vec();
+        let params = Params::default();
+        let scenario =
+            Scenario { path: PathBuf::from(path), cores, policy, params, timeout_s, vms, sim }.for_target(target);
+        scenario.check_policy_fits().map_err(|message| anyhow::anyhow!("{path}: {message}"))?;
+        Ok(scenario)
+    }
+
+    /// The scenario as `target` runs it: the simulator applies `[sim] scale`.
+    fn for_target(self, target: Target) -> Scenario {
+        match target {
+            Target::Host => self,
+            Target::Sim => self.scaled(self.sim.scale),
+        }
+    }
+
     /// The scenario `factor` times over: `factor` times the pCPUs, and each VM `factor` times
     /// (VM `a` as `a.0`, `a.1`, ...). For the simulator: the pCPUs are numbered anew.
     pub fn scaled(&self, factor: u32) -> Scenario {
@@ -185,6 +238,25 @@ impl Scenario {
 }
 
 impl VmPlan {
+    /// A VM named `name` of `vcpus` VCPUs running `workload` with `args` on the spinlock
+    /// family `locks`, at the defaults of a scenario file for everything else; checked as
+    /// `tandem run` checks a VM.
+    pub fn new(name: &str, vcpus: u32, workload: &str, args: &[(&str, &str)], locks: &str) -> anyhow::Result<VmPlan> {
+        let plan = VmPlan {
+            name: name.to_owned(),
+            vcpus,
+            weight: DEFAULT_WEIGHT,
+            cap: None,
+            workload: workload.to_owned(),
+            args: vm_words(args.iter().map(|&(key, value)| (key, value.to_owned())).collect(), locks),
+            locks: locks.to_owned(),
+            mem_mib: DEFAULT_MEM_MIB,
+            start_delay_ms: 0,
+        };
+        plan.vm_config(1.0)?;
+        Ok(plan)
+    }
+
     /// The VM to boot, stopped after `timeout_s`: the same checks `tandem run` makes
     /// (memory size, parameters and their values).
     pub fn vm_config(&self, timeout_s: f64) -> anyhow::Result<VmConfig> {
