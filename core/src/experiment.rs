@@ -146,3 +146,53 @@ pub fn cells(scenarios: &[Scenario], policies: &[PolicyKind], results: &[Scenari
     }
     cells
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_matrix_scenario_is_the_one_its_file_would_say() {
+        let built = matrix("nbody", 3).unwrap();
+        let text = "pcpus = 2\ntimeout_s = 20\n[policy]\nname = \"credit\"\n\
+                    [[vm]]\nname = \"wide\"\nvcpus = 4\nworkload = \"nbody\"\nargs = { steps = 300, barrier = \"spin\" }\n\
+                    [[vm]]\nname = \"narrow\"\nvcpus = 2\nworkload = \"nbody\"\nargs = { steps = 300, barrier = \"spin\" }\n";
+        let parsed = Scenario::parse(Path::new("nbody-3x.toml"), text).unwrap();
+        assert_eq!(format!("{built:?}"), format!("{parsed:?}"));
+        assert_eq!(built.vms[0].args, ["barrier=spin", "steps=300", "locks=spin"]);
+    }
+
+    #[test]
+    fn the_matrix_knows_only_workloads_that_have_matrix_arguments() {
+        let error = matrix("phases", 2).unwrap_err().to_string();
+        assert_eq!(error, "--workloads: unknown workload `phases` (known: cpu, nbody, locks, pipeline)");
+        assert_eq!(matrix("locks", 2).unwrap().vms.len(), 2);
+    }
+
+    #[test]
+    fn a_sweep_point_adds_vms_until_its_vcpus_reach_the_overcommit() {
+        for (pcpus, overcommit) in [(2, 1.0), (8, 3.0), (32, 2.5), (64, 4.0)] {
+            let point = SweepPoint { pcpus, overcommit, mix: "mixed", locks: "pv", duration_s: 1.5, seed: 7 };
+            let scenario = point.scenario().unwrap();
+            let vcpus: u32 = scenario.vms.iter().map(|vm| vm.vcpus).sum();
+            assert_eq!(f64::from(vcpus), (f64::from(pcpus) * overcommit).round());
+            assert!(scenario.vms.iter().all(|vm| vm.vcpus <= pcpus && vm.locks == "pv"));
+            assert_eq!(scenario.cores.len(), pcpus as usize);
+            assert_eq!((scenario.sim.duration, scenario.sim.seed), (Some(1_500_000_000), 7));
+        }
+        let unknown = SweepPoint { pcpus: 2, overcommit: 1.0, mix: "nosuch", locks: "spin", duration_s: 1.0, seed: 1 };
+        assert!(unknown.scenario().unwrap_err().to_string().starts_with("--mixes: unknown mix `nosuch`"));
+    }
+
+    #[test]
+    fn every_workload_runs_endlessly_in_a_sweep_and_its_matrix_arguments_are_valid() {
+        for workload in workloads::WORKLOADS {
+            VmPlan::new("a", 2, workload.name, workload.endless_args, "spin").unwrap();
+            if let Some(args) = workload.matrix_args {
+                VmPlan::new("a", 2, workload.name, args, "pv").unwrap();
+            }
+        }
+    }
+}
