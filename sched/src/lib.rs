@@ -3,8 +3,8 @@
 //! A [`Policy`] takes events (a VCPU woke, blocked, went offline or yielded; time passed) with
 //! the time as an argument, and answers with the VCPU each pCPU should run now
 //! ([`Policy::assignment`]). There are no threads, clocks or KVM in here: the real-time
-//! dispatcher in `host-monitor` and the simulator drive the very same code, and every
-//! decision can be tested on scripted event sequences ([`harness`]).
+//! dispatcher in `tandem-kvm` and the simulator in `tandem-sim` drive the very same code,
+//! and every decision can be tested on scripted event sequences ([`harness`]).
 //!
 //! - [`host`]: a model of Linux's fair scheduler placing VCPU threads (plain KVM). The real
 //!   dispatcher does not gate under it: Linux itself schedules the threads.

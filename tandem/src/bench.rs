@@ -10,10 +10,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use workloads::Record;
 
+use tandem_core::guest::{self, VmConfig};
+use tandem_core::scenario::DEFAULT_MEM_MIB;
 use tandem_core::stats::Summary;
-use tandem_kvm::vm::Outcome;
-
-use crate::cli::{RunArgs, run_vm};
+use tandem_kvm::vm::{self, Outcome};
+use tandem_kvm::{image, open_kvm};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -72,7 +73,16 @@ fn boot_time(vcpus: u32) -> anyhow::Result<Duration> {
 
 /// Runs a guest quietly and returns the records it reported.
 fn guest_records(program: &str, vcpus: u32, args: &[&str]) -> anyhow::Result<Vec<String>> {
-    let report = run_vm(&RunArgs::new(program, vcpus, args), false)?;
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let config = VmConfig {
+        name: program.to_owned(),
+        vcpus,
+        mem_mib: DEFAULT_MEM_MIB,
+        cmdline: guest::cmdline(program, &args)?,
+        timeout: Duration::from_secs(300),
+        echo_console: false,
+    };
+    let report = vm::run_alone(&open_kvm()?, &config, image::DEFAULT_GUEST)?;
     if report.outcome != Outcome::Exited(0) {
         bail!("{}", report.outcome.describe(program));
     }

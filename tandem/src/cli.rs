@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use sched::PolicyKind;
 use tandem_core::guest::{self, VmConfig};
 use tandem_core::results::{References, ScenarioResult};
-use tandem_core::scenario::{Scenario, Target};
+use tandem_core::scenario::{DEFAULT_MEM_MIB, Scenario, Target};
 use tandem_kvm::vm::{self, Outcome, RunReport};
 use tandem_kvm::{image, open_kvm, runner};
 use workloads::Record;
@@ -74,7 +74,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=pv_abi::MAX_VCPUS as i64))]
     pub vcpus: u32,
     /// Guest memory in MiB (even, 4 to 3072)
-    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEM_MIB)]
     pub mem: u64,
     /// Guest kernel ELF to boot instead of the embedded one
     #[arg(long, value_name = "ELF")]
@@ -174,21 +174,6 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
 }
 
 impl RunArgs {
-    /// Arguments to boot `program` with the defaults of everything else.
-    pub fn new(program: &str, vcpus: u32, args: &[&str]) -> RunArgs {
-        RunArgs {
-            program: Some(program.to_owned()),
-            list: false,
-            vcpus,
-            mem: 128,
-            kernel: None,
-            timeout: 300.0,
-            stats: false,
-            json: None,
-            args: args.iter().map(|arg| arg.to_string()).collect(),
-        }
-    }
-
     fn program(&self) -> &str {
         self.program.as_deref().expect("clap requires a program unless --list")
     }
@@ -206,7 +191,7 @@ impl RunArgs {
 }
 
 /// Boots the configured guest and runs it to its outcome.
-pub fn run_vm(args: &RunArgs, echo_console: bool) -> anyhow::Result<RunReport> {
+fn run_vm(args: &RunArgs, echo_console: bool) -> anyhow::Result<RunReport> {
     let config = args.config(echo_console)?;
     let image: Cow<'_, [u8]> = match &args.kernel {
         Some(path) => Cow::Owned(image::read(path)?),
