@@ -7,7 +7,7 @@ use sched::PolicyKind;
 use serde::{Deserialize, Serialize};
 
 use crate::results::{ScenarioResult, VmResult};
-use crate::scenario::{Scenario, Target, VmPlan};
+use crate::scenario::{MAX_SIM_PCPUS, Scenario, Target, VmPlan};
 use crate::sim_config::SimConfig;
 use crate::stats::Summary;
 
@@ -49,21 +49,120 @@ pub const MIXES: &[(&str, &[&str])] = &[
 /// The sweep's VM widths, dealt in turn (at most the pCPU count).
 const SWEEP_WIDTHS: &[u32] = &[2, 4, 8];
 
+/// A sweep's grid: every combination of its axes, each under every policy that can run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepGrid {
+    pub pcpus: Vec<u32>,
+    /// VCPUs over pCPUs: VMs are added until the VCPUs reach it.
+    pub overcommit: Vec<f64>,
+    /// Names of [`MIXES`].
+    pub mixes: Vec<String>,
+    pub locks: Vec<String>,
+    pub policies: Vec<PolicyKind>,
+    /// Virtual seconds each point is simulated.
+    pub duration_s: f64,
+    pub seed: u64,
+}
+
+impl SweepGrid {
+    /// Every point's scenario under every policy that can run it (strict co-scheduling
+    /// cannot run a VM wider than the pCPUs), with the point.
+    pub fn scenarios(&self) -> anyhow::Result<Vec<(SweepPoint, Scenario)>> {
+        if !(self.duration_s > 0.0 && self.duration_s <= 3600.0) {
+            anyhow::bail!("--duration must be more than 0 and at most 3600 seconds");
+        }
+        if let Some(bad) = self.overcommit.iter().find(|o| !(**o > 0.0 && **o <= 64.0)) {
+            anyhow::bail!("--overcommit {bad}: ratios are more than 0 and at most 64");
+        }
+        if let Some(bad) = self.pcpus.iter().find(|p| **p == 0 || **p as usize > MAX_SIM_PCPUS) {
+            anyhow::bail!("--pcpus {bad}: 1 to {MAX_SIM_PCPUS} pCPUs");
+        }
+        let mut scenarios = Vec::new();
+        for &pcpus in &self.pcpus {
+            for &overcommit in &self.overcommit {
+                for mix in &self.mixes {
+                    for locks in &self.locks {
+                        let point = SweepPoint {
+                            pcpus,
+                            overcommit,
+                            mix: mix.clone(),
+                            locks: locks.clone(),
+                            duration_s: self.duration_s,
+                            seed: self.seed,
+                        };
+                        let scenario = point.scenario()?;
+                        for &policy in &self.policies {
+                            if let Ok(scenario) = scenario.with_sim(Some(policy), None) {
+                                scenarios.push((point.clone(), scenario));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(scenarios)
+    }
+}
+
 /// One point of the sweep's grid.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SweepPoint<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPoint {
     pub pcpus: u32,
     /// VCPUs over pCPUs: VMs are added until the VCPUs reach it.
     pub overcommit: f64,
     /// A name of [`MIXES`].
-    pub mix: &'a str,
-    pub locks: &'a str,
+    pub mix: String,
+    pub locks: String,
     /// Virtual seconds it is simulated.
     pub duration_s: f64,
     pub seed: u64,
 }
 
-impl SweepPoint<'_> {
+/// A point of the grid simulated under a policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepResult {
+    pub pcpus: u32,
+    pub overcommit: f64,
+    pub mix: String,
+    pub locks: String,
+    pub policy: String,
+    pub vms: usize,
+    pub vcpus: u32,
+    /// Mean over the VMs of result / ideal.
+    pub mean_ratio: f64,
+    /// The worst VM's result / ideal.
+    pub min_ratio: f64,
+    pub fairness: f64,
+    pub utilization: f64,
+    /// The simulator's events.
+    pub events: u64,
+    /// Wall time it took to simulate.
+    pub wall_s: f64,
+}
+
+impl SweepResult {
+    /// What `point`, simulated as `result` (of `events` events in `wall_s`), came to.
+    pub fn of(point: &SweepPoint, result: &ScenarioResult, events: u64, wall_s: f64) -> SweepResult {
+        let ratios: Vec<f64> = result.vms.iter().filter_map(|vm| vm.ratio).collect();
+        SweepResult {
+            pcpus: point.pcpus,
+            overcommit: point.overcommit,
+            mix: point.mix.clone(),
+            locks: point.locks.clone(),
+            policy: result.policy.clone(),
+            vms: result.vms.len(),
+            vcpus: result.vms.iter().map(|vm| vm.vcpus).sum(),
+            mean_ratio: ratios.iter().sum::<f64>() / ratios.len().max(1) as f64,
+            min_ratio: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            fairness: result.fairness.unwrap_or(f64::NAN),
+            utilization: result.utilization,
+            events,
+            wall_s,
+        }
+    }
+}
+
+impl SweepPoint {
     /// The point's scenario, to simulate: VMs of the mix's workloads with their endless
     /// arguments, under `credit` (to be set per policy with [`Scenario::with_sim`]).
     pub fn scenario(&self) -> anyhow::Result<Scenario> {
@@ -78,7 +177,7 @@ impl SweepPoint<'_> {
             let width = SWEEP_WIDTHS[index % SWEEP_WIDTHS.len()].min(self.pcpus).min(target - vcpus).max(1);
             let workload = workloads[index % workloads.len()];
             let args = workloads::workload(workload).map_or(&[][..], |w| w.endless_args);
-            vms.push(VmPlan::new(&format!("{workload}{index}"), width, workload, args, self.locks)?);
+            vms.push(VmPlan::new(&format!("{workload}{index}"), width, workload, args, &self.locks)?);
             vcpus += width;
         }
         let path = format!("{}-{}-{}pcpus-{}x.toml", self.mix, self.locks, self.pcpus, self.overcommit);
@@ -174,7 +273,8 @@ mod tests {
     #[test]
     fn a_sweep_point_adds_vms_until_its_vcpus_reach_the_overcommit() {
         for (pcpus, overcommit) in [(2, 1.0), (8, 3.0), (32, 2.5), (64, 4.0)] {
-            let point = SweepPoint { pcpus, overcommit, mix: "mixed", locks: "pv", duration_s: 1.5, seed: 7 };
+            let point =
+                SweepPoint { pcpus, overcommit, mix: "mixed".into(), locks: "pv".into(), duration_s: 1.5, seed: 7 };
             let scenario = point.scenario().unwrap();
             let vcpus: u32 = scenario.vms.iter().map(|vm| vm.vcpus).sum();
             assert_eq!(f64::from(vcpus), (f64::from(pcpus) * overcommit).round());
@@ -182,7 +282,14 @@ mod tests {
             assert_eq!(scenario.cores.len(), pcpus as usize);
             assert_eq!((scenario.sim.duration, scenario.sim.seed), (Some(1_500_000_000), 7));
         }
-        let unknown = SweepPoint { pcpus: 2, overcommit: 1.0, mix: "nosuch", locks: "spin", duration_s: 1.0, seed: 1 };
+        let unknown = SweepPoint {
+            pcpus: 2,
+            overcommit: 1.0,
+            mix: "nosuch".into(),
+            locks: "spin".into(),
+            duration_s: 1.0,
+            seed: 1,
+        };
         assert!(unknown.scenario().unwrap_err().to_string().starts_with("--mixes: unknown mix `nosuch`"));
     }
 

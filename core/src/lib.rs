@@ -9,6 +9,7 @@
 //! - [`metrics`]: what runs report (VCPU times in esxtop's terms, the dispatcher's figures,
 //!   the trace);
 //! - [`stats`]: medians, percentiles, Jain's index;
+//! - [`validation`]: real against simulated results, and how far they agree;
 //! - [`sim_config`]: what a simulation is told beyond the scenario (its costs);
 //! - [`host`]: the host CPUs a scenario may use.
 
@@ -20,3 +21,4 @@ pub mod results;
 pub mod scenario;
 pub mod sim_config;
 pub mod stats;
+pub mod validation;

@@ -253,7 +253,7 @@ fn scenario(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
     }
     let result =
         runner::run_scenario(&kvm, image::DEFAULT_GUEST, &scenario, (!args.no_reference).then_some(&references))?;
-    print!("{}", report::table(&result));
+    print!("{}", report::scenario::table(&result));
     write_outputs(options, &scenario, &result)?;
     let all_ok = result.vms.iter().all(|vm| vm.ok);
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -268,7 +268,7 @@ fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let outcome = tandem_sim::simulate(&scenario, &mut References::default(), options.trace.is_some())?;
     let wall = started.elapsed().as_secs_f64();
-    print!("{}", report::table(&outcome.result));
+    print!("{}", report::scenario::table(&outcome.result));
     eprintln!(
         "simulated {:.2} s in {wall:.2} s of wall time: {} events, {:.2} M events/s",
         outcome.result.elapsed_s,
@@ -285,7 +285,7 @@ fn write_outputs(options: &ScenarioOptions, scenario: &Scenario, result: &Scenar
         report::write_json(path, result)?;
     }
     if let Some(path) = &options.trace {
-        report::write_trace(path, scenario, result)?;
+        report::trace::write_trace(path, scenario, result)?;
     }
     Ok(())
 }

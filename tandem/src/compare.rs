@@ -8,15 +8,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
-use plotters::prelude::*;
 use sched::PolicyKind;
 
-use tandem_core::experiment::{self, Cell, cells, name};
+use tandem_core::experiment::{self, cells, name};
 use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::Scenario;
-use tandem_core::stats::Summary;
 use tandem_kvm::{image, open_kvm, runner};
 
 use crate::report;
@@ -83,10 +81,10 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let scenarios = load(selection)?;
     let results = measure(selection, &scenarios)?;
     let cells = cells(&scenarios, &selection.policies, &results);
-    print_table(&scenarios, &selection.policies, &cells);
-    print_dispatcher(&results);
+    print!("{}", report::compare::table(&scenarios, &selection.policies, &cells));
+    print!("{}", report::compare::dispatcher(&results));
     if let Some(path) = &args.svg {
-        chart(path, &selection.policies, &cells)?;
+        report::compare::chart(path, &selection.policies, &cells)?;
     }
     if let Some(path) = &args.json {
         report::write_json(path, &serde_json::json!({ "cells": cells, "runs": results }))?;
@@ -152,112 +150,4 @@ pub fn load(args: &Selection) -> anyhow::Result<Vec<Scenario>> {
         return Ok(scenarios);
     }
     Ok(scenarios.iter().flat_map(|scenario| locks.iter().map(|family| scenario.with_locks(family))).collect())
-}
-
-fn print_table(scenarios: &[Scenario], policies: &[PolicyKind], cells: &[Cell]) {
-    println!("each VM's result as a fraction of its ideal (its work at its fair share of the pCPUs), median of runs:");
-    print!("{:<24} {:<6} {:>5}", "scenario", "VM", "VCPUs");
-    for policy in policies {
-        print!(" {:>16}", policy.name());
-    }
-    println!();
-    for scenario in scenarios {
-        for vm in &scenario.vms {
-            print!("{:<24} {:<6} {:>5}", name(scenario), vm.name, vm.vcpus);
-            for policy in policies {
-                let cell =
-                    cells.iter().find(|c| c.scenario == name(scenario) && c.vm == vm.name && c.policy == policy.name());
-                match cell {
-                    Some(cell) if cell.timeouts > 0 => {
-                        print!(" {:>16}", format!("{:.3} ({} t/o)", cell.median, cell.timeouts))
-                    }
-                    Some(cell) if cell.median.is_finite() => print!(" {:>16.3}", cell.median),
-                    _ => print!(" {:>16}", "cannot run"),
-                }
-            }
-            println!();
-        }
-    }
-}
-
-fn print_dispatcher(results: &[ScenarioResult]) {
-    let violations: u64 = results.iter().map(|r| r.dispatch.gate_violations).sum();
-    let gated: Vec<&ScenarioResult> = results.iter().filter(|r| r.policy != PolicyKind::Host.name()).collect();
-    let preempting: Vec<&&ScenarioResult> = gated.iter().filter(|r| r.dispatch.preemption_ns.count > 0).collect();
-    let median = |values: Vec<f64>| if values.is_empty() { 0.0 } else { Summary::of(values).median };
-    println!(
-        "dispatcher, median over gated runs: decision p50 {:.1} us p99 {:.1} us; preemption latency (runs with \
-         preemptions) p50 {:.1} us \
-         p99 {:.1} us; gate violations in all runs: {violations}",
-        median(gated.iter().map(|r| r.dispatch.decision_ns.p50 as f64 / 1e3).collect()),
-        median(gated.iter().map(|r| r.dispatch.decision_ns.p99 as f64 / 1e3).collect()),
-        median(preempting.iter().map(|r| r.dispatch.preemption_ns.p50 as f64 / 1e3).collect()),
-        median(preempting.iter().map(|r| r.dispatch.preemption_ns.p99 as f64 / 1e3).collect()),
-    );
-    let reconfigured: Vec<&ScenarioResult> =
-        results.iter().filter(|r| r.dispatch.reconfiguration_ns.count > 0).collect();
-    if !reconfigured.is_empty() {
-        println!(
-            "grant changes followed: {} in {} runs; grant published to VCPUs up or down, median over runs: p50 {:.1} us \
-             p99 {:.1} us",
-            reconfigured.iter().map(|r| r.dispatch.reconfiguration_ns.count).sum::<usize>(),
-            reconfigured.len(),
-            median(reconfigured.iter().map(|r| r.dispatch.reconfiguration_ns.p50 as f64 / 1e3).collect()),
-            median(reconfigured.iter().map(|r| r.dispatch.reconfiguration_ns.p99 as f64 / 1e3).collect()),
-        );
-    }
-}
-
-/// Grouped bars: one group per scenario VM, one bar per policy.
-fn chart(path: &PathBuf, policies: &[PolicyKind], cells: &[Cell]) -> anyhow::Result<()> {
-    let groups: Vec<String> = {
-        let mut groups: Vec<String> = Vec::new();
-        for cell in cells {
-            let group = format!("{} {}", cell.scenario, cell.vm);
-            if !groups.contains(&group) {
-                groups.push(group);
-            }
-        }
-        groups
-    };
-    let top = cells.iter().map(|c| c.median).filter(|m| m.is_finite()).fold(1.0, f64::max) * 1.1;
-    let width = 160 + 90 * groups.len() as u32;
-    let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("result / ideal per VM (median of runs)", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(90)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.5f64..groups.len() as f64 - 0.5, 0.0..top)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(groups.len())
-            .x_label_formatter(&|x| groups.get(x.round() as usize).cloned().unwrap_or_default())
-            .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
-            .y_desc("result / ideal")
-            .draw()?;
-        let bar = 0.8 / policies.len() as f64;
-        for (k, policy) in policies.iter().enumerate() {
-            let color = Palette99::pick(k).to_rgba();
-            let bars = groups.iter().enumerate().filter_map(|(g, group)| {
-                let cell =
-                    cells.iter().find(|c| format!("{} {}", c.scenario, c.vm) == *group && c.policy == policy.name())?;
-                let x0 = g as f64 - 0.4 + k as f64 * bar;
-                cell.median
-                    .is_finite()
-                    .then(|| Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, cell.median)], color.filled()))
-            });
-            chart
-                .draw_series(bars)?
-                .label(policy.name())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
-        }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|error| anyhow::anyhow!("{error}")).with_context(|| format!("cannot draw {}", path.display()))
 }

@@ -1,23 +1,15 @@
-//! Presenting scenario results: the per-VM table, JSON, and the scheduling trace as Chrome
-//! trace-event JSON (opens in Perfetto or chrome://tracing).
+//! A scenario's result as a table: per VM its result against its ideal, per VCPU where its
+//! time went (%RUN, %RDY, %CSTP, %WAIT), then utilization, fairness and the dispatcher.
 
 use std::fmt::Write as _;
-use std::path::Path;
-
-use anyhow::Context;
-use sched::VcpuId;
-use serde_json::json;
 
 use tandem_core::metrics::VcpuTimes;
-use tandem_core::results::{ScenarioResult, vcpu_name};
-use tandem_core::scenario::Scenario;
+use tandem_core::results::ScenarioResult;
+
+use super::micros;
 
 fn percent(part: u64, whole: f64) -> f64 {
     if whole > 0.0 { part as f64 * 100.0 / whole } else { 0.0 }
-}
-
-fn micros(ns: u64) -> f64 {
-    ns as f64 / 1000.0
 }
 
 /// The result as a table for people.
@@ -102,41 +94,4 @@ pub fn table(result: &ScenarioResult) -> String {
         );
     }
     out
-}
-
-/// Writes `value` as pretty JSON to `path`.
-pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(value).context("encoding results")?;
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Writes the dispatcher's trace as Chrome trace events: one track per pCPU, whose slices
-/// are the VCPUs it ran; under a policy that does not gate, one track per VCPU (Linux chose
-/// the core).
-pub fn write_trace(path: &Path, scenario: &Scenario, result: &ScenarioResult) -> anyhow::Result<()> {
-    const UNGATED_TRACK: u64 = 1000;
-    let mut events = Vec::new();
-    for (pcpu, core) in result.cores.iter().enumerate() {
-        events.push(json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": pcpu,
-            "args": {"name": format!("pCPU {pcpu} (host CPU {core})")}}));
-    }
-    let mut named = std::collections::HashSet::new();
-    for span in &result.dispatch.trace {
-        let name = vcpu_name(scenario, VcpuId(span.vcpu));
-        let tid = span.pcpu.map_or(UNGATED_TRACK + u64::from(span.vcpu), u64::from);
-        if span.pcpu.is_none() && named.insert(span.vcpu) {
-            events.push(json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid,
-                "args": {"name": format!("{name} (placed by Linux)")}}));
-        }
-        events.push(json!({
-            "name": name, "cat": "vcpu", "ph": "X", "pid": 1, "tid": tid,
-            "ts": micros(span.start_ns), "dur": micros(span.end_ns.saturating_sub(span.start_ns)),
-        }));
-    }
-    let trace = json!({
-        "traceEvents": events,
-        "displayTimeUnit": "ms",
-        "otherData": {"scenario": result.scenario, "policy": result.policy},
-    });
-    write_json(path, &trace)
 }
