@@ -2,9 +2,8 @@
 //! the key. The format is shown in the parent module's doc.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::bail;
 use sched::{MS, Ns, Params, PolicyKind};
 use serde::Deserialize;
 use toml::Spanned;
@@ -79,6 +78,44 @@ struct VmTable {
     start_delay_ms: Option<Spanned<i64>>,
 }
 
+/// What is wrong with a scenario file, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read scenario {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// Not TOML, or not the scenario's shape (an unknown or missing key).
+    #[error("{}{}: {message}", path.display(), at(*line))]
+    Syntax { path: PathBuf, line: Option<usize>, message: String },
+    /// A value out of its range, or one that does not fit with the others.
+    #[error("{}{}: `{key}`: {message}", path.display(), at(*line))]
+    Value { path: PathBuf, line: Option<usize>, key: String, message: String },
+}
+
+impl FileError {
+    /// The line the error points at, if any.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            FileError::Read { .. } => None,
+            FileError::Syntax { line, .. } | FileError::Value { line, .. } => *line,
+        }
+    }
+
+    /// The key whose value is wrong, if the error is about one (as `vm.vcpus`).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            FileError::Value { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// `:line` after a file name, or nothing.
+fn at(line: Option<usize>) -> String {
+    line.map(|line| format!(":{line}")).unwrap_or_default()
+}
+
+type Parsed<T> = Result<T, FileError>;
+
 /// Builds errors that point into the file.
 struct Source<'a> {
     path: &'a Path,
@@ -90,16 +127,14 @@ impl Source<'_> {
         self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
     }
 
-    fn error<T>(&self, span: std::ops::Range<usize>, key: &str, message: impl std::fmt::Display) -> anyhow::Result<T> {
-        if span == (0..0) {
-            bail!("{}: `{key}`: {message}", self.path.display());
-        }
-        bail!("{}:{}: `{key}`: {message}", self.path.display(), self.line(span))
+    fn error<T>(&self, span: std::ops::Range<usize>, key: &str, message: impl std::fmt::Display) -> Parsed<T> {
+        let line = (span != (0..0)).then(|| self.line(span));
+        Err(FileError::Value { path: self.path.to_owned(), line, key: key.to_owned(), message: message.to_string() })
     }
 }
 
 /// Converts a duration in milliseconds from the file, which must be positive.
-fn millis(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns) -> anyhow::Result<Ns> {
+fn millis(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns) -> Parsed<Ns> {
     match value {
         None => Ok(default),
         Some(ms) if *ms.get_ref() > 0.0 && ms.get_ref().is_finite() => Ok((ms.get_ref() * MS as f64) as Ns),
@@ -110,7 +145,7 @@ fn millis(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns)
 }
 
 /// Converts a duration in microseconds from the `[sim]` table, which must not be negative.
-fn micros(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns) -> anyhow::Result<Ns> {
+fn micros(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns) -> Parsed<Ns> {
     match value {
         None => Ok(default),
         Some(us) if *us.get_ref() >= 0.0 && us.get_ref().is_finite() => Ok((us.get_ref() * 1000.0) as Ns),
@@ -120,7 +155,7 @@ fn micros(source: &Source, value: &Option<Spanned<f64>>, key: &str, default: Ns)
     }
 }
 
-fn parse_sim(source: &Source, table: &SimTable) -> anyhow::Result<SimConfig> {
+fn parse_sim(source: &Source, table: &SimTable) -> Parsed<SimConfig> {
     let defaults = SimConfig::default();
     let scale = match &table.scale {
         None => defaults.scale,
@@ -165,29 +200,30 @@ fn parse_sim(source: &Source, table: &SimTable) -> anyhow::Result<SimConfig> {
 
 impl Scenario {
     /// Reads and checks a scenario file to run on this host.
-    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+    pub fn load(path: &Path) -> Parsed<Scenario> {
         Scenario::load_for(path, Target::Host)
     }
 
     /// Reads and checks a scenario file for `target`; for the simulator, `[sim] scale` is
     /// applied.
-    pub fn load_for(path: &Path, target: Target) -> anyhow::Result<Scenario> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| anyhow::anyhow!("cannot read scenario {}: {error}", path.display()))?;
+    pub fn load_for(path: &Path, target: Target) -> Parsed<Scenario> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
         Scenario::parse_for(path, &text, target)
     }
 
     /// Parses and checks scenario `text` read from `path`, to run on this host.
-    pub fn parse(path: &Path, text: &str) -> anyhow::Result<Scenario> {
+    pub fn parse(path: &Path, text: &str) -> Parsed<Scenario> {
         Scenario::parse_for(path, text, Target::Host)
     }
 
     /// Parses and checks scenario `text` read from `path` for `target`.
-    pub fn parse_for(path: &Path, text: &str, target: Target) -> anyhow::Result<Scenario> {
+    pub fn parse_for(path: &Path, text: &str, target: Target) -> Parsed<Scenario> {
         let source = Source { path, text };
-        let file: File = toml::from_str(text).map_err(|error| {
-            let line = error.span().map(|span| format!(":{}", source.line(span))).unwrap_or_default();
-            anyhow::anyhow!("{}{line}: {}", path.display(), error.message())
+        let file: File = toml::from_str(text).map_err(|error| FileError::Syntax {
+            path: path.to_owned(),
+            line: error.span().map(|span| source.line(span)),
+            message: error.message().to_owned(),
         })?;
 
         let available = target.pcpus();
@@ -266,7 +302,7 @@ impl Scenario {
     }
 }
 
-fn parse_vm(source: &Source, table: &VmTable) -> anyhow::Result<VmPlan> {
+fn parse_vm(source: &Source, table: &VmTable) -> Parsed<VmPlan> {
     let name = table.name.get_ref().clone();
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return source.error(table.name.span(), "vm.name", "use letters, digits, - and _");
@@ -365,12 +401,12 @@ workload = "cpu"
 start_delay_ms = 10
 "#;
 
-    fn parse(text: &str) -> anyhow::Result<Scenario> {
+    fn parse(text: &str) -> Parsed<Scenario> {
         Scenario::parse(Path::new("test.toml"), text)
     }
 
-    fn error(text: &str) -> String {
-        format!("{:#}", parse(text).expect_err("the scenario should be refused"))
+    fn error(text: &str) -> FileError {
+        parse(text).expect_err("the scenario should be refused")
     }
 
     #[test]
@@ -392,24 +428,31 @@ start_delay_ms = 10
     #[test]
     fn errors_name_the_file_the_line_and_the_key() {
         let cases = [
-            (GOOD.replace("weight = 512", "wieght = 512"), "test.toml:12", "unknown field `wieght`"),
-            (GOOD.replace("pcpus = 1", "pcpus = 4096"), "test.toml:2: `pcpus`", "4096 pCPUs"),
-            (GOOD.replace("pcpus = 1", "pcpus = [0, 0]"), "test.toml:2: `pcpus`", "listed twice"),
-            (GOOD.replace("vcpus = 1\nweight", "vcpus = 0\nweight"), "test.toml:11: `vm.vcpus`", "1 to 64"),
-            (GOOD.replace("\"cpu\"", "\"gobmk\""), "test.toml:20: `vm.workload`", "unknown workload `gobmk`"),
-            (GOOD.replace("cosched-relaxed", "fifo"), "test.toml:6: `policy.name`", "unknown policy `fifo`"),
-            (GOOD.replace("skew_ms = 2.5", "skew_ms = -1"), "test.toml:7: `policy.skew_ms`", "positive"),
-            (GOOD.replace("bodies = 64", "bodies = \"many\""), "test.toml:15: `vm.args`", "bodies"),
-            (GOOD.replace("bodies = 64", "bodies = 6.4"), "test.toml:15: `vm.args`", "use a string or an integer"),
-            (GOOD.replace("cap = 50", "cap = 500"), "test.toml:13: `vm.cap`", "1 to 100"),
-            (GOOD.replace("name = \"b\"", "name = \"a\""), "test.toml:18: `vm.name`", "two VMs"),
-            (GOOD.replace("[policy]", "[polcy]"), "test.toml", "policy"),
-            ("pcpus = 1\n[policy]\nname = \"credit\"\n".to_owned(), "test.toml", "missing field `vm`"),
-            ("pcpus = \n".to_owned(), "test.toml:1", ""),
+            (GOOD.replace("weight = 512", "wieght = 512"), Some(12), None, "unknown field `wieght`"),
+            (GOOD.replace("pcpus = 1", "pcpus = 4096"), Some(2), Some("pcpus"), "4096 pCPUs"),
+            (GOOD.replace("pcpus = 1", "pcpus = [0, 0]"), Some(2), Some("pcpus"), "listed twice"),
+            (GOOD.replace("vcpus = 1\nweight", "vcpus = 0\nweight"), Some(11), Some("vm.vcpus"), "1 to 64"),
+            (GOOD.replace("\"cpu\"", "\"gobmk\""), Some(20), Some("vm.workload"), "unknown workload `gobmk`"),
+            (GOOD.replace("cosched-relaxed", "fifo"), Some(6), Some("policy.name"), "unknown policy `fifo`"),
+            (GOOD.replace("skew_ms = 2.5", "skew_ms = -1"), Some(7), Some("policy.skew_ms"), "positive"),
+            (GOOD.replace("bodies = 64", "bodies = \"many\""), Some(15), Some("vm.args"), "bodies"),
+            (GOOD.replace("bodies = 64", "bodies = 6.4"), Some(15), Some("vm.args"), "use a string or an integer"),
+            (GOOD.replace("cap = 50", "cap = 500"), Some(13), Some("vm.cap"), "1 to 100"),
+            (GOOD.replace("name = \"b\"", "name = \"a\""), Some(18), Some("vm.name"), "two VMs"),
+            (GOOD.replace("[policy]", "[polcy]"), Some(5), None, "unknown field `polcy`"),
+            ("pcpus = 1\n[policy]\nname = \"credit\"\n".to_owned(), Some(1), None, "missing field `vm`"),
+            ("pcpus = \n".to_owned(), Some(1), None, ""),
         ];
-        for (text, place, what) in cases {
-            let message = error(&text);
-            assert!(message.starts_with(place), "{message:?} should start with {place:?}");
+        for (text, line, key, what) in cases {
+            let error = error(&text);
+            assert_eq!((error.line(), error.key()), (line, key), "{error}");
+            let message = error.to_string();
+            let place = match (line, key) {
+                (Some(line), Some(key)) => format!("test.toml:{line}: `{key}`: "),
+                (Some(line), None) => format!("test.toml:{line}: "),
+                (None, _) => "test.toml".to_owned(),
+            };
+            assert!(message.starts_with(&place), "{message:?} should start with {place:?}");
             assert!(message.contains(what), "{message:?} should say {what:?}");
         }
     }
@@ -419,8 +462,9 @@ start_delay_ms = 10
         let wide = GOOD
             .replace("cosched-relaxed", "cosched-strict")
             .replace("vcpus = 1\nworkload = \"cpu\"", "vcpus = 2\nworkload = \"cpu\"");
-        let message = error(&wide);
-        assert!(message.starts_with("test.toml:6: `policy.name`"), "{message}");
+        let error = error(&wide);
+        assert_eq!((error.line(), error.key()), (Some(6), Some("policy.name")));
+        let message = error.to_string();
         assert!(message.contains("VM b has 2 VCPUs but there are 1 pCPUs"), "{message}");
         // The same file under another policy is fine; switching to strict is refused.
         let relaxed = parse(&wide.replace("cosched-strict", "credit")).unwrap();

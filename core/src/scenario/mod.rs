@@ -29,6 +29,8 @@
 
 mod file;
 
+pub use file::FileError;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
