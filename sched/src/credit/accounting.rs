@@ -1,13 +1,14 @@
 //! Credit accounting and caps (see the rules in the parent module's doc): the running VCPUs
-//! burn credit as they run; each accounting step hands out the period's pCPU time by weight
-//! (water-filling over the active VCPUs' VMs), clamps credit to a slice either way, re-sorts
-//! the queues and unparks the capped VMs; a capped VM is parked the moment its VCPUs have run
-//! its cap's worth of the period.
+//! burn credit as they run; each accounting step shares the period's pCPU time out among the
+//! VMs of the active VCPUs (water-filling, `crate::share`), clamps credit to a slice either
+//! way, re-sorts the queues and unparks the capped VMs; a capped VM is parked the moment its
+//! VCPUs have run its cap's worth of the period.
 
 use std::cmp::Reverse;
 
 use super::Credit;
 use crate::Ns;
+use crate::share::water_fill;
 
 impl Credit {
     /// Burns the running VCPUs' credit for the time since they were last charged.
@@ -82,30 +83,16 @@ impl Credit {
     /// shared by weight, each VM limited to one pCPU per active VCPU and its cap, the excess
     /// shared among the others the same way.
     fn grants(&self, active: &[u64]) -> Vec<u64> {
-        let limit = |vm: usize| {
-            let width = active[vm] * self.accounting;
-            self.vms[vm].budget.map_or(width, |budget| budget.min(width))
-        };
-        let mut grants = vec![0; self.vms.len()];
-        let mut open: Vec<usize> = (0..self.vms.len()).filter(|&vm| active[vm] > 0).collect();
-        let mut left = self.assignment.len() as u64 * self.accounting;
-        while !open.is_empty() {
-            let weights: u128 = open.iter().map(|&vm| u128::from(self.vms[vm].weight)).sum();
-            let fair = |vm: usize| (u128::from(left) * u128::from(self.vms[vm].weight) / weights) as u64;
-            let (full, rest): (Vec<usize>, Vec<usize>) = open.iter().partition(|&&vm| fair(vm) >= limit(vm));
-            if full.is_empty() {
-                for &vm in &open {
-                    grants[vm] = fair(vm);
-                }
-                break;
-            }
-            for vm in full {
-                grants[vm] = limit(vm);
-                left -= grants[vm];
-            }
-            open = rest;
-        }
-        grants
+        let vms: Vec<(u32, Ns)> = self
+            .vms
+            .iter()
+            .zip(active)
+            .map(|(vm, &active)| {
+                let width = active * self.accounting;
+                (vm.weight, vm.budget.map_or(width, |budget| budget.min(width)))
+            })
+            .collect();
+        water_fill(self.assignment.len() as u64 * self.accounting, &vms)
     }
 
     /// Parks the capped VMs that used their budget, taking their VCPUs off the pCPUs.

@@ -97,8 +97,8 @@ impl Vcpu {
 }
 
 struct Vm {
-    /// At least 1, as in `Topology::fair_shares`.
-    weight: u64,
+    /// Relative share of the pCPUs, as in `VmSpec`.
+    weight: u32,
     /// Run time per accounting period its cap allows, if capped.
     budget: Option<Ns>,
     /// Run time of its VCPUs since the last accounting step.
@@ -148,7 +148,7 @@ impl Credit {
             .vms
             .iter()
             .map(|spec| Vm {
-                weight: u64::from(spec.weight.max(1)),
+                weight: spec.weight,
                 budget: spec.cap.map(|cap| u64::from(cap) * params.accounting / 100),
                 used: 0,
                 parked: false,
