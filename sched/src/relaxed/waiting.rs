@@ -11,6 +11,12 @@ use std::collections::BinaryHeap;
 use super::Relaxed;
 use crate::VcpuId;
 
+/// A heap holding more than `ENTRIES_PER_VCPU` entries per VCPU plus `ENTRIES_SLACK` is cleared
+/// of its stale entries, so that they cannot pile up (a storm of directed yields between two
+/// siblings leaves one behind at every yield).
+const ENTRIES_PER_VCPU: usize = 4;
+const ENTRIES_SLACK: usize = 64;
+
 impl Relaxed {
     /// Runnable and without a pCPU.
     pub(super) fn waiting(&self, vcpu: VcpuId) -> bool {
@@ -40,7 +46,7 @@ impl Relaxed {
         let entry = Reverse((self.vtime[vcpu.index()], vcpu.0));
         self.heap(costopped).push(entry);
         // Stale entries buried under a long-waiting VCPU's are cleared out now and then.
-        if self.heap(costopped).len() > 4 * self.runnable.len() + 64 {
+        if self.heap(costopped).len() > ENTRIES_PER_VCPU * self.runnable.len() + ENTRIES_SLACK {
             let mut heap = std::mem::take(self.heap(costopped));
             heap.retain(|&Reverse(entry)| self.waits(entry, costopped));
             *self.heap(costopped) = heap;
