@@ -1,7 +1,7 @@
 //! Skew checks (the progress and co-stop rules of the parent module's doc): a VCPU's skew is
 //! its progress minus the least progress of its runnable siblings; a VCPU more than
-//! `Params::skew` ahead is co-stopped, and co-started at the first check where it no longer
-//! is, its pCPU going to its most lagging ready sibling. A VM is checked only when one of its
+//! `Params::skew` ahead is co-stopped (its pCPU going to its most lagging ready sibling), and
+//! co-started at the first check where it no longer is. A VM is checked only when one of its
 //! co-stops could have changed: when its VCPUs ran, woke or left since the last check, or when
 //! its due time comes (the earliest a lead could cross the bound if nothing happens to it).
 
