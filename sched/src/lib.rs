@@ -18,6 +18,7 @@ pub mod dynamic;
 pub mod harness;
 pub mod host;
 pub mod relaxed;
+mod share;
 pub mod strict;
 
 use std::collections::BTreeSet;
@@ -116,34 +117,15 @@ impl Topology {
     /// Each VM's fair share of the pCPUs (in pCPUs): proportional to weight, at most its
     /// VCPU count and its cap, the excess handed on to the others (water-filling).
     pub fn fair_shares(&self) -> Vec<f64> {
-        let limit = |vm: &VmSpec| {
-            let width = f64::from(vm.vcpus.min(self.pcpus));
-            vm.cap.map_or(width, |cap| width.min(f64::from(cap) / 100.0))
-        };
-        let mut shares = vec![0.0; self.vms.len()];
-        let mut open: Vec<usize> = (0..self.vms.len()).collect();
-        let mut left = f64::from(self.pcpus);
-        while !open.is_empty() && left > 1e-12 {
-            let weights: f64 = open.iter().map(|&vm| f64::from(self.vms[vm].weight.max(1))).sum();
-            let per_weight = left / weights;
-            let saturated: Vec<usize> = open
-                .iter()
-                .copied()
-                .filter(|&vm| shares[vm] + per_weight * f64::from(self.vms[vm].weight.max(1)) >= limit(&self.vms[vm]))
-                .collect();
-            if saturated.is_empty() {
-                for &vm in &open {
-                    shares[vm] += per_weight * f64::from(self.vms[vm].weight.max(1));
-                }
-                break;
-            }
-            for &vm in &saturated {
-                left -= limit(&self.vms[vm]) - shares[vm];
-                shares[vm] = limit(&self.vms[vm]);
-            }
-            open.retain(|vm| !saturated.contains(vm));
-        }
-        shares
+        let vms: Vec<(u32, f64)> = self
+            .vms
+            .iter()
+            .map(|vm| {
+                let width = f64::from(vm.vcpus.min(self.pcpus));
+                (vm.weight, vm.cap.map_or(width, |cap| width.min(f64::from(cap) / 100.0)))
+            })
+            .collect();
+        share::water_fill(f64::from(self.pcpus), &vms)
     }
 }
 
