@@ -143,7 +143,7 @@ pub fn load(args: &Selection) -> anyhow::Result<Vec<Scenario>> {
         }
         (scenarios, families)
     } else {
-        let scenarios = args.scenarios.iter().map(|path| Scenario::load(path)).collect::<anyhow::Result<_>>()?;
+        let scenarios = args.scenarios.iter().map(|path| Scenario::load(path)).collect::<Result<_, _>>()?;
         (scenarios, args.locks.clone())
     };
     if locks.is_empty() {

@@ -207,8 +207,7 @@ impl Scenario {
     /// Reads and checks a scenario file for `target`; for the simulator, `[sim] scale` is
     /// applied.
     pub fn load_for(path: &Path, target: Target) -> Parsed<Scenario> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
         Scenario::parse_for(path, &text, target)
     }
 
