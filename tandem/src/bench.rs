@@ -47,7 +47,7 @@ pub struct WorkloadArgs {
     pub only: Vec<String>,
 }
 
-pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
+pub fn bench(command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Boot(args) => boot(args),
         BenchCommand::Workloads(args) => workloads(args),

@@ -213,7 +213,7 @@ fn write_json(path: &Path, records: &[Record]) -> anyhow::Result<()> {
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.list {
         list_workloads();
         return Ok(ExitCode::SUCCESS);
@@ -344,7 +344,7 @@ fn print_vcpu_stats(report: &RunReport) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        None => compare::run(&CompareArgs::quick()).map(|()| ExitCode::SUCCESS),
+        None => compare::compare(&CompareArgs::quick()).map(|()| ExitCode::SUCCESS),
         Some(command) => dispatch(command),
     };
     result.unwrap_or_else(|error| {
@@ -355,17 +355,17 @@ pub fn main() -> ExitCode {
 
 fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run_program(args),
         Command::Native(args) => native(args),
         Command::Scenario(args) => scenario(args),
-        Command::Compare(args) => compare::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Compare(args) => compare::compare(args).map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => sim(args),
-        Command::Validate(args) => validate::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Sweep(args) => sweep::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Validate(args) => validate::validate(args).map(|()| ExitCode::SUCCESS),
+        Command::Sweep(args) => sweep::sweep(args).map(|()| ExitCode::SUCCESS),
         Command::Workloads => {
             list_workloads();
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(command) => bench::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Bench(command) => bench::bench(command).map(|()| ExitCode::SUCCESS),
     }
 }

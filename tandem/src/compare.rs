@@ -76,7 +76,7 @@ impl CompareArgs {
     }
 }
 
-pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
+pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     let selection = &args.selection;
     let scenarios = load(selection)?;
     let results = measure(selection, &scenarios)?;

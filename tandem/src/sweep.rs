@@ -62,7 +62,7 @@ impl SweepArgs {
     }
 }
 
-pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
+pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     let grid = args.grid();
     let scenarios = grid.scenarios()?;
 

@@ -39,7 +39,7 @@ pub struct ValidateArgs {
     pub markdown: Option<PathBuf>,
 }
 
-pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
+pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
     let selection = &args.selection;
     let scenarios = compare::load(selection)?;
     let real = match &args.real {
