@@ -6,8 +6,8 @@
 //! ready). A ticket-lock waiter never leaves its VCPU: it spins, or with PV locks it looks
 //! at the VCPU of the thread being served after `pv_yield_us`, yields to it if preempted,
 //! and from `pv_block_us` on blocks its VCPU until the unlocker kicks it. An idle VCPU polls
-//! for 30 µs and then blocks until kicked. A VCPU beyond the grant goes down at its next
-//! scheduling point, handing its thread over; when the grant rises, a VCPU at a scheduling
+//! for [`IDLE_POLL_NS`] and then blocks until kicked. A VCPU beyond the grant goes down at its
+//! next scheduling point, handing its thread over; when the grant rises, a VCPU at a scheduling
 //! point brings the next one up by vcpu_up, which brings up the next, and so on (a thread
 //! that never yields holds that up on its VCPU).
 
@@ -16,18 +16,12 @@ use std::collections::{BTreeMap, VecDeque};
 use sched::harness::State;
 use sched::{Event, Ns, VcpuId};
 use workloads::record::LockStats;
+use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS, SPIN_BEFORE_BLOCK_NS};
 use workloads::{BarrierKind, Record};
 
 use super::Sim;
 use super::model::{Model, QUEUE_SHARED, Step};
 use tandem_core::scenario::VmPlan;
-
-/// How long an idle VCPU polls for work before it blocks (`guest-kernel`'s IDLE_POLL_NS).
-const IDLE_POLL: Ns = 30_000;
-/// How long a blocking primitive spins before it blocks (`guest-kernel`'s SPIN_NS).
-const SPIN_THEN_BLOCK: Ns = 20_000;
-/// How often a PV waiter past its first bound looks at the VCPU it waits for.
-const PV_CHECK: Ns = 1_000;
 
 /// What a VCPU is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,11 +374,11 @@ impl Sim {
                         continue;
                     }
                     let blocking = self.guests[vm].model.barrier == BarrierKind::SpinThenBlock;
-                    if blocking && self.now >= since + SPIN_THEN_BLOCK {
+                    if blocking && self.now >= since + SPIN_BEFORE_BLOCK_NS {
                         self.release_thread(v, ThreadState::Blocked);
                         continue;
                     }
-                    let mut next = if blocking { since + SPIN_THEN_BLOCK } else { Ns::MAX };
+                    let mut next = if blocking { since + SPIN_BEFORE_BLOCK_NS } else { Ns::MAX };
                     if let Some((yield_after, _)) = self.guests[vm].pv
                         && self.now >= next_look
                     {
@@ -423,8 +417,8 @@ impl Sim {
                         continue;
                     }
                     if poll_until == 0 {
-                        self.vcpus[v].activity = Activity::Idle { poll_until: self.now + IDLE_POLL };
-                        return self.schedule_vcpu(v, IDLE_POLL);
+                        self.vcpus[v].activity = Activity::Idle { poll_until: self.now + IDLE_POLL_NS };
+                        return self.schedule_vcpu(v, IDLE_POLL_NS);
                     }
                     if self.now < poll_until {
                         return self.schedule_vcpu(v, poll_until - self.now);
@@ -703,7 +697,7 @@ impl Sim {
         let guest = &self.guests[vm];
         let Some((yield_after, _)) = guest.pv else { return };
         // A lock waiter still spinning before its first look looks then anyway.
-        let looking = self.now + PV_CHECK;
+        let looking = self.now + PV_CHECK_PERIOD_NS;
         let (first, mut running) = (guest.first, guest.running & !(1 << self.vcpus[x].index));
         while running != 0 {
             let y = first + running.trailing_zeros() as usize;
@@ -714,7 +708,7 @@ impl Sim {
                 _ => false,
             };
             if notices {
-                self.poke(y, PV_CHECK);
+                self.poke(y, PV_CHECK_PERIOD_NS);
             }
         }
     }
