@@ -11,7 +11,7 @@
 //! point brings the next one up by vcpu_up, which brings up the next, and so on (a thread
 //! that never yields holds that up on its VCPU).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use sched::harness::State;
 use sched::{Event, Ns, VcpuId};
@@ -20,7 +20,7 @@ use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS, SPIN_BEFORE_BLOCK_NS};
 use workloads::{BarrierKind, Record};
 
 use super::Sim;
-use super::model::{Model, QUEUE_SHARED, Step};
+use super::model::{LockOps, Model, Step};
 use tandem_core::scenario::VmPlan;
 
 /// What a VCPU is doing.
@@ -34,8 +34,9 @@ pub(super) enum Activity {
     Run,
     /// Its thread computes for `left` more; `ops` are done at the end.
     Compute { left: Ns, ops: u64 },
-    /// Its thread computes until `until`, and at `yield_at` lets a ready thread have the VCPU.
-    Busy { until: Ns, yield_at: Ns },
+    /// Its thread computes until `until`, and every `slice` (next at `yield_at`) lets a ready
+    /// thread have the VCPU.
+    Busy { until: Ns, yield_at: Ns, slice: Ns },
     /// Its thread waits for the ticket lock since `since`.
     LockWait { since: Ns },
     /// Its thread waits at the barrier for generation `generation` to pass.
@@ -93,7 +94,6 @@ pub(super) struct Guest {
     model: Model,
     /// PV locks: (yield after, block after).
     pv: Option<(Ns, Ns)>,
-    params: BTreeMap<String, String>,
     first: usize,
     vcpus: u32,
     threads: Vec<Thread>,
@@ -122,18 +122,15 @@ pub(super) struct Guest {
 impl Guest {
     pub(super) fn new(plan: &VmPlan, first: usize, grain: Ns) -> anyhow::Result<Guest> {
         let model = Model::new(plan, grain)?;
-        let (guest_args, workload_args) = workloads::split_guest_args(plan.args.iter().map(String::as_str));
+        let (guest_args, _) = workloads::split_guest_args(plan.args.iter().map(String::as_str));
         let guest = workloads::Params::parse(workloads::GUEST_PARAMS, guest_args)
             .map_err(|error| anyhow::anyhow!("bad guest arguments: {error}"))?;
-        let info = workloads::WORKLOADS.iter().find(|w| w.name == plan.workload).expect("checked by the model");
-        let params = workloads::Params::parse(info.params, workload_args).expect("checked by the model");
         let pv =
             (guest.str("locks") == "pv").then(|| (guest.u64("pv_yield_us") * 1_000, guest.u64("pv_block_us") * 1_000));
         let threads = model.threads;
         let queues = model.queues.iter().map(|&capacity| Fifo { capacity, ..Fifo::default() }).collect();
         Ok(Guest {
             pv,
-            params: params.values().clone(),
             first,
             vcpus: plan.vcpus,
             threads: vec![
@@ -186,13 +183,13 @@ impl Guest {
             runtime: "sim".to_owned(),
             locks: plan.locks.clone(),
             cpus: plan.vcpus,
-            params: self.params.clone(),
+            params: self.model.params.clone(),
             elapsed_ns: elapsed,
             ops: self.ops,
             unit: self.model.unit.to_owned(),
             checksum: 0,
             per_thread: self.threads.iter().map(|t| t.ops).collect(),
-            lock_stats: (self.model.workload == "locks").then_some(self.stats),
+            lock_stats: self.model.lock.is_some().then_some(self.stats),
         }
     }
 
@@ -317,7 +314,7 @@ impl Sim {
                     guest.threads[t].pc += 1;
                     self.vcpus[v].activity = Activity::Run;
                 }
-                Activity::Busy { until, yield_at } => {
+                Activity::Busy { until, yield_at, slice } => {
                     if self.now >= until {
                         let t = self.vcpus[v].thread.expect("a busy VCPU has a thread");
                         self.guests[vm].threads[t].pc += 1;
@@ -328,8 +325,7 @@ impl Sim {
                         if self.scheduling_point(v) {
                             continue;
                         }
-                        let slice = self.guests[vm].model.busy_slice(self.config.grain);
-                        self.vcpus[v].activity = Activity::Busy { until, yield_at: self.now + slice };
+                        self.vcpus[v].activity = Activity::Busy { until, yield_at: self.now + slice, slice };
                     }
                     let Activity::Busy { yield_at, .. } = self.vcpus[v].activity else { unreachable!() };
                     let next =
@@ -468,12 +464,12 @@ impl Sim {
                 let left = self.jitter(ns) + std::mem::take(&mut self.guests[vm].threads[t].debt);
                 self.vcpus[v].activity = Activity::Compute { left, ops };
             }
-            Step::Busy { ns } => {
-                let slice = guest.model.busy_slice(self.config.grain);
-                self.vcpus[v].activity = Activity::Busy { until: guest.opened_at + ns, yield_at: self.now + slice };
+            Step::Busy { ns, slice } => {
+                self.vcpus[v].activity =
+                    Activity::Busy { until: guest.opened_at + ns, yield_at: self.now + slice, slice };
             }
             Step::Lock => {
-                let (ops, most, ..) = guest.model.lock_ops().expect("a locking model");
+                let LockOps { ops, batch: most, .. } = guest.model.lock.expect("a locking model");
                 guest.stats.acquisitions += 1;
                 if guest.holder.is_none() {
                     guest.holder = Some(t);
@@ -487,7 +483,7 @@ impl Sim {
                 }
             }
             Step::Critical | Step::Think => {
-                let (_, _, cs, think) = guest.model.lock_ops().expect("a locking model");
+                let LockOps { cs, think, .. } = guest.model.lock.expect("a locking model");
                 let (ns, ops) = if step == Step::Critical { (cs * batch, 0) } else { (think * batch, batch) };
                 let left = self.jitter(ns);
                 self.vcpus[v].activity = Activity::Compute { left, ops };
@@ -502,7 +498,7 @@ impl Sim {
                     // again. Handed to a preempted or blocked one, it waits for that VCPU
                     // for each operation.
                     if self.vcpus[x].pcpu.is_some() {
-                        let (ops, most, ..) = guest.model.lock_ops().expect("a locking model");
+                        let LockOps { ops, batch: most, .. } = guest.model.lock.expect("a locking model");
                         guest.threads[next].batch = most.min(ops - guest.threads[next].ops);
                     }
                     match self.states[x] {
@@ -564,7 +560,7 @@ impl Sim {
                         && self.vcpus[x].pcpu.is_some()
                     {
                         let guest = &mut self.guests[vm];
-                        guest.threads[t].debt += QUEUE_SHARED * guest.model.pipeline_batch();
+                        guest.threads[t].debt += guest.model.queue_crossing;
                     }
                     if let Some(w) = woken {
                         kicked |= self.ready(vm, w);
