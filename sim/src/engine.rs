@@ -7,6 +7,8 @@
 //!
 //! [`Costs`]: tandem_core::sim_config::Costs
 
+use std::ops::Range;
+
 use anyhow::Context;
 use sched::harness::State;
 use sched::{Event, Ns, Policy, PolicyKind, VcpuId};
@@ -64,9 +66,9 @@ struct Vcpu {
     times: VcpuTimes,
 }
 
-/// A VM: its guest, and where its VCPUs start among all.
+/// A VM: its guest, and its VCPUs among all.
 struct Vm {
-    first: usize,
+    vcpus: Range<usize>,
     guest: Guest,
 }
 
@@ -131,7 +133,7 @@ impl Sim {
             }
             let guest = Guest::new(plan, config, policy.gates())
                 .with_context(|| format!("{}: VM {}", scenario.path.display(), plan.name))?;
-            vms.push(Vm { first, guest });
+            vms.push(Vm { vcpus: first..vcpus.len(), guest });
         }
         let end = config.duration.unwrap_or((scenario.timeout_s * 1e9) as Ns);
         let mut sim = Sim {
@@ -234,10 +236,9 @@ impl Sim {
     /// Calls VM `vm`'s guest with its view of the monitor, then carries out the effects it
     /// sent, in order.
     fn with_guest<R>(&mut self, vm: usize, call: impl FnOnce(&mut Guest, &mut Monitor) -> R) -> R {
-        let vcpus = self.vcpus_of(vm);
-        let Vm { first, guest } = &mut self.vms[vm];
-        let first = *first;
-        let states = &self.states[first..first + vcpus];
+        let Vm { vcpus, guest } = &mut self.vms[vm];
+        let first = vcpus.start;
+        let states = &self.states[vcpus.clone()];
         let mut monitor = Monitor { now: self.now, states, rng: &mut self.rng, effects: &mut self.effects };
         let result = call(guest, &mut monitor);
         for effect in self.effects.drain(..) {
@@ -451,15 +452,10 @@ impl Sim {
         vcpu.since = self.now;
     }
 
-    /// VCPUs VM `vm` has.
-    fn vcpus_of(&self, vm: usize) -> usize {
-        self.vms.get(vm + 1).map_or(self.vcpus.len(), |next| next.first) - self.vms[vm].first
-    }
-
     /// VM `vm` starts: VCPU 0 comes up and initialises the guest.
     fn boot(&mut self, vm: usize) {
         self.vms[vm].guest.boot(self.policy.grant(vm));
-        self.wake(self.vms[vm].first);
+        self.wake(self.vms[vm].vcpus.start);
     }
 
     /// A kick or vcpu_up arrives.
@@ -484,7 +480,7 @@ impl Sim {
             Next::After(after) => self.schedule_vcpu(v, after),
             Next::Wait => {}
             Next::Block => self.block(v),
-            Next::Yield(to) => self.yield_to(v, to.map(|to| self.vms[vm].first + to)),
+            Next::Yield(to) => self.yield_to(v, to.map(|to| self.vms[vm].vcpus.start + to)),
             Next::Down => self.down(v),
             Next::Exit => self.end_vm(vm),
         }
@@ -529,8 +525,7 @@ impl Sim {
     /// VM `vm`'s guest exited: its VCPUs go down.
     fn end_vm(&mut self, vm: usize) {
         self.live -= 1;
-        let first = self.vms[vm].first;
-        for v in first..first + self.vcpus_of(vm) {
+        for v in self.vms[vm].vcpus.clone() {
             if self.states[v] != State::Offline {
                 self.stop(v);
                 self.set_state(v, State::Offline);

@@ -16,7 +16,9 @@
 //! of its VCPUs' states; the guest answers with what it asks of the monitor: [`Effect`]s on
 //! the side (kicks, vcpu_ups, looks again at a spinning VCPU) and, when a VCPU can go no
 //! further at this instant, a [`Next`] (a block, a yield, a vcpu_down, its exit, or when to
-//! look at it again). VCPUs are numbered from 0 within the VM.
+//! look at it again). The engine carries these out in the order they were sent, which keeps
+//! the order of events; and the guest can be driven alone, as its tests do. VCPUs are
+//! numbered from 0 within the VM.
 
 mod barrier;
 mod fifo;
@@ -345,6 +347,7 @@ impl Guest {
     }
 
     /// Running VCPU `x` carries on with its guest work as far as it can at this instant.
+    /// (Each activity's handler returns where `x` stops, or `None` to go on.)
     pub fn step(&mut self, x: usize, m: &mut Monitor) -> Next {
         debug_assert!(self.is_running(x), "VCPU {x} steps without running");
         self.sync(x, m.now);
@@ -367,7 +370,7 @@ impl Guest {
         }
     }
 
-    /// The steps below go on at this instant (`None`) or stop `x` there (`Some`).
+    /// `x` is in a hypercall for `left` more, then `then`.
     fn hypercall_step(&mut self, x: usize, left: Ns, then: Then, m: &mut Monitor) -> Option<Next> {
         if left > 0 {
             return Some(Next::After(left));
@@ -396,6 +399,7 @@ impl Guest {
         }
     }
 
+    /// `x`'s thread computes for `left` more, then `ops` are done.
     fn compute_step(&mut self, x: usize, left: Ns, ops: u64) -> Option<Next> {
         if left > 0 {
             return Some(Next::After(left));
@@ -408,6 +412,8 @@ impl Guest {
         None
     }
 
+    /// `x`'s thread computes until `until`, and lets a ready thread have the VCPU at
+    /// `yield_at` and every `slice` after.
     fn busy_step(&mut self, x: usize, until: Ns, yield_at: Ns, slice: Ns, m: &mut Monitor) -> Option<Next> {
         if m.now >= until {
             let t = self.cpus[x].thread.expect("a busy VCPU has a thread");
@@ -427,6 +433,8 @@ impl Guest {
         Some(Next::After(next - m.now))
     }
 
+    /// `x` has no thread: it goes down if beyond the grant, brings up a VCPU if the grant
+    /// rose, takes a ready thread, or polls until `poll_until` and then blocks.
     fn idle_step(&mut self, x: usize, poll_until: Ns, m: &mut Monitor) -> Option<Next> {
         if self.surplus(x) && x > 0 {
             self.hypercall(x, Then::Down, Activity::Off);
