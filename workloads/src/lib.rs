@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod record;
 pub mod runtime;
 pub mod sync;
+pub mod timing;
 
 use alloc::string::{String, ToString};
 use core::fmt;

@@ -34,6 +34,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use pv_abi::MAX_VCPUS;
 use pv_abi::hypercall::{HcError, NO_DEADLINE};
 use spinning_top::Spinlock;
+use workloads::timing::IDLE_POLL_NS;
 
 use crate::{boot, clock, hypercall, percpu, smp};
 
@@ -344,10 +345,6 @@ fn steal(id: u32) -> Option<Arc<Thread>> {
         Some(thread)
     })
 }
-
-/// How long an idle VCPU polls for work before it blocks in the monitor: about the cost of
-/// the two exits that blocking and being kicked take (the idea of Linux's haltpoll).
-const IDLE_POLL_NS: u64 = 30_000;
 
 fn work_queued() -> bool {
     (0..online()).any(|cpu| CPUS[cpu as usize].queued.load(Ordering::SeqCst) > 0)

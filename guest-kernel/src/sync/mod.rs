@@ -14,13 +14,10 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use spinning_top::Spinlock;
 use workloads::record::LockStats;
 use workloads::sync::{WaitSet, tsc};
+use workloads::timing::SPIN_BEFORE_BLOCK_NS;
 
 use crate::clock;
 use crate::sched::{self, Thread};
-
-/// How long a mutex or barrier waiter spins before it blocks: about one exit's cost, the
-/// price of blocking and being kicked.
-const SPIN_NS: u64 = 20_000;
 
 /// Threads blocked until someone wakes them.
 ///
@@ -88,8 +85,8 @@ impl WaitQueue {
     }
 }
 
-/// Guest threads spin for [`SPIN_NS`] (yielding to their VCPU's other threads), then block
-/// on the queue.
+/// Guest threads spin for [`SPIN_BEFORE_BLOCK_NS`] (yielding to their VCPU's other threads),
+/// then block on the queue.
 impl WaitSet for WaitQueue {
     fn spin_until(&self, done: &dyn Fn() -> bool) -> bool {
         spin_until(done)
@@ -106,9 +103,10 @@ impl WaitSet for WaitQueue {
     }
 }
 
-/// Spins for up to [`SPIN_NS`] until `done()`, yielding to this VCPU's other threads.
+/// Spins for up to [`SPIN_BEFORE_BLOCK_NS`] until `done()`, yielding to this VCPU's other
+/// threads.
 fn spin_until(done: &dyn Fn() -> bool) -> bool {
-    let deadline = clock::deadline_after_ns(SPIN_NS);
+    let deadline = clock::deadline_after_ns(SPIN_BEFORE_BLOCK_NS);
     while !done() {
         if clock::tsc() >= deadline {
             return false;

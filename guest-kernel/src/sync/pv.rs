@@ -1,10 +1,10 @@
 //! Paravirtual waiting (`locks=pv`): waiters that look, through the shared page, at the VCPU
 //! they wait for.
 //!
-//! A ticket-lock waiter spins for [`Thresholds::yield_after_ns`]; from then on it checks, every
-//! [`CHECK_EVERY_NS`], the VCPU that holds (or is next to take) the ticket being served: if
-//! the monitor shows that VCPU preempted, spinning is pointless and the waiter yields its
-//! physical CPU to it (a directed yield). Once it has waited [`Thresholds::block_after_ns`],
+//! A ticket-lock waiter spins for [`Thresholds::yield_after_ns`]; from then on it checks,
+//! every [`PV_CHECK_PERIOD_NS`], the VCPU that holds (or is next to take) the ticket being
+//! served: if the monitor shows that VCPU preempted, spinning is pointless and the waiter
+//! yields its physical CPU to it (a directed yield). Once it has waited [`Thresholds::block_after_ns`],
 //! it blocks its VCPU, whatever that VCPU's state, and the unlocker that serves its ticket
 //! kicks it: yields past that bound would go on for as long as the holder stays preempted,
 //! an exit each (the simulator showed such yield storms eating whole pCPUs at 10x
@@ -26,11 +26,10 @@ use pv_abi::MAX_VCPUS;
 use pv_abi::shared::VcpuState;
 use workloads::record::LockStats;
 use workloads::sync::{Spin, TicketWait};
+use workloads::timing::PV_CHECK_PERIOD_NS;
 
 use crate::{boot, clock, hypercall, percpu};
 
-/// How often a waiter past its first bound looks at the VCPU it waits for.
-const CHECK_EVERY_NS: u64 = 1_000;
 /// A blocked waiter re-checks its turn after this long even without a kick: a safety net,
 /// not a path the protocol needs.
 const BLOCK_TIMEOUT_NS: u64 = 10_000_000;
@@ -147,7 +146,7 @@ impl TicketWait for GuestWait {
                 let _ = hypercall::yield_to(Some(owner));
                 stats.directed_yields += 1;
             }
-            next_check = clock::tsc() + clock::ns_to_ticks(CHECK_EVERY_NS);
+            next_check = clock::tsc() + clock::ns_to_ticks(PV_CHECK_PERIOD_NS);
         }
         stats.spin_cycles += clock::tsc() - start;
     }

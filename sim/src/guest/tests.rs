@@ -1,0 +1,211 @@
+//! The guest model alone, with the monitor played by hand: each test sets the VCPUs'
+//! states and the time, calls the guest as the engine would, and checks what it asks for.
+
+use sched::Ns;
+use sched::harness::State;
+use tandem_core::scenario::VmPlan;
+use tandem_core::sim_config::SimConfig;
+use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS};
+
+use super::{Effect, Guest, Monitor, Next};
+use crate::rng::Rng;
+
+/// A guest, its VCPUs' policy states, the time, and what the guest sent on the side.
+struct Alone {
+    plan: VmPlan,
+    guest: Guest,
+    states: Vec<State>,
+    rng: Rng,
+    effects: Vec<Effect>,
+    now: Ns,
+    exit: Ns,
+}
+
+impl Alone {
+    /// `workload` with `args` on `vcpus` VCPUs, compute steps without jitter, under a
+    /// policy the monitor enforces.
+    fn new(vcpus: u32, workload: &str, args: &[&str]) -> Alone {
+        let plan = VmPlan {
+            name: "a".into(),
+            vcpus,
+            weight: 256,
+            cap: None,
+            workload: workload.into(),
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            locks: "spin".into(),
+            mem_mib: 128,
+            start_delay_ms: 0,
+        };
+        let config = SimConfig { jitter: 0.0, ..SimConfig::default() };
+        Alone {
+            guest: Guest::new(&plan, &config, true).unwrap(),
+            plan,
+            states: vec![State::Offline; vcpus as usize],
+            rng: Rng::new(1),
+            effects: Vec::new(),
+            now: 0,
+            exit: config.costs.exit,
+        }
+    }
+
+    fn call<R>(&mut self, call: impl FnOnce(&mut Guest, &mut Monitor) -> R) -> R {
+        let mut monitor =
+            Monitor { now: self.now, states: &self.states, rng: &mut self.rng, effects: &mut self.effects };
+        call(&mut self.guest, &mut monitor)
+    }
+
+    /// What the guest sent since the last look.
+    fn sent(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// VCPU `x` steps `after` from now.
+    fn step_after(&mut self, x: usize, after: Ns) -> Next {
+        self.now += after;
+        self.call(|guest, monitor| guest.step(x, monitor))
+    }
+
+    /// A kick or vcpu_up reaches VCPU `x`; if it wakes, it runs at once.
+    fn wake(&mut self, x: usize) -> bool {
+        let woken = self.guest.wake(x, self.states[x]);
+        if woken {
+            self.states[x] = State::Runnable;
+            self.guest.started(x, self.now);
+        }
+        woken
+    }
+
+    /// The guest boots on VCPU 0 with `grant` VCPUs granted and brings them up; each takes
+    /// a thread if one is ready.
+    fn boot(&mut self, grant: Option<u32>) {
+        self.guest.boot(grant);
+        assert!(self.wake(0));
+        let boot = SimConfig::default().costs.boot;
+        assert_eq!(self.step_after(0, 0), Next::After(boot));
+        self.step_after(0, boot);
+        for effect in self.sent() {
+            let Effect::Wake { vcpu, .. } = effect else { panic!("{effect:?} at boot") };
+            assert!(self.wake(vcpu));
+            self.step_after(vcpu, 0);
+        }
+    }
+}
+
+#[test]
+fn vcpu_0_boots_the_guest_and_brings_up_the_granted_vcpus_one_exit_apart() {
+    let mut alone = Alone::new(4, "cpu", &["tasks=8"]);
+    alone.guest.boot(Some(3));
+    assert!(alone.wake(0));
+    let boot = SimConfig::default().costs.boot;
+    assert_eq!(alone.step_after(0, 0), Next::After(boot));
+    assert!(!alone.guest.running(), "not before its initialisation is done");
+    // Then VCPU 0 takes the first thread and computes its first task.
+    assert_eq!(alone.step_after(0, boot), Next::After(2_500_000));
+    let up = SimConfig::default().costs.up;
+    let exit = alone.exit;
+    assert_eq!(
+        alone.sent(),
+        [Effect::Wake { vcpu: 1, after: exit + up }, Effect::Wake { vcpu: 2, after: 2 * exit + up }]
+    );
+    assert!(alone.guest.running());
+    assert_eq!(alone.guest.demand(), 4);
+    // A VCPU beyond the grant does not come up.
+    assert!(!alone.wake(3));
+}
+
+#[test]
+fn an_idle_vcpu_polls_then_blocks_unless_kicked_meanwhile() {
+    let mut alone = Alone::new(2, "cpu", &["tasks=100", "threads=1"]);
+    alone.boot(None);
+    assert_eq!(alone.step_after(1, 0), Next::After(IDLE_POLL_NS));
+    assert_eq!(alone.step_after(1, IDLE_POLL_NS), Next::After(alone.exit), "the block hypercall");
+    assert_eq!(alone.step_after(1, alone.exit), Next::Block);
+    alone.guest.stopped(1, alone.now);
+    alone.states[1] = State::Blocked;
+    // Kicked awake, it polls again; a kick that comes while it is on its way to block makes
+    // the block return at once.
+    assert!(alone.wake(1));
+    assert_eq!(alone.step_after(1, 0), Next::After(IDLE_POLL_NS));
+    assert_eq!(alone.step_after(1, IDLE_POLL_NS), Next::After(alone.exit));
+    assert!(!alone.wake(1), "a runnable VCPU stays as it is");
+    assert_eq!(alone.step_after(1, alone.exit), Next::After(IDLE_POLL_NS));
+}
+
+#[test]
+fn a_pv_lock_waiter_yields_to_a_preempted_holder_then_blocks() {
+    let mut alone = Alone::new(2, "locks", &["ops=1000", "cs=10000", "locks=pv"]);
+    alone.boot(None);
+    // VCPU 0's thread holds the lock; VCPU 1's waits, spinning until its first look.
+    let since = alone.now;
+    assert_eq!(alone.step_after(1, 0), Next::After(10_000));
+    // The holder's VCPU is preempted at the waiter's first look: the waiter notices within a
+    // check period and yields to it.
+    alone.now = since + 10_000;
+    alone.guest.stopped(0, alone.now);
+    alone.call(|guest, monitor| guest.preempted(0, monitor));
+    assert_eq!(alone.sent(), [Effect::Poke { vcpu: 1, after: PV_CHECK_PERIOD_NS }]);
+    assert_eq!(alone.step_after(1, PV_CHECK_PERIOD_NS), Next::After(alone.exit));
+    assert_eq!(alone.step_after(1, alone.exit), Next::Yield(Some(0)));
+    // The holder runs again: the waiter spins until the blocking bound, then blocks.
+    alone.guest.started(0, alone.now);
+    let blocking = since + 200_000 - alone.now;
+    assert_eq!(alone.step_after(1, 0), Next::After(blocking));
+    assert_eq!(alone.step_after(1, blocking), Next::After(alone.exit));
+    assert_eq!(alone.step_after(1, alone.exit), Next::Block);
+    let stats = alone.guest.stats;
+    assert_eq!((stats.contended, stats.directed_yields, stats.blocks), (1, 1, 1));
+}
+
+#[test]
+fn the_unlock_that_serves_a_blocked_waiter_kicks_it_and_pays_an_exit() {
+    let mut alone = Alone::new(2, "locks", &["ops=1000", "cs=200000", "locks=pv"]);
+    alone.boot(None);
+    let since = alone.now;
+    assert_eq!(alone.step_after(1, 0), Next::After(10_000));
+    assert_eq!(alone.step_after(1, 10_000), Next::After(190_000), "the holder runs: no yield");
+    assert_eq!(alone.step_after(1, 190_000), Next::After(alone.exit));
+    assert_eq!(alone.step_after(1, alone.exit), Next::Block);
+    alone.guest.stopped(1, alone.now);
+    alone.states[1] = State::Blocked;
+    // The holder's critical section ends: it unlocks, kicking the waiter, and pays the
+    // kick's exit before it thinks.
+    let critical = 200_000 * 1_950 / 1000;
+    assert!(alone.now < since + critical);
+    let kick = SimConfig::default().costs.kick;
+    assert_eq!(alone.step_after(0, since + critical - alone.now), Next::After(alone.exit));
+    assert_eq!(alone.sent(), [Effect::Wake { vcpu: 1, after: alone.exit + kick }]);
+    assert_eq!(alone.guest.stats.kicks, 1);
+    // Woken, the waiter holds the lock.
+    assert!(alone.wake(1));
+    assert_eq!(alone.step_after(1, alone.exit + kick), Next::After(critical));
+}
+
+#[test]
+fn a_lowered_grant_sends_a_surplus_vcpu_down_and_is_followed_then() {
+    let mut alone = Alone::new(2, "cpu", &["tasks=100", "threads=1"]);
+    alone.boot(None);
+    assert_eq!(alone.step_after(1, 0), Next::After(IDLE_POLL_NS));
+    alone.call(|guest, monitor| guest.set_grant(1, monitor));
+    assert_eq!(alone.sent(), [Effect::Poke { vcpu: 0, after: 0 }, Effect::Poke { vcpu: 1, after: 0 }]);
+    assert_eq!(alone.step_after(1, 0), Next::After(alone.exit), "the vcpu_down hypercall");
+    assert_eq!(alone.step_after(1, alone.exit), Next::Down);
+    alone.guest.stopped(1, alone.now);
+    alone.states[1] = State::Offline;
+    alone.call(|guest, monitor| guest.online_changed(monitor));
+    assert_eq!(alone.guest.followed(), [alone.exit]);
+    assert!(!alone.wake(1), "a kick does not bring up a VCPU beyond the grant");
+}
+
+#[test]
+fn the_last_thread_to_end_exits_the_guest() {
+    let mut alone = Alone::new(1, "cpu", &["tasks=2"]);
+    alone.boot(None);
+    let started = alone.now;
+    assert_eq!(alone.step_after(0, 0), Next::After(2_500_000));
+    assert_eq!(alone.step_after(0, 2_500_000), Next::After(2_500_000));
+    assert_eq!(alone.step_after(0, 2_500_000), Next::Exit);
+    assert_eq!(alone.guest.end_time(), Some(alone.now));
+    assert_eq!(alone.guest.workload_time(alone.now + 1), 5_000_000);
+    let record = alone.guest.record(&alone.plan, alone.now - started);
+    assert_eq!((record.ops, record.per_thread), (2, vec![2]));
+}
