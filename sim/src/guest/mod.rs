@@ -272,7 +272,7 @@ impl Guest {
             params: self.model.params.clone(),
             elapsed_ns: elapsed,
             ops: self.ops,
-            unit: self.model.unit.to_owned(),
+            unit: self.model.workload.unit.to_owned(),
             checksum: 0,
             per_thread: self.threads.iter().map(|t| t.ops).collect(),
             lock_stats: self.model.lock.is_some().then_some(self.stats),

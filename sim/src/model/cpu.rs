@@ -17,7 +17,7 @@ struct Cpu {
 
 pub(super) fn model(args: &Args) -> Model {
     let threads = args.per_vcpu("threads", 1);
-    Model::of("tasks", threads, Cpu { tasks: args.params.u64("tasks") as usize, threads })
+    Model::of(args, threads, Cpu { tasks: args.params.u64("tasks") as usize, threads })
 }
 
 impl Program for Cpu {

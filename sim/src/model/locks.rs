@@ -23,7 +23,7 @@ pub(super) fn model(args: &Args) -> Model {
     let batch = (args.grain / (cs + think).max(1)).min(critical / cs.max(1)).max(1);
     let ops = args.params.u64("ops");
     let lock = LockOps { ops, batch, cs, think };
-    Model { lock: Some(lock), ..Model::of("ops", args.per_vcpu("threads", 1), Locks { ops }) }
+    Model { lock: Some(lock), ..Model::of(args, args.per_vcpu("threads", 1), Locks { ops }) }
 }
 
 impl Program for Locks {

@@ -26,7 +26,7 @@ use std::fmt;
 
 use anyhow::Context;
 use sched::Ns;
-use workloads::{BarrierKind, Params};
+use workloads::{BarrierKind, Params, WorkloadInfo};
 
 use tandem_core::scenario::VmPlan;
 
@@ -93,8 +93,8 @@ pub struct LockOps {
 /// The shape of one VM's workload.
 #[derive(Debug)]
 pub struct Model {
-    /// What one op is, as the real workload reports it.
-    pub unit: &'static str,
+    /// The workload as the registry describes it.
+    pub workload: &'static WorkloadInfo,
     pub threads: usize,
     pub barrier: BarrierKind,
     /// Capacity of each queue, in batches.
@@ -111,6 +111,7 @@ pub struct Model {
 
 /// What a model is built from.
 pub struct Args<'a> {
+    workload: &'static WorkloadInfo,
     params: &'a Params,
     vcpus: u32,
     /// Fine-grained work is simulated in steps of about this much (at least 1 ns).
@@ -133,11 +134,10 @@ impl Args<'_> {
 }
 
 impl Model {
-    /// `threads` threads running `program`, reporting ops in `unit`, with a spinning barrier,
-    /// no queues and no lock.
-    fn of(unit: &'static str, threads: usize, program: impl Program + 'static) -> Model {
+    /// `threads` threads running `program`, with a spinning barrier, no queues and no lock.
+    fn of(args: &Args, threads: usize, program: impl Program + 'static) -> Model {
         Model {
-            unit,
+            workload: args.workload,
             threads,
             barrier: BarrierKind::Spin,
             queues: Vec::new(),
@@ -152,12 +152,12 @@ impl Model {
     /// `grain`.
     pub fn new(plan: &VmPlan, grain: Ns) -> anyhow::Result<Model> {
         let no_model = || format!("no model for workload {}", plan.workload);
-        let info = workloads::WORKLOADS.iter().find(|w| w.name == plan.workload).with_context(no_model)?;
+        let info = workloads::workload(&plan.workload).with_context(no_model)?;
         let (_, args) = workloads::split_guest_args(plan.args.iter().map(String::as_str));
         let params = Params::parse(info.params, args)
             .map_err(|error| anyhow::anyhow!("bad arguments for workload {}: {error}", plan.workload))?;
         let (_, build) = MODELS.iter().find(|(name, _)| *name == info.name).with_context(no_model)?;
-        let model = build(&Args { params: &params, vcpus: plan.vcpus, grain: grain.max(1) });
+        let model = build(&Args { workload: info, params: &params, vcpus: plan.vcpus, grain: grain.max(1) });
         Ok(Model { params: params.values().clone(), ..model })
     }
 

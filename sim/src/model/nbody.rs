@@ -21,7 +21,7 @@ pub(super) fn model(args: &Args) -> Model {
     let barrier = if args.params.str("barrier") == "spin" { BarrierKind::Spin } else { BarrierKind::SpinThenBlock };
     let threads = args.per_vcpu("threads", 1);
     let nbody = Nbody { bodies: args.params.u64("bodies") as usize, steps: args.params.u64("steps"), threads };
-    Model { barrier, ..Model::of("timesteps", threads, nbody) }
+    Model { barrier, ..Model::of(args, threads, nbody) }
 }
 
 impl Program for Nbody {

@@ -22,7 +22,7 @@ pub(super) fn model(args: &Args) -> Model {
         phase: args.params.u64("phase_ms") * sched::MS,
         slice: args.grain.max(PHASES_CHUNK),
     };
-    Model { barrier: BarrierKind::SpinThenBlock, ..Model::of("rounds", args.per_vcpu("threads", 1), phases) }
+    Model { barrier: BarrierKind::SpinThenBlock, ..Model::of(args, args.per_vcpu("threads", 1), phases) }
 }
 
 impl Program for Phases {

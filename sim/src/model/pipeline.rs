@@ -28,7 +28,7 @@ pub(super) fn model(args: &Args) -> Model {
     Model {
         queues: vec![capacity; stages - 1],
         queue_crossing: QUEUE_SHARED * batch,
-        ..Model::of("items", stages, pipeline)
+        ..Model::of(args, stages, pipeline)
     }
 }
 
