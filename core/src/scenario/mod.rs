@@ -27,9 +27,7 @@
 //! Every error in a file names the file, the line and the key. Experiments build scenarios
 //! as values (see `experiment`).
 
-mod file;
-
-pub use file::FileError;
+pub mod file;
 
 use std::path::PathBuf;
 use std::time::Duration;

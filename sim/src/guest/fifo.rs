@@ -3,8 +3,6 @@
 
 use std::collections::VecDeque;
 
-use super::{Guest, Monitor, ThreadState};
-
 /// A pipeline queue, in batches.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Fifo {
@@ -16,52 +14,37 @@ pub(super) struct Fifo {
     pushers: VecDeque<usize>,
 }
 
+/// What a thread's pop or push came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Passed {
+    /// The queue was empty (full): the thread waits on it.
+    Blocked,
+    /// A batch went through, and woke this thread waiting on the queue's other side.
+    Through { woken: Option<usize> },
+}
+
 impl Fifo {
     pub(super) fn new(capacity: u64) -> Fifo {
         Fifo { capacity, ..Fifo::default() }
     }
-}
 
-impl Guest {
-    /// Thread `t` on `x` takes a batch from queue `q`, or blocks while it is empty. Returns
-    /// whether it kicked a VCPU.
-    pub(super) fn pop(&mut self, x: usize, t: usize, q: usize, m: &mut Monitor) -> bool {
-        let fifo = &mut self.queues[q];
-        if fifo.items == 0 {
-            fifo.poppers.push_back(t);
-            self.release_thread(x, ThreadState::Blocked, m);
-            return false;
+    /// Thread `t` takes a batch, or waits while the queue is empty.
+    pub(super) fn pop(&mut self, t: usize) -> Passed {
+        if self.items == 0 {
+            self.poppers.push_back(t);
+            return Passed::Blocked;
         }
-        fifo.items -= 1;
-        let woken = fifo.pushers.pop_front();
-        // Stage q pushes into queue q, stage q + 1 pops from it.
-        self.passed(x, t, q, woken, m)
+        self.items -= 1;
+        Passed::Through { woken: self.pushers.pop_front() }
     }
 
-    /// Thread `t` on `x` puts a batch into queue `q`, or blocks while it is full. Returns
-    /// whether it kicked a VCPU.
-    pub(super) fn push(&mut self, x: usize, t: usize, q: usize, m: &mut Monitor) -> bool {
-        let fifo = &mut self.queues[q];
-        if fifo.items >= fifo.capacity {
-            fifo.pushers.push_back(t);
-            self.release_thread(x, ThreadState::Blocked, m);
-            return false;
+    /// Thread `t` puts a batch in, or waits while the queue is full.
+    pub(super) fn push(&mut self, t: usize) -> Passed {
+        if self.items >= self.capacity {
+            self.pushers.push_back(t);
+            return Passed::Blocked;
         }
-        fifo.items += 1;
-        let woken = fifo.poppers.pop_front();
-        self.passed(x, t, q + 1, woken, m)
-    }
-
-    /// Thread `t` on `x` passed a batch to or from the stage `partner`, waking thread
-    /// `woken` on the queue's other side if it was blocked there.
-    fn passed(&mut self, x: usize, t: usize, partner: usize, woken: Option<usize>, m: &mut Monitor) -> bool {
-        self.threads[t].pc += 1;
-        if let ThreadState::On(y) = self.threads[partner].state
-            && y != x
-            && self.is_running(y)
-        {
-            self.threads[t].debt += self.model.queue_crossing;
-        }
-        woken.is_some_and(|w| self.ready(w, m))
+        self.items += 1;
+        Passed::Through { woken: self.poppers.pop_front() }
     }
 }

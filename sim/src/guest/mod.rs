@@ -39,7 +39,7 @@ use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS};
 
 use crate::model::{LockOps, Model, Step};
 use crate::rng::Rng;
-use fifo::Fifo;
+use fifo::{Fifo, Passed};
 
 /// The monitor as the guest sees it during one call, and where the guest's effects go.
 pub struct Monitor<'a> {
@@ -546,6 +546,38 @@ impl Guest {
     fn kick(&mut self, x: usize, m: &mut Monitor) {
         self.cpus[x].kicked = true;
         m.effects.push(Effect::Wake { vcpu: x, after: self.costs.exit + self.costs.kick });
+    }
+
+    /// Thread `t` on `x` takes a batch from queue `q`, or blocks while it is empty. Returns
+    /// whether it kicked a VCPU.
+    fn pop(&mut self, x: usize, t: usize, q: usize, m: &mut Monitor) -> bool {
+        // Stage q pushes into queue q, stage q + 1 pops from it.
+        let passed = self.queues[q].pop(t);
+        self.passed(x, t, q, passed, m)
+    }
+
+    /// Thread `t` on `x` puts a batch into queue `q`, or blocks while it is full. Returns
+    /// whether it kicked a VCPU.
+    fn push(&mut self, x: usize, t: usize, q: usize, m: &mut Monitor) -> bool {
+        let passed = self.queues[q].push(t);
+        self.passed(x, t, q + 1, passed, m)
+    }
+
+    /// Thread `t` on `x` passed a batch to or from the stage `partner`, waking the thread on
+    /// the queue's other side if it was blocked there; or it blocks on the queue.
+    fn passed(&mut self, x: usize, t: usize, partner: usize, passed: Passed, m: &mut Monitor) -> bool {
+        let Passed::Through { woken } = passed else {
+            self.release_thread(x, ThreadState::Blocked, m);
+            return false;
+        };
+        self.threads[t].pc += 1;
+        if let ThreadState::On(y) = self.threads[partner].state
+            && y != x
+            && self.is_running(y)
+        {
+            self.threads[t].debt += self.model.queue_crossing;
+        }
+        woken.is_some_and(|w| self.ready(w, m))
     }
 
     /// The thread on `x` leaves it (to the pool, blocked, or ended); `x` goes idle.
