@@ -24,7 +24,8 @@
 //! - `hypercall` uses `vm_shared`, `dispatch`, `memory`, `x86`, `outcome` (its `decode`
 //!   only `memory`, `x86` and `outcome`);
 //! - `vm_shared` uses `dispatch`, `console`, `memory`, `x86`, `outcome`;
-//! - `dispatch` uses `kick`, `memory`, `x86` (its parts `gate`, `metrics`, `grants` none);
+//! - `dispatch` uses `kick`, `memory`, `x86` (its parts: `phase` only `x86`, `gate`,
+//!   `metrics` and `grants` none of the others);
 //! - `accounting`, `console`, `image`, `kick`, `memory`, `outcome`, `x86` use none of the
 //!   others.
 

@@ -12,7 +12,7 @@
 //! policy's assignment is compared with who holds each pCPU: a holder that lost its pCPU is
 //! preempted (kicked out of KVM_RUN) and gives the pCPU back when it leaves KVM_RUN; a free
 //! pCPU is granted to the waiting VCPU the policy assigned to it, its thread first pinned to
-//! the pCPU's core (see [`gate`]). Under a policy that does not gate (`host`), threads are
+//! the pCPU's core (see `gate`). Under a policy that does not gate (`host`), threads are
 //! only pinned to the pCPU set and Linux schedules them.
 //!
 //! A kick is delivered by the kicker: a blocked VCPU is woken at once, for the policy to
@@ -20,19 +20,20 @@
 //! its next block, which returns at once; a kick to an offline or starting VCPU, or to one
 //! already woken from its block and not yet back on a pCPU, is dropped (one kick per block).
 //!
-//! [`metrics`]: what is measured; [`grants`]: demands and grants under a policy that grants
-//! VCPUs (`dynamic`), which the timer thread polls and publishes.
+//! `phase`: the phases and what the guest sees of each; `gate`: the gate as VCPU threads
+//! pass it; `metrics`: what is measured; `grants`: demands and grants under a policy that
+//! grants VCPUs (`dynamic`), which the timer thread polls and publishes.
 
 mod gate;
 mod grants;
 mod metrics;
+mod phase;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use pv_abi::shared::VcpuState;
 use sched::{Event, Ns, Params, Policy, PolicyKind, Topology, VcpuId, VmSpec};
 use tandem_core::host::host_cpus;
 use tandem_core::metrics::DispatchReport;
@@ -43,6 +44,7 @@ use crate::x86::Start;
 use gate::Gate;
 use grants::VmGrant;
 use metrics::Metrics;
+use phase::Phase;
 
 /// Where a VM's VCPUs are scheduled: a dispatcher, its number of the VM, and its id of the
 /// VM's VCPU 0 (the others follow).
@@ -81,48 +83,6 @@ pub struct Woken {
     pub at: Instant,
     /// By a kick, rather than by its deadline.
     pub kicked: bool,
-}
-
-/// Where a VCPU is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Offline,
-    /// A `vcpu_up` was accepted; its thread is on its way (to the policy, still offline).
-    Starting(Start),
-    /// In a block, until kicked or its deadline.
-    Blocked,
-    /// Runnable, waiting at the gate for a pCPU.
-    Waiting,
-    /// Granted this pCPU; its thread is on its way through the gate.
-    Granted(usize),
-    /// Its thread is past the gate, in and out of KVM_RUN on this pCPU, or, without gating,
-    /// wherever Linux places it.
-    Running(Option<usize>),
-}
-
-impl Phase {
-    /// Online as far as the policy knows.
-    fn online(self) -> bool {
-        !matches!(self, Phase::Offline | Phase::Starting(_))
-    }
-
-    /// The pCPU it holds.
-    fn pcpu(self) -> Option<usize> {
-        match self {
-            Phase::Granted(pcpu) | Phase::Running(Some(pcpu)) => Some(pcpu),
-            _ => None,
-        }
-    }
-
-    /// The state the guest sees.
-    fn shown(self) -> VcpuState {
-        match self {
-            Phase::Offline | Phase::Starting(_) => VcpuState::Offline,
-            Phase::Blocked => VcpuState::Blocked,
-            Phase::Waiting | Phase::Granted(_) => VcpuState::Preempted,
-            Phase::Running(_) => VcpuState::Running,
-        }
-    }
 }
 
 /// One VCPU, as the dispatcher keeps it.
@@ -600,6 +560,7 @@ impl Dispatcher {
 mod tests {
     use std::thread::JoinHandle;
 
+    use pv_abi::shared::VcpuState;
     use sched::{Params, PolicyKind, VmSpec};
 
     use super::*;

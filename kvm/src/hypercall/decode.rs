@@ -27,7 +27,7 @@ pub struct Request {
 }
 
 /// A hypercall with checked arguments (see `pv_abi::hypercall::Hypercall` for each).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Call {
     Nop,
     /// Bytes for the console, at most `CONSOLE_MAX`.
