@@ -1,15 +1,33 @@
 //! tandem's KVM side: real VMs whose VCPU threads a dispatcher gates onto pCPUs under a
 //! `sched` policy.
 //!
-//! - [`vm`]: a VM (memory, image, boot structures, VCPU threads) and how it ends;
-//! - [`vcpu`]: a VCPU thread's run loop;
-//! - [`hypercall`]: decoding and carrying out hypercalls;
-//! - [`dispatch`]: drives a policy in real time, gating VCPU threads onto pCPUs;
 //! - [`runner`]: a scenario's VMs run together, and the reference runs behind the ideals;
+//! - [`vm`]: a VM (memory, image, boot structures, VCPU threads) run to its outcome;
+//! - [`vcpu`]: a VCPU thread's run loop: KVM exits, hypercalls decoded, executed, answered;
+//! - [`hypercall`]: decoding hypercalls (pure, typed) and carrying them out;
+//! - `vm_shared`: what a VM's VCPU threads share (console, reports, trap table, outcome);
+//! - [`dispatch`]: the one owner of each VCPU's state; drives a policy in real time, gating
+//!   VCPU threads onto pCPUs, and publishes the states and grants to the shared page;
+//! - [`outcome`]: how a VM ends, and the typed faults that end it;
+//! - [`memory`]: guest memory, bounds-checked, and the shared page;
 //! - [`image`]: checking and loading guest ELF images;
-//! - [`x86`]: the x86 structures in guest memory;
+//! - [`x86`]: the x86 structures in guest memory and the registers at a VCPU's start;
 //! - [`accounting`]: where each VCPU's time goes (RUN, RDY, WAIT);
 //! - [`console`], [`kick`]: guest console lines, forcing a VCPU out of KVM_RUN.
+//!
+//! Which module uses which (a module uses only those listed after it here, so none uses its
+//! caller and no two use each other):
+//!
+//! - `runner` uses `vm`, `dispatch`, `outcome`;
+//! - `vm` uses `vcpu`, `vm_shared`, `dispatch`, `memory`, `image`, `kick`, `x86`, `outcome`;
+//! - `vcpu` uses `hypercall`, `vm_shared`, `dispatch`, `accounting`, `kick`, `x86`, `outcome`;
+//! - `hypercall` uses `vm_shared`, `dispatch`, `memory`, `x86`, `outcome` (its `decode`
+//!   only `memory`, `x86` and `outcome`);
+//! - `vm_shared` uses `dispatch`, `console`, `memory`, `x86`, `outcome`;
+//! - `dispatch` uses `kick`, `memory`, `x86` (its parts: `phase` only `x86`, `gate`,
+//!   `metrics` and `grants` none of the others);
+//! - `accounting`, `console`, `image`, `kick`, `memory`, `outcome`, `x86` use none of the
+//!   others.
 
 pub mod accounting;
 pub mod console;
@@ -17,9 +35,12 @@ pub mod dispatch;
 pub mod hypercall;
 pub mod image;
 pub mod kick;
+pub mod memory;
+pub mod outcome;
 pub mod runner;
 pub mod vcpu;
 pub mod vm;
+mod vm_shared;
 pub mod x86;
 
 use anyhow::Context;

@@ -11,8 +11,9 @@ use tandem_core::results::{References, ScenarioResult, ScenarioRun, VmRun};
 use tandem_core::scenario::Scenario;
 use workloads::Record;
 
-use crate::dispatch::Dispatcher;
-use crate::vm::{Outcome, RunReport, Seat, Vm};
+use crate::dispatch::{Dispatcher, Seat};
+use crate::outcome::Outcome;
+use crate::vm::{RunReport, Vm};
 
 /// Measures (once) the reference rate of every VM of `scenario` into `references`; with
 /// `verbose`, says so on stderr.

@@ -1,8 +1,9 @@
 //! The x86-64 structures the monitor builds for a ring-3 guest: identity page tables, a GDT
-//! and TSS per VCPU, and the segment and control registers of a VCPU at start. Pure
-//! functions, unit-tested; `vm` writes their output into guest memory.
+//! and TSS per VCPU, and the registers of a VCPU at start. Pure functions, unit-tested; `vm`
+//! writes their output into guest memory, `vcpu` into its VCPUs.
 
-use kvm_bindings::{kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use pv_abi::boot::{BootInfo, VcpuInfo};
 
 use pv_abi::layout::{self, LARGE_PAGE_SIZE, PAGE_SIZE};
 
@@ -40,6 +41,32 @@ const EFER_LMA: u64 = 1 << 10;
 
 /// RFLAGS at start: the reserved bit 1 and IOPL 3; interrupts off.
 pub const RFLAGS: u64 = 0x2 | 3 << 12;
+
+/// Where and how a VCPU starts (a `vcpu_up`, or VCPU 0 at the image's entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    pub entry: u64,
+    pub stack_top: u64,
+    pub arg: u64,
+}
+
+/// The general registers of VCPU `id` at `start`, per the entry convention in `pv_abi::boot`.
+pub fn start_regs(start: Start, id: u32) -> kvm_regs {
+    kvm_regs {
+        rip: start.entry,
+        rsp: start.stack_top - 8,
+        rdi: layout::BOOT_INFO,
+        rsi: u64::from(id),
+        rdx: start.arg,
+        rflags: RFLAGS,
+        ..Default::default()
+    }
+}
+
+/// Address of `BootInfo::vcpu_info[id]`, where GS base points.
+pub fn vcpu_info_addr(id: u32) -> u64 {
+    layout::BOOT_INFO + std::mem::offset_of!(BootInfo, vcpu_info) as u64 + u64::from(id) * size_of::<VcpuInfo>() as u64
+}
 
 /// A page-sized table to be written at a guest address.
 #[derive(Debug)]
