@@ -104,7 +104,9 @@ struct Vcpu {
     id: usize,
 }
 
-struct State {
+/// What the dispatcher's lock guards: the policy, each VCPU's phase, who holds each pCPU, the
+/// shared pages, the grants and the metrics.
+struct DispatchState {
     policy: Box<dyn Policy>,
     vcpus: Vec<Vcpu>,
     /// The VCPU holding each pCPU (granted it or running on it).
@@ -117,7 +119,7 @@ struct State {
     stop: bool,
 }
 
-impl State {
+impl DispatchState {
     /// Moves `vcpu` to `phase` and publishes what the guest sees of it.
     fn set_phase(&mut self, vcpu: VcpuId, phase: Phase) {
         let entry = &mut self.vcpus[vcpu.index()];
@@ -134,7 +136,7 @@ impl State {
 
 /// Drives one policy over the VCPUs of every VM in a run.
 pub struct Dispatcher {
-    state: Mutex<State>,
+    state: Mutex<DispatchState>,
     /// Per VCPU: signalled when it is started, woken or granted a pCPU, or its VM stops.
     signals: Vec<Condvar>,
     /// Signalled when the policy's next tick may have moved earlier.
@@ -166,7 +168,7 @@ impl Dispatcher {
             .collect();
         let dispatcher = Arc::new(Dispatcher {
             gate: Gate::new(policy.gates(), cores, nr_vcpus),
-            state: Mutex::new(State {
+            state: Mutex::new(DispatchState {
                 policy,
                 vcpus,
                 holders: vec![None; pcpus],
@@ -187,7 +189,7 @@ impl Dispatcher {
         Ok(dispatcher)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, DispatchState> {
         self.state.lock().expect("dispatcher lock")
     }
 
@@ -329,7 +331,7 @@ impl Dispatcher {
         self.deliver_kick(&mut state, vcpu);
     }
 
-    fn deliver_kick(&self, state: &mut State, vcpu: VcpuId) {
+    fn deliver_kick(&self, state: &mut DispatchState, vcpu: VcpuId) {
         let entry = &state.vcpus[vcpu.index()];
         match entry.phase {
             Phase::Offline | Phase::Starting(_) => {}
@@ -339,7 +341,7 @@ impl Dispatcher {
         }
     }
 
-    fn unblock(&self, state: &mut State, vcpu: VcpuId) {
+    fn unblock(&self, state: &mut DispatchState, vcpu: VcpuId) {
         state.vcpus[vcpu.index()].woken_at = Some(Instant::now());
         state.set_phase(vcpu, Phase::Waiting);
         self.decide(state, Event::Wake(vcpu));
@@ -381,7 +383,7 @@ impl Dispatcher {
         self.leave_and_wait(state, vcpu)
     }
 
-    fn leave_and_wait(&self, mut state: MutexGuard<'_, State>, vcpu: VcpuId) -> Result<(), VmStopped> {
+    fn leave_and_wait(&self, mut state: MutexGuard<'_, DispatchState>, vcpu: VcpuId) -> Result<(), VmStopped> {
         state.metrics.left(vcpu);
         self.release(&mut state, vcpu, Phase::Waiting);
         self.apply(&mut state);
@@ -390,7 +392,7 @@ impl Dispatcher {
 
     /// Waits until `vcpu` is granted a pCPU (its thread already pinned to the pCPU's core),
     /// then passes the gate onto it. Returns when the VCPU was woken from a block, if it was.
-    fn acquire(&self, mut state: MutexGuard<'_, State>, vcpu: VcpuId) -> Result<Option<Instant>, VmStopped> {
+    fn acquire(&self, mut state: MutexGuard<'_, DispatchState>, vcpu: VcpuId) -> Result<Option<Instant>, VmStopped> {
         let v = vcpu.index();
         if !self.gate.gates() {
             state.metrics.runs_ungated(vcpu);
@@ -415,7 +417,7 @@ impl Dispatcher {
     }
 
     /// Takes `vcpu` off its pCPU (if it holds one) into `phase`.
-    fn release(&self, state: &mut State, vcpu: VcpuId, phase: Phase) {
+    fn release(&self, state: &mut DispatchState, vcpu: VcpuId, phase: Phase) {
         let pcpu = state.phase(vcpu).pcpu();
         if let Some(pcpu) = pcpu {
             self.gate.leave(pcpu, vcpu);
@@ -426,7 +428,7 @@ impl Dispatcher {
     }
 
     /// Hands `event` to the policy and applies its decision, timing both.
-    fn decide(&self, state: &mut State, event: Event) {
+    fn decide(&self, state: &mut DispatchState, event: Event) {
         let started = Instant::now();
         if self.gate.gates() {
             let now = self.now();
@@ -439,7 +441,7 @@ impl Dispatcher {
 
     /// Makes the holders match the policy's assignment: revokes pCPUs from VCPUs that lost
     /// them, grants free pCPUs to waiting VCPUs assigned there, and tracks co-stops.
-    fn apply(&self, state: &mut State) {
+    fn apply(&self, state: &mut DispatchState) {
         let assignment = state.policy.assignment().to_vec();
         for (pcpu, &wanted) in assignment.iter().enumerate() {
             let Some(holder) = state.holders[pcpu] else { continue };
@@ -473,7 +475,7 @@ impl Dispatcher {
 
     /// Pins `vcpu`'s thread to `pcpu`'s core before the thread hears of its grant, so that it
     /// wakes where it is to run.
-    fn pin_thread(&self, state: &mut State, vcpu: VcpuId, pcpu: usize) {
+    fn pin_thread(&self, state: &mut DispatchState, vcpu: VcpuId, pcpu: usize) {
         let entry = &mut state.vcpus[vcpu.index()];
         if entry.pinned != Some(pcpu) && self.gate.pin(vcpu, pcpu) {
             entry.pinned = Some(pcpu);
@@ -486,13 +488,13 @@ impl Dispatcher {
     }
 
     /// VCPUs of `vm` online (running, waiting or blocked).
-    fn online(&self, state: &State, vm: usize) -> u32 {
+    fn online(&self, state: &DispatchState, vm: usize) -> u32 {
         self.topology.vcpus_of(vm).filter(|&v| state.phase(v).online()).count() as u32
     }
 
     /// After `vcpu` came online or went down: if its VM now has as many VCPUs online as its
     /// pending grant, the reconfiguration is over.
-    fn check_reconfigured(&self, state: &mut State, vcpu: VcpuId) {
+    fn check_reconfigured(&self, state: &mut DispatchState, vcpu: VcpuId) {
         let vm = self.topology.vm_of(vcpu);
         let online = self.online(state, vm);
         if let Some(took) = state.grants[vm].followed(online) {
@@ -526,7 +528,7 @@ impl Dispatcher {
     /// Hands the attached VMs' changed demands to the policy, and publishes the grants that
     /// changed, kicking the VM's VCPUs to follow (blocked ones would see it only at their
     /// next timer).
-    fn poll_guests(&self, state: &mut State) {
+    fn poll_guests(&self, state: &mut DispatchState) {
         let attached: Vec<usize> = (0..state.pages.len()).filter(|&vm| state.pages[vm].is_some()).collect();
         for &vm in &attached {
             let page = state.pages[vm].as_ref().expect("attached");
