@@ -10,7 +10,7 @@ use super::{Args, Model, Program, Step};
 const CPU_TASK: Ns = 2_500_000;
 
 #[derive(Debug)]
-struct Cpu {
+pub(super) struct Cpu {
     tasks: usize,
     threads: usize,
 }

@@ -13,7 +13,7 @@ const LOCK_OP: Ns = 8;
 const MAX_CRITICAL_BATCH: Ns = 5_000;
 
 #[derive(Debug)]
-struct Locks {
+pub(super) struct Locks {
     ops: u64,
 }
 

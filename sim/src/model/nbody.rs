@@ -11,7 +11,7 @@ const NBODY_PAIR: Ns = 5;
 const NBODY_BODY: Ns = 20;
 
 #[derive(Debug)]
-struct Nbody {
+pub(super) struct Nbody {
     bodies: usize,
     steps: u64,
     threads: usize,

@@ -9,7 +9,7 @@ use super::{Args, Model, Program, Step};
 const PHASES_CHUNK: Ns = 2_000;
 
 #[derive(Debug)]
-struct Phases {
+pub(super) struct Phases {
     rounds: u64,
     phase: Ns,
     /// How long a busy thread computes before it yields to a queued thread.

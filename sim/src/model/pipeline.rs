@@ -10,7 +10,7 @@ use super::{Args, Model, Program, Step};
 const QUEUE_SHARED: Ns = 110;
 
 #[derive(Debug)]
-struct Pipeline {
+pub(super) struct Pipeline {
     items: u64,
     /// Items per simulated batch.
     batch: u64,
