@@ -8,6 +8,7 @@ use tandem_core::sim_config::SimConfig;
 use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS};
 
 use super::{Effect, Guest, Monitor, Next};
+use crate::model::tests::plan;
 use crate::rng::Rng;
 
 /// A guest, its VCPUs' policy states, the time, and what the guest sent on the side.
@@ -25,17 +26,7 @@ impl Alone {
     /// `workload` with `args` on `vcpus` VCPUs, compute steps without jitter, under a
     /// policy the monitor enforces.
     fn new(vcpus: u32, workload: &str, args: &[&str]) -> Alone {
-        let plan = VmPlan {
-            name: "a".into(),
-            vcpus,
-            weight: 256,
-            cap: None,
-            workload: workload.into(),
-            args: args.iter().map(|arg| arg.to_string()).collect(),
-            locks: "spin".into(),
-            mem_mib: 128,
-            start_delay_ms: 0,
-        };
+        let plan = plan(workload, vcpus, args);
         let config = SimConfig { jitter: 0.0, ..SimConfig::default() };
         Alone {
             guest: Guest::new(&plan, &config, true).unwrap(),

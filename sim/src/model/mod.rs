@@ -197,11 +197,11 @@ impl Model {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A VM of `vcpus` VCPUs running `workload` with `args`.
-    fn plan(workload: &str, vcpus: u32, args: &[&str]) -> VmPlan {
+    pub(crate) fn plan(workload: &str, vcpus: u32, args: &[&str]) -> VmPlan {
         VmPlan {
             name: "a".into(),
             vcpus,
