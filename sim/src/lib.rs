@@ -15,8 +15,8 @@
 
 mod engine;
 mod guest;
-pub mod model;
-pub mod queue;
+mod model;
+mod queue;
 mod rng;
 #[cfg(test)]
 mod tests;

@@ -1,3 +1,4 @@
+use super::waiting::{ENTRIES_PER_VCPU, ENTRIES_SLACK};
 use super::*;
 use crate::harness::Lcg;
 use crate::harness::{Harness, State};
@@ -334,7 +335,8 @@ fn stale_waiting_entries_stay_bounded_under_a_storm_of_directed_yields() {
         let sibling = if running == x { y } else { x };
         policy.handle(step * 1_000, Event::Yield { vcpu: running, to: Some(sibling) });
         assert_eq!(policy.assignment()[0], Some(sibling));
-        assert!(policy.ready_heap.len() <= 4 * 3 + 64 + 1, "{} entries", policy.ready_heap.len());
+        let bound = ENTRIES_PER_VCPU * 3 + ENTRIES_SLACK + 1;
+        assert!(policy.ready_heap.len() <= bound, "{} entries", policy.ready_heap.len());
     }
     // z, with the least virtual time, takes the pCPU at the slice end.
     policy.handle(SLICE, Event::Tick);

@@ -14,8 +14,8 @@ use crate::VcpuId;
 /// A heap holding more than `ENTRIES_PER_VCPU` entries per VCPU plus `ENTRIES_SLACK` is cleared
 /// of its stale entries, so that they cannot pile up (a storm of directed yields between two
 /// siblings leaves one behind at every yield).
-const ENTRIES_PER_VCPU: usize = 4;
-const ENTRIES_SLACK: usize = 64;
+pub(super) const ENTRIES_PER_VCPU: usize = 4;
+pub(super) const ENTRIES_SLACK: usize = 64;
 
 impl Relaxed {
     /// Runnable and without a pCPU.
