@@ -66,14 +66,6 @@ impl<T> EventQueue<T> {
     pub fn pop(&mut self) -> Option<(Ns, T)> {
         self.heap.pop().map(|entry| ((entry.key >> 64) as Ns, entry.event))
     }
-
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -86,12 +78,10 @@ mod tests {
         for (at, name) in [(30, "c"), (10, "a1"), (20, "b"), (10, "a2"), (0, "start"), (10, "a3")] {
             queue.push(at, name);
         }
-        assert_eq!(queue.len(), 6);
         assert_eq!(queue.next_time(), Some(0));
         let order: Vec<(Ns, &str)> = std::iter::from_fn(|| queue.pop()).collect();
         assert_eq!(order, [(0, "start"), (10, "a1"), (10, "a2"), (10, "a3"), (20, "b"), (30, "c")]);
         assert_eq!(queue.pop(), None);
-        assert!(queue.is_empty());
         assert_eq!(queue.next_time(), None);
     }
 
