@@ -26,7 +26,10 @@ mod trap;
 
 use pv_abi::boot::BootInfo;
 
-hermit_entry::define_entry_version!();
+/// Marks the image as a tandem guest of this ABI version (see `pv_abi::note`).
+#[used]
+#[unsafe(link_section = ".note.tandem")]
+static ABI_NOTE: pv_abi::note::AbiNote = pv_abi::note::ABI_NOTE;
 
 /// Process status the guest exits with when its command line is wrong.
 const EXIT_USAGE: i64 = 64;

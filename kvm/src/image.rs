@@ -1,14 +1,16 @@
 //! Guest images: checking an ELF file before anything trusts it, then loading it.
 //!
-//! The guest marks itself with hermit-entry's entry-version note. The image is loaded here
-//! rather than by hermit-entry's loader, whose parser panics on malformed files (a monitor
-//! must answer a bad image with an error); a static executable needs nothing but its
-//! segments copied.
+//! A tandem guest marks itself with a note naming the ABI version it was built for
+//! (`pv_abi::note`); any other ELF is refused as not a tandem guest, and a guest of another
+//! version with both versions named. The monitor parses the file itself (with goblin, which
+//! answers a malformed file with an error rather than a panic): a static executable needs
+//! nothing but its segments copied.
 
 use std::mem::MaybeUninit;
 use std::path::Path;
 
 use goblin::elf::{Elf, header, program_header::PT_LOAD};
+use pv_abi::note::{NOTE_NAME, NT_TANDEM_ABI};
 
 use pv_abi::layout;
 
@@ -21,6 +23,11 @@ pub enum ImageError {
     Read { path: String, source: std::io::Error },
     #[error("not a usable guest kernel: {0}")]
     Invalid(String),
+    /// An ELF without the tandem note: a Hermit application, a Linux binary, ...
+    #[error("not a tandem guest (the image carries no tandem ABI note)")]
+    NotTandem,
+    #[error("the guest was built for tandem ABI version {}, this monitor speaks version {monitor}", guest.map_or_else(|| "(unreadable)".to_owned(), |v| v.to_string()))]
+    AbiMismatch { guest: Option<u32>, monitor: u32 },
     #[error("the guest image needs {needed} MiB of memory, more than the {mem_mib} MiB given (--mem)")]
     TooLarge { needed: u64, mem_mib: u64 },
 }
@@ -56,18 +63,25 @@ struct Segment {
     mem_len: u64,
 }
 
-/// Note type and version of hermit-entry's entry-version note (name "HERMIT").
-const NT_HERMIT_ENTRY_VERSION: u32 = 0x5a00;
-const HERMIT_ENTRY_VERSION: u8 = 4;
-
-/// Checks that `elf` is a 64-bit x86-64 static executable whose segments lie in the file, in
-/// order, at or above `layout::IMAGE_START`, with its entry in a segment and hermit-entry's
-/// entry-version note.
+/// Checks that `elf` is a tandem guest of this ABI version (its note, `pv_abi::note`), and a
+/// 64-bit x86-64 static executable whose segments lie in the file, in order, at or above
+/// `layout::IMAGE_START`, with its entry in a segment.
 pub fn check(elf: &[u8]) -> Result<Placement, ImageError> {
     if elf.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Err(invalid("not an ELF file (no ELF magic)"));
     }
     let parsed = Elf::parse(elf).map_err(|e| invalid(format!("malformed ELF: {e}")))?;
+    let version = parsed.iter_note_headers(elf).into_iter().flatten().flatten().find_map(|note| {
+        let ours = note.name.as_bytes() == &NOTE_NAME[..NOTE_NAME.len() - 1] && note.n_type == NT_TANDEM_ABI;
+        ours.then(|| note.desc.get(..4).map(|desc| u32::from_le_bytes(desc.try_into().expect("4 bytes"))))
+    });
+    match version {
+        None => return Err(ImageError::NotTandem),
+        Some(version) if version != Some(pv_abi::ABI_VERSION) => {
+            return Err(ImageError::AbiMismatch { guest: version, monitor: pv_abi::ABI_VERSION });
+        }
+        Some(_) => {}
+    }
     if !parsed.is_64 || !parsed.little_endian || parsed.header.e_machine != header::EM_X86_64 {
         return Err(invalid("not a 64-bit little-endian x86-64 ELF"));
     }
@@ -106,14 +120,6 @@ pub fn check(elf: &[u8]) -> Result<Placement, ImageError> {
     let placement = Placement { start: first.p_vaddr, end: last.p_vaddr + last.p_memsz, entry: parsed.entry, segments };
     if !loads.iter().any(|ph| (ph.p_vaddr..ph.p_vaddr + ph.p_memsz).contains(&placement.entry)) {
         return Err(invalid(format!("entry point {:#x} is not in a loadable segment", placement.entry)));
-    }
-    let has_entry_note = parsed.iter_note_headers(elf).into_iter().flatten().any(|note| {
-        note.is_ok_and(|n| {
-            n.name == "HERMIT" && n.n_type == NT_HERMIT_ENTRY_VERSION && n.desc.first() == Some(&HERMIT_ENTRY_VERSION)
-        })
-    });
-    if !has_entry_note {
-        return Err(invalid("no hermit-entry version note (is this a tandem guest?)"));
     }
     Ok(placement)
 }
@@ -174,6 +180,40 @@ mod tests {
                 let _ = load(&elf, &mut memory);
             }
         }
+    }
+
+    /// The embedded guest with its note's ABI version set to `version`.
+    fn guest_of_version(version: u32) -> Vec<u8> {
+        let mut elf = DEFAULT_GUEST.to_vec();
+        let note = pv_abi::note::ABI_NOTE;
+        let mut marker = Vec::new();
+        for word in [note.namesz, note.descsz, note.n_type] {
+            marker.extend_from_slice(&word.to_le_bytes());
+        }
+        marker.extend_from_slice(&note.name);
+        let at = elf.windows(marker.len()).position(|w| w == marker).expect("the guest carries the note");
+        elf[at + marker.len()..][..4].copy_from_slice(&version.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn a_guest_of_another_abi_version_is_refused_naming_both() {
+        let error = check(&guest_of_version(pv_abi::ABI_VERSION + 1)).unwrap_err();
+        assert!(matches!(error, ImageError::AbiMismatch { guest: Some(v), monitor } if v == monitor + 1));
+        let message = error.to_string();
+        assert!(message.contains(&format!("version {}", pv_abi::ABI_VERSION + 1)), "{message}");
+        assert!(message.contains(&format!("speaks version {}", pv_abi::ABI_VERSION)), "{message}");
+        assert!(check(&guest_of_version(pv_abi::ABI_VERSION)).is_ok());
+    }
+
+    #[test]
+    fn an_elf_without_the_tandem_note_is_not_a_tandem_guest() {
+        let host = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(matches!(check(&host), Err(ImageError::NotTandem)));
+        let mut elf = DEFAULT_GUEST.to_vec();
+        let at = elf.windows(7).position(|w| w == pv_abi::note::NOTE_NAME).unwrap();
+        elf[at] = b'X';
+        assert!(matches!(check(&elf), Err(ImageError::NotTandem)));
     }
 
     #[test]

@@ -251,15 +251,28 @@ fn bad_kernel_images_are_refused_clearly() {
     std::fs::write(&not_elf, b"#!/bin/sh\necho hello\n").unwrap();
     let missing = dir.join("missing.elf");
     let host_elf = "/bin/true";
+    // The embedded guest, its ABI note saying a version this monitor does not speak.
+    let newer = dir.join("newer.elf");
+    let mut guest = tandem_kvm::image::DEFAULT_GUEST.to_vec();
+    let at = guest.windows(7).position(|w| w == pv_abi::note::NOTE_NAME).expect("the guest's note");
+    guest[at + 8..at + 12].copy_from_slice(&(pv_abi::ABI_VERSION + 1).to_le_bytes());
+    std::fs::write(&newer, guest).unwrap();
+    let mismatch = format!(
+        "built for tandem ABI version {}, this monitor speaks version {}",
+        pv_abi::ABI_VERSION + 1,
+        pv_abi::ABI_VERSION
+    );
     let cases = [
         (not_elf.to_str().unwrap(), "not a usable guest kernel: not an ELF file"),
         (missing.to_str().unwrap(), "cannot read kernel image"),
-        (host_elf, "not a usable guest kernel"),
+        (host_elf, "not a tandem guest"),
+        (newer.to_str().unwrap(), mismatch.as_str()),
     ];
     for (path, expected) in cases {
         let run = tandem(&["run", "hello", "--kernel", path], LIMIT);
         assert_eq!(run.status, Some(1), "{path}: {}", run.stderr);
         assert!(run.stderr.contains(expected), "{path}: expected {expected:?} in {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{path}: one line, not {}", run.stderr);
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
