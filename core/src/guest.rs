@@ -44,9 +44,19 @@ impl VmConfig {
     }
 }
 
-/// The guest command line running `program` with `key=value` arguments `args`, checked:
-/// one word each, and for a workload its parameters and the guest runtime's.
-pub fn cmdline(program: &str, args: &[String]) -> anyhow::Result<String> {
+/// Which kernel a VM boots, for what the monitor can check of its command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// The embedded guest: a workload's parameters are checked, and the guest runtime's.
+    Embedded,
+    /// A kernel of the user's: only the guest runtime's parameters (`locks=`, the PV bounds)
+    /// are checked; the others go to it unchecked, and it reports its own errors.
+    User,
+}
+
+/// The guest command line running `program` on `kernel` with `key=value` arguments `args`,
+/// checked: one word each, and the parameters the monitor knows.
+pub fn cmdline(program: &str, args: &[String], kernel: Kernel) -> anyhow::Result<String> {
     if program.is_empty() || program.contains(char::is_whitespace) {
         bail!("program name {program:?} must be one word");
     }
@@ -55,8 +65,19 @@ pub fn cmdline(program: &str, args: &[String]) -> anyhow::Result<String> {
             bail!("program argument {arg:?} is not key=value");
         }
     }
-    check_workload_args(program, args)?;
+    match kernel {
+        Kernel::Embedded => check_workload_args(program, args)?,
+        Kernel::User => check_guest_args(args)?,
+    }
     Ok(std::iter::once(program).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" "))
+}
+
+/// Checks the guest runtime's arguments, the only ones every tandem guest takes.
+fn check_guest_args(args: &[String]) -> anyhow::Result<()> {
+    let (guest_args, _) = workloads::split_guest_args(args.iter().map(String::as_str));
+    workloads::Params::parse(workloads::GUEST_PARAMS, guest_args)
+        .map_err(|error| anyhow::anyhow!("bad arguments for the guest runtime: {error}"))?;
+    Ok(())
 }
 
 /// Checks a workload's arguments (and the guest runtime's); other programs check their own.

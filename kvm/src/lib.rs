@@ -18,7 +18,7 @@
 //! Which module uses which (a module uses only those listed after it here, so none uses its
 //! caller and no two use each other):
 //!
-//! - `runner` uses `vm`, `dispatch`, `outcome`;
+//! - `runner` uses `vm`, `dispatch`, `image`, `outcome`;
 //! - `vm` uses `vcpu`, `vm_shared`, `dispatch`, `memory`, `image`, `kick`, `x86`, `outcome`;
 //! - `vcpu` uses `hypercall`, `vm_shared`, `dispatch`, `accounting`, `kick`, `x86`, `outcome`;
 //! - `hypercall` uses `vm_shared`, `dispatch`, `memory`, `x86`, `outcome` (its `decode`

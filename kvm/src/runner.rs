@@ -12,6 +12,7 @@ use tandem_core::scenario::Scenario;
 use workloads::Record;
 
 use crate::dispatch::{Dispatcher, Seat};
+use crate::image;
 use crate::outcome::Outcome;
 use crate::vm::{RunReport, Vm};
 
@@ -41,8 +42,9 @@ pub fn measure_references(
     Ok(())
 }
 
-/// Runs every VM of `scenario` to its end under the scenario's policy; with `references`,
-/// sets each VM's result against its ideal.
+/// Runs every VM of `scenario` to its end under the scenario's policy, each booting its own
+/// kernel if it names one and `image` otherwise; with `references`, sets each VM's result
+/// against its ideal.
 pub fn run_scenario(
     kvm: &Kvm,
     image: &[u8],
@@ -87,6 +89,8 @@ fn run_vms(
     let mut vms = Vec::new();
     for (index, plan) in scenario.vms.iter().enumerate() {
         let config = plan.vm_config(scenario.timeout_s)?;
+        let own_kernel = plan.kernel.as_deref().map(image::read).transpose()?;
+        let image = own_kernel.as_deref().unwrap_or(image);
         let seat = Seat { dispatcher: Arc::clone(dispatcher), vm: index, first_vcpu: topology.vcpu(index, 0).0 };
         let vm = Vm::new(kvm, &config, image, seat).with_context(|| format!("cannot create VM {}", plan.name))?;
         vms.push((vm, Duration::from_millis(plan.start_delay_ms)));

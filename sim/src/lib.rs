@@ -60,6 +60,13 @@ pub struct SimOutcome {
 /// Simulates `scenario` (its `[sim]` table applied) and sets each VM's result against its
 /// simulated reference, like a real run.
 pub fn simulate(scenario: &Scenario, references: &mut References, trace: bool) -> anyhow::Result<SimOutcome> {
+    if let Some(vm) = scenario.vms.iter().find(|vm| vm.kernel.is_some()) {
+        anyhow::bail!(
+            "{}: VM {} boots a kernel of its own, which the simulator has no model of",
+            scenario.path.display(),
+            vm.name
+        );
+    }
     let (run, events) = Sim::new(scenario, &scenario.sim, trace)?.run(scenario);
     measure_references(scenario, references)?;
     Ok(SimOutcome { result: ScenarioResult::of(scenario, run, Some(references)), events })

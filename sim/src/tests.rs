@@ -199,3 +199,11 @@ fn vmx_costs_make_pv_locks_cheaper() {
     let rate = |r: &ScenarioResult| r.vms[0].rate().unwrap();
     assert!(rate(&vmx) > rate(&measured), "vmx {} vs measured {}", rate(&vmx), rate(&measured));
 }
+
+#[test]
+fn a_vm_booting_a_kernel_of_its_own_is_refused_by_name() {
+    let mut scenario = scenario(&vms(2, "credit", 1, 2, "cpu", "{ tasks = 4 }", "spin"));
+    scenario.vms[0].kernel = Some("solver.elf".into());
+    let error = simulate(&scenario, &mut References::default(), false).err().expect("refused");
+    assert_eq!(error.to_string(), "test.toml: VM vm0 boots a kernel of its own, which the simulator has no model of");
+}

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use workloads::Record;
 
-use tandem_core::guest::{self, VmConfig};
+use tandem_core::guest::{self, Kernel, VmConfig};
 use tandem_core::scenario::DEFAULT_MEM_MIB;
 use tandem_core::stats::Summary;
 use tandem_kvm::vm::{self, Outcome};
@@ -78,7 +78,7 @@ fn guest_records(program: &str, vcpus: u32, args: &[&str]) -> anyhow::Result<Vec
         name: program.to_owned(),
         vcpus,
         mem_mib: DEFAULT_MEM_MIB,
-        cmdline: guest::cmdline(program, &args)?,
+        cmdline: guest::cmdline(program, &args, Kernel::Embedded)?,
         timeout: Duration::from_secs(300),
         echo_console: false,
     };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sched::PolicyKind;
-use tandem_core::guest::{self, VmConfig};
+use tandem_core::guest::{self, Kernel, VmConfig};
 use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::{DEFAULT_MEM_MIB, Scenario, Target};
 use tandem_kvm::vm::{self, Outcome, RunReport};
@@ -64,8 +64,9 @@ enum Command {
 #[command(after_help = exit_status_help())]
 pub struct RunArgs {
     /// The guest program: a workload (see `tandem workloads`) or one of hello, hypercall,
-    /// updown, selftest, fault, panic, hang, badcall
-    #[arg(required_unless_present = "list")]
+    /// updown, selftest, fault, panic, hang, badcall; with --kernel, the program name that
+    /// kernel gets (default: the kernel file's name)
+    #[arg(required_unless_present_any = ["list", "kernel"])]
     pub program: Option<String>,
     /// List the workloads and their parameters, and exit
     #[arg(long)]
@@ -76,7 +77,8 @@ pub struct RunArgs {
     /// Guest memory in MiB (even, 4 to 3072)
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEM_MIB)]
     pub mem: u64,
-    /// Guest kernel ELF to boot instead of the embedded one
+    /// Guest kernel ELF to boot instead of the embedded one (its arguments other than
+    /// locks=, pv_yield_us and pv_block_us go to it unchecked)
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
     /// Stop the guest after this many seconds
@@ -174,16 +176,20 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
 }
 
 impl RunArgs {
-    fn program(&self) -> &str {
-        self.program.as_deref().expect("clap requires a program unless --list")
+    /// The program named, or the kernel file's name.
+    fn program(&self) -> String {
+        let from_kernel = || self.kernel.as_ref()?.file_stem().map(|stem| stem.to_string_lossy().into_owned());
+        self.program.clone().or_else(from_kernel).expect("clap requires a program unless --list or --kernel")
     }
 
     pub fn config(&self, echo_console: bool) -> anyhow::Result<VmConfig> {
+        let kernel = if self.kernel.is_some() { Kernel::User } else { Kernel::Embedded };
+        let program = self.program();
         Ok(VmConfig {
-            name: self.program().to_owned(),
+            name: program.clone(),
             vcpus: self.vcpus,
             mem_mib: self.mem,
-            cmdline: guest::cmdline(self.program(), &self.args)?,
+            cmdline: guest::cmdline(&program, &self.args, kernel)?,
             timeout: Duration::from_secs_f64(self.timeout),
             echo_console,
         })
@@ -234,7 +240,7 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.stats {
         print_vcpu_stats(&report);
     }
-    eprintln!("tandem: {} ({:.1} ms)", report.outcome.describe(program), report.elapsed.as_secs_f64() * 1e3);
+    eprintln!("tandem: {} ({:.1} ms)", report.outcome.describe(&program), report.elapsed.as_secs_f64() * 1e3);
     if let Outcome::TimedOut(_) = report.outcome {
         let states: Vec<String> =
             report.vcpus.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();

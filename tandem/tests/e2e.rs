@@ -244,6 +244,27 @@ fn guest_usage_errors_exit_64() {
 }
 
 #[test]
+fn a_kernel_of_ones_own_needs_no_program_name() {
+    if !kvm_available() {
+        return;
+    }
+    // A copy of the embedded guest under a program's name: the name is its command line's
+    // first word, and its other arguments go to it unchecked.
+    let dir = std::env::temp_dir().join(format!("tandem-e2e-kernel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hello = dir.join("hello.elf");
+    std::fs::write(&hello, tandem_kvm::image::DEFAULT_GUEST).unwrap();
+    let run = tandem(&["run", "--kernel", hello.to_str().unwrap(), "--vcpus", "2"], LIMIT);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("[hello vcpu1] hello from VCPU 1 of 2"), "{}", run.stdout);
+    let run = tandem(&["run", "--kernel", hello.to_str().unwrap(), "--", "bogus=1"], LIMIT);
+    assert_eq!(run.status, Some(64), "the kernel itself refuses what it does not know: {}", run.stderr);
+    let run = tandem(&["run", "--kernel", hello.to_str().unwrap(), "--", "locks=ticket"], LIMIT);
+    assert_eq!(run.status, Some(1), "the guest runtime's parameters are checked: {}", run.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_kernel_images_are_refused_clearly() {
     let dir = std::env::temp_dir().join(format!("tandem-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -150,3 +150,34 @@ fn a_guest_follows_the_grant_as_its_parallelism_changes() {
     assert!(changes >= 6, "{changes} grant changes followed");
     assert_eq!(result.dispatch.gate_violations, 0);
 }
+
+#[test]
+fn vms_of_a_scenario_may_boot_kernels_of_their_own() {
+    if !common::kvm_available() {
+        return;
+    }
+    // A kernel file of the VM's own: here a copy of the embedded guest, whose name is the
+    // program it runs when the scenario names none.
+    let dir = std::env::temp_dir().join(format!("tandem-own-kernel-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("kernels")).unwrap();
+    std::fs::write(dir.join("kernels/cpu.elf"), DEFAULT_GUEST).unwrap();
+    let pcpus = available_cores().len().min(2);
+    let text = format!(
+        "pcpus = {pcpus}\ntimeout_s = 120\n[policy]\nname = \"credit\"\n\
+         [[vm]]\nname = \"own\"\nvcpus = 2\nkernel = \"kernels/cpu.elf\"\nargs = {{ tasks = 40 }}\nlocks = \"pv\"\n\
+         [[vm]]\nname = \"embedded\"\nvcpus = 2\nworkload = \"cpu\"\nargs = {{ tasks = 40 }}\n"
+    );
+    let scenario = Scenario::parse(&dir.join("own.toml"), &text).unwrap();
+    let kvm = open_kvm().unwrap();
+    let mut references = References::default();
+    measure_references(&kvm, DEFAULT_GUEST, &scenario, &mut references, false).unwrap();
+    let result = run_scenario(&kvm, DEFAULT_GUEST, &scenario, Some(&references)).unwrap();
+    for vm in &result.vms {
+        assert!(vm.ok, "{}: {}", vm.name, vm.outcome);
+        let record = vm.record.as_ref().expect("a result record");
+        assert_eq!((record.workload.as_str(), record.ops), ("cpu", 40), "{}", vm.name);
+        assert!(vm.ratio.is_some_and(|ratio| ratio > 0.0), "{}: a ratio to its ideal", vm.name);
+    }
+    assert_eq!(result.vms[0].record.as_ref().unwrap().locks, "pv", "the kernel got its arguments");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

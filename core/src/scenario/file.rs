@@ -71,7 +71,8 @@ struct VmTable {
     vcpus: Spanned<i64>,
     weight: Option<Spanned<i64>>,
     cap: Option<Spanned<i64>>,
-    workload: Spanned<String>,
+    workload: Option<Spanned<String>>,
+    kernel: Option<Spanned<String>>,
     args: Option<Spanned<BTreeMap<String, toml::Value>>>,
     locks: Option<Spanned<String>>,
     mem_mib: Option<Spanned<i64>>,
@@ -326,17 +327,35 @@ fn parse_vm(source: &Source, table: &VmTable) -> Parsed<VmPlan> {
             );
         }
     };
-    let workload = table.workload.get_ref().clone();
-    if !workloads::WORKLOADS.iter().any(|w| w.name == workload) {
+    let kernel = match &table.kernel {
+        None => None,
+        Some(kernel) => {
+            // Relative to the scenario file.
+            let path = source.path.parent().unwrap_or(Path::new("")).join(kernel.get_ref());
+            if let Err(error) = std::fs::metadata(&path) {
+                return source.error(kernel.span(), "vm.kernel", format!("cannot read {}: {error}", path.display()));
+            }
+            Some(path)
+        }
+    };
+    let workload = match (&table.workload, &kernel) {
+        (Some(workload), _) => workload.get_ref().clone(),
+        (None, Some(kernel)) => kernel.file_stem().map_or_else(String::new, |stem| stem.to_string_lossy().into_owned()),
+        (None, None) => return source.error(table.name.span(), "vm.workload", "a VM needs a workload or a kernel"),
+    };
+    if kernel.is_none() && !workloads::WORKLOADS.iter().any(|w| w.name == workload) {
         let names: Vec<&str> = workloads::WORKLOADS.iter().map(|w| w.name).collect();
+        let span = table.workload.as_ref().map_or_else(|| table.name.span(), Spanned::span);
         return source.error(
-            table.workload.span(),
+            span,
             "vm.workload",
             format!("unknown workload `{workload}`; the workloads are {}", names.join(", ")),
         );
     }
     let mut pairs = Vec::new();
-    let args_span = table.args.as_ref().map_or_else(|| table.workload.span(), Spanned::span);
+    let args_span = (table.args.as_ref().map(Spanned::span))
+        .or_else(|| table.workload.as_ref().map(Spanned::span))
+        .unwrap_or_else(|| table.name.span());
     for (key, value) in table.args.iter().flat_map(|args| args.get_ref()) {
         let value = match value {
             toml::Value::String(text) => text.clone(),
@@ -360,7 +379,8 @@ fn parse_vm(source: &Source, table: &VmTable) -> Parsed<VmPlan> {
         Some(delay) if *delay.get_ref() >= 0 => *delay.get_ref() as u64,
         Some(delay) => return source.error(delay.span(), "vm.start_delay_ms", "must not be negative"),
     };
-    let plan = VmPlan { name, vcpus: vcpus as u32, weight, cap, workload, args, locks, mem_mib, start_delay_ms };
+    let plan =
+        VmPlan { name, vcpus: vcpus as u32, weight, cap, workload, kernel, args, locks, mem_mib, start_delay_ms };
     // The same checks `tandem run` makes: memory size, parameters and their values.
     if let Err(error) = plan.vm_config(1.0) {
         let message = format!("{error:#}");
@@ -469,6 +489,34 @@ start_delay_ms = 10
         let relaxed = parse(&wide.replace("cosched-strict", "credit")).unwrap();
         assert!(relaxed.with(Some(PolicyKind::CoschedStrict), None).is_err());
         assert!(relaxed.with(None, Some(0)).is_err());
+    }
+
+    #[test]
+    fn a_vm_may_boot_a_kernel_of_its_own_named_relative_to_the_file() {
+        let dir = std::env::temp_dir().join(format!("tandem-kernel-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("build")).unwrap();
+        std::fs::write(dir.join("build/solver.elf"), b"an image").unwrap();
+        let file = dir.join("s.toml");
+        let vm =
+            |extra: &str| format!("pcpus = 1\n[policy]\nname = \"credit\"\n[[vm]]\nname = \"a\"\nvcpus = 1\n{extra}\n");
+        let own = Scenario::parse(&file, &vm("kernel = \"build/solver.elf\"\nargs = { rows = 9 }\nlocks = \"pv\""));
+        let plan = own.unwrap().vms.remove(0);
+        assert_eq!(plan.kernel.as_deref(), Some(dir.join("build/solver.elf").as_path()));
+        assert_eq!(plan.workload, "solver", "the program is named after the kernel");
+        assert_eq!(plan.args, ["rows=9", "locks=pv"]);
+        let config = plan.vm_config(1.0).unwrap();
+        assert_eq!(config.cmdline, "solver rows=9 locks=pv", "its own arguments go unchecked");
+
+        let bad = |extra: &str| Scenario::parse(&file, &vm(extra)).unwrap_err();
+        let missing = bad("kernel = \"nosuch.elf\"");
+        assert_eq!((missing.line(), missing.key()), (Some(7), Some("vm.kernel")));
+        assert!(missing.to_string().contains("nosuch.elf"), "{missing}");
+        let neither = bad("");
+        assert_eq!(neither.key(), Some("vm.workload"));
+        assert!(neither.to_string().contains("a VM needs a workload or a kernel"), "{neither}");
+        let bad_locks = bad("kernel = \"build/solver.elf\"\nlocks = \"ticket\"");
+        assert_eq!(bad_locks.key(), Some("vm.locks"), "the guest runtime's parameters are checked");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! vcpus = 2
 //! weight = 256                  # optional, default 256
 //! cap = 50                      # optional, percent of one pCPU
-//! workload = "nbody"
+//! workload = "nbody"           # a workload of the embedded guest, or with `kernel` the
+//!                               # program name that kernel gets (default: the file's name)
+//! kernel = "build/app.elf"      # optional: a kernel of the user's, relative to the file
 //! args = { barrier = "spin" }   # the workload's parameters
 //! locks = "spin"                # optional, the guest's spinlock family
 //! start_delay_ms = 0            # optional
@@ -96,7 +98,11 @@ pub struct VmPlan {
     pub vcpus: u32,
     pub weight: u32,
     pub cap: Option<u32>,
+    /// The program its kernel runs: a workload of the embedded guest's, or whatever a kernel
+    /// of the user's makes of it (by default the kernel file's name).
     pub workload: String,
+    /// A kernel of the user's to boot instead of the embedded guest.
+    pub kernel: Option<PathBuf>,
     /// `key=value` words: the workload's, then `locks=`.
     pub args: Vec<String>,
     pub locks: String,
@@ -211,7 +217,8 @@ impl Scenario {
 
     /// What tells `vm`'s reference run apart from others in this scenario's pCPUs.
     pub fn reference_key(&self, vm: &VmPlan) -> String {
-        format!("{} {} on {}", vm.workload, vm.args.join(" "), vm.vcpus.min(self.cores.len() as u32))
+        let kernel = vm.kernel.as_ref().map_or_else(String::new, |path| format!("{} ", path.display()));
+        format!("{kernel}{} {} on {}", vm.workload, vm.args.join(" "), vm.vcpus.min(self.cores.len() as u32))
     }
 
     /// Strict co-scheduling runs a VM only when all its VCPUs fit on distinct pCPUs.
@@ -248,6 +255,7 @@ impl VmPlan {
             weight: DEFAULT_WEIGHT,
             cap: None,
             workload: workload.to_owned(),
+            kernel: None,
             args: vm_words(args.iter().map(|&(key, value)| (key, value.to_owned())).collect(), locks),
             locks: locks.to_owned(),
             mem_mib: DEFAULT_MEM_MIB,
@@ -257,6 +265,11 @@ impl VmPlan {
         Ok(plan)
     }
 
+    /// Which kernel it boots.
+    pub fn guest_kernel(&self) -> guest::Kernel {
+        if self.kernel.is_some() { guest::Kernel::User } else { guest::Kernel::Embedded }
+    }
+
     /// The VM to boot, stopped after `timeout_s`: the same checks `tandem run` makes
     /// (memory size, parameters and their values).
     pub fn vm_config(&self, timeout_s: f64) -> anyhow::Result<VmConfig> {
@@ -264,7 +277,7 @@ impl VmPlan {
             name: self.name.clone(),
             vcpus: self.vcpus,
             mem_mib: self.mem_mib,
-            cmdline: guest::cmdline(&self.workload, &self.args)?,
+            cmdline: guest::cmdline(&self.workload, &self.args, self.guest_kernel())?,
             timeout: Duration::from_secs_f64(timeout_s),
             echo_console: false,
         };

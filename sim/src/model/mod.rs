@@ -208,6 +208,7 @@ pub(crate) mod tests {
             weight: 256,
             cap: None,
             workload: workload.into(),
+            kernel: None,
             args: args.iter().map(|arg| arg.to_string()).collect(),
             locks: "spin".into(),
             mem_mib: 128,
