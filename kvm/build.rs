@@ -39,14 +39,13 @@ fn main() {
     fs::copy(&elf, &out).unwrap_or_else(|e| panic!("cannot copy {}: {e}", elf.display()));
 
     for input in [
+        "guest-kernel/src",
         "guest-kernel/Cargo.toml",
+        "guest-kernel/build.rs",
         "guest-kernel/.cargo/config.toml",
         "guest-kernel/rt/src",
         "guest-kernel/rt/Cargo.toml",
         "guest-kernel/rt/build.rs",
-        "guest-kernel/programs/src",
-        "guest-kernel/programs/Cargo.toml",
-        "guest-kernel/programs/build.rs",
         "pv-abi/src",
         "pv-abi/Cargo.toml",
         "workloads/src",

@@ -32,8 +32,8 @@ impl Write for LineWriter {
     }
 }
 
-/// Writes formatted text to the console, in one hypercall per line; what [`print!`] and
-/// [`println!`] call.
+/// Writes formatted text to the console, in one hypercall per line; what [`print!`](crate::print!) and
+/// [`println!`](crate::println!) call.
 pub fn print(args: fmt::Arguments<'_>) {
     let mut writer = LineWriter { buf: [0; LINE_MAX], len: 0 };
     let _ = writer.write_fmt(args);

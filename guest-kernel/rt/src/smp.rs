@@ -1,5 +1,5 @@
 //! Bringing VCPUs up and down. A VCPU starts with the `vcpu_up` hypercall at
-//! [`secondary_entry`] on a stack of its own, which is allocated on its first start and reused
+//! `secondary_entry` on a stack of its own, which is allocated on its first start and reused
 //! on every later one (a VCPU that went down no longer uses it).
 
 use core::sync::atomic::{AtomicU64, Ordering};

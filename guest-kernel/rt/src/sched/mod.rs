@@ -1,6 +1,6 @@
 //! Cooperative threads on per-VCPU run queues with work stealing.
 //!
-//! Every online VCPU runs [`scheduler_loop`] on its own stack. It takes the next thread from
+//! Every online VCPU runs `scheduler_loop` on its own stack. It takes the next thread from
 //! its queue (or steals one from another VCPU's), switches to it, and when the thread switches
 //! back (it yielded, blocked, slept or exited) files it accordingly. A VCPU with nothing to run
 //! polls for work briefly, then blocks in the monitor until kicked or until its next timer;

@@ -1,10 +1,10 @@
 //! Paravirtual waiting (`locks=pv`): waiters that look, through the shared page, at the VCPU
 //! they wait for.
 //!
-//! A ticket-lock waiter spins for [`Thresholds::yield_after_ns`]; from then on it checks,
+//! A ticket-lock waiter spins for `pv_yield_us`; from then on it checks,
 //! every [`PV_CHECK_PERIOD_NS`], the VCPU that holds (or is next to take) the ticket being
 //! served: if the monitor shows that VCPU preempted, spinning is pointless and the waiter
-//! yields its physical CPU to it (a directed yield). Once it has waited [`Thresholds::block_after_ns`],
+//! yields its physical CPU to it (a directed yield). Once it has waited `pv_block_us`,
 //! it blocks its VCPU, whatever that VCPU's state, and the unlocker that serves its ticket
 //! kicks it: yields past that bound would go on for as long as the holder stays preempted,
 //! an exit each (the simulator showed such yield storms eating whole pCPUs at 10x
@@ -15,7 +15,7 @@
 //! sibling the same way.
 //!
 //! Blocking is race-free as in Linux's pv ticketlocks: the waiter counts itself in the lock's
-//! `blocked`, publishes (lock, ticket) in its VCPU's [`WAITING`] slot and checks its turn once
+//! `blocked`, publishes (lock, ticket) in its VCPU's `WAITING` slot and checks its turn once
 //! more before it blocks; the unlocker moves `serving` on and then reads `blocked` (all
 //! sequentially consistent): either the waiter sees its turn, or the unlocker sees the waiter.
 //! A kick that arrives before the block makes the block return at once.

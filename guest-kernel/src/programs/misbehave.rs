@@ -5,6 +5,7 @@ use tandem_rt::pv_abi::hypercall::{
     BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, NO_DEADLINE, REPORT_MAX, REPORTS_TOTAL_MAX,
     decode,
 };
+
 use tandem_rt::workloads::{ParamError, ParamSpec, Params};
 use tandem_rt::{boot, hypercall, percpu, println, smp};
 

@@ -1,10 +1,6 @@
-//! The built-in guest programs, an application on tandem-rt chosen by the first word of the
-//! boot command line: the workloads of the `workloads` crate, and the programs below that test
-//! the kernel and the monitor.
-#![no_std]
-#![no_main]
-
-extern crate alloc;
+//! The programs a guest can run, chosen by the first word of the boot command line: the
+//! workloads of the `workloads` crate, and the programs below that test the kernel and the
+//! monitor.
 
 mod hello;
 mod hypercall_bench;
@@ -15,8 +11,6 @@ mod workload;
 
 use tandem_rt::workloads::{ParamError, ParamSpec, Params};
 use tandem_rt::{Args, EXIT_USAGE, print, println};
-
-tandem_rt::entry!(main);
 
 struct Program {
     name: &'static str,
@@ -36,7 +30,7 @@ const PROGRAMS: &[Program] = &[
 ];
 
 /// Runs the program the command line names; returns the exit code.
-fn main(args: Args) -> i64 {
+pub fn run(args: Args) -> i64 {
     let program = match PROGRAMS.iter().find(|p| p.name == args.program()) {
         Some(program) => program,
         None if workload::exists(args.program()) => return workload::run(&args),
