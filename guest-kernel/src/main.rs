@@ -1,6 +1,6 @@
-//! The built-in guest programs (`tandem-guest`): an application on tandem-rt, laid out as the
-//! crate doc of tandem-rt describes (this crate's build.rs is the two lines an application
-//! needs).
+//! The built-in guest programs (binary `tandem-guest`): an application on tandem-rt, laid out
+//! as the crate doc of tandem-rt describes (this crate's build.rs is the two lines an
+//! application needs).
 #![no_std]
 #![no_main]
 

@@ -85,8 +85,9 @@
 //! ```
 //!
 //! `cargo build --release` then leaves the guest in
-//! `target/x86_64-unknown-linux-gnu/release/myapp`. The built-in programs, the package
-//! `tandem-guest` in `guest-kernel/` beside this library, are such an application.
+//! `target/x86_64-unknown-linux-gnu/release/myapp`. The built-in programs (the package
+//! `guest-kernel`, whose binary is `tandem-guest`, around this library) are such an
+//! application.
 #![no_std]
 #![warn(missing_docs)]
 

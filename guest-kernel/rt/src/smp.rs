@@ -37,7 +37,8 @@ fn stack_top(vcpu: u32) -> u64 {
     }
 }
 
-/// Starts `vcpu`, which runs `work(vcpu)` and then goes offline.
+/// Starts `vcpu`, which runs `work(vcpu)` and then goes offline: for programs that drive the
+/// VCPUs themselves, without threads ([`crate::sched::start`] starts them as schedulers).
 pub fn start(vcpu: u32, work: fn(u32)) -> Result<u64, HcError> {
     if vcpu as usize >= MAX_VCPUS {
         return Err(HcError::BadVcpu);

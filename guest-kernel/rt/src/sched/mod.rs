@@ -188,7 +188,9 @@ fn publish_demand(id: u32) {
 }
 
 /// Brings the granted VCPUs up as schedulers, runs `main` in a thread and exits the VM with
-/// its result.
+/// its result. Call it once, from the application's main, with no other VCPU started: from
+/// then on the VCPUs belong to the scheduler (and follow the monitor's grant), and threads can
+/// be spawned.
 pub fn start(main: impl FnOnce() -> i64 + Send + 'static) -> ! {
     let vcpus = granted();
     ONLINE.store(vcpus, Ordering::Release);
