@@ -1,5 +1,6 @@
-//! Builds the guest kernel (its own cargo workspace, bare-metal flags, own target dir) and
-//! puts its ELF in OUT_DIR, where `image::DEFAULT_GUEST` embeds it.
+//! Builds the guest (its own cargo workspace, bare-metal flags, own target dir): the library
+//! `tandem-rt` and the built-in programs on it, the application `tandem-guest`, whose ELF it
+//! puts in OUT_DIR, where `image::DEFAULT_GUEST` embeds it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,9 +29,9 @@ fn main() {
     ] {
         cargo.env_remove(var);
     }
-    let output = cargo.output().expect("cannot run cargo to build the guest kernel");
+    let output = cargo.output().expect("cannot run cargo to build the guest");
     if !output.status.success() {
-        panic!("building guest-kernel failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        panic!("building the guest failed:\n{}", String::from_utf8_lossy(&output.stderr));
     }
 
     let elf = target_dir.join("x86_64-unknown-linux-gnu/release/tandem-guest");
@@ -41,8 +42,10 @@ fn main() {
         "guest-kernel/src",
         "guest-kernel/Cargo.toml",
         "guest-kernel/build.rs",
-        "guest-kernel/link.ld",
         "guest-kernel/.cargo/config.toml",
+        "guest-kernel/rt/src",
+        "guest-kernel/rt/Cargo.toml",
+        "guest-kernel/rt/build.rs",
         "pv-abi/src",
         "pv-abi/Cargo.toml",
         "workloads/src",

@@ -1,10 +1,8 @@
 //! `hello`: every VCPU comes online and prints its id; the guest exits 0 when all have.
 
 use core::sync::atomic::{AtomicU32, Ordering};
-
-use workloads::{ParamError, Params};
-
-use crate::{boot, clock, hypercall, percpu, println, smp};
+use tandem_rt::workloads::{ParamError, Params};
+use tandem_rt::{boot, clock, hypercall, percpu, println, smp};
 
 static GREETED: AtomicU32 = AtomicU32::new(0);
 

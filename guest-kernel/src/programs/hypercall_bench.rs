@@ -4,9 +4,8 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use workloads::{ParamError, ParamSpec, Params};
-
-use crate::{clock, hypercall, println};
+use tandem_rt::workloads::{ParamError, ParamSpec, Params};
+use tandem_rt::{clock, hypercall, println};
 
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec::int("batches", "21", "batches to take the median of"),

@@ -1,13 +1,13 @@
 //! Programs that misbehave on purpose, so that tests can check that the monitor reports each
 //! failure clearly, ends the VM, and stays well itself.
 
-use pv_abi::hypercall::{
-    BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, REPORT_MAX, REPORTS_TOTAL_MAX, decode,
+use tandem_rt::pv_abi::hypercall::{
+    BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, NO_DEADLINE, REPORT_MAX, REPORTS_TOTAL_MAX,
+    decode,
 };
 
-use workloads::{ParamError, ParamSpec, Params};
-
-use crate::{boot, hypercall, percpu, println, smp};
+use tandem_rt::workloads::{ParamError, ParamSpec, Params};
+use tandem_rt::{boot, hypercall, percpu, println, smp};
 
 const VCPU: ParamSpec = ParamSpec::int("vcpu", "0", "the VCPU that misbehaves");
 
@@ -47,7 +47,7 @@ pub fn panic(params: &Params) -> Result<i64, ParamError> {
 pub fn hang(params: &Params) -> Result<i64, ParamError> {
     if params.str("mode") == "block" {
         loop {
-            hypercall::block(pv_abi::hypercall::NO_DEADLINE);
+            hypercall::block(NO_DEADLINE);
         }
     }
     loop {
@@ -63,7 +63,7 @@ fn on_vcpu(params: &Params, action: fn(u32)) -> Result<i64, ParamError> {
     } else {
         smp::start(vcpu, action).expect("vcpu_up of an offline VCPU");
         loop {
-            hypercall::block(pv_abi::hypercall::NO_DEADLINE);
+            hypercall::block(NO_DEADLINE);
         }
     }
     println!("VCPU {} survived what should have ended the VM", percpu::vcpu_id());

@@ -9,9 +9,8 @@ mod selftest;
 mod updown;
 mod workload;
 
-use workloads::{ParamError, ParamSpec, Params};
-
-use crate::cmdline::Command;
+use tandem_rt::workloads::{ParamError, ParamSpec, Params};
+use tandem_rt::{Args, EXIT_USAGE, print, println};
 
 struct Program {
     name: &'static str,
@@ -30,25 +29,22 @@ const PROGRAMS: &[Program] = &[
     Program { name: "badcall", params: &[], run: misbehave::badcall },
 ];
 
-/// Runs the program the command names; returns the exit code.
-pub fn run(command: &Command<'_>) -> i64 {
-    let program = match PROGRAMS.iter().find(|p| p.name == command.program) {
+/// Runs the program the command line names; returns the exit code.
+pub fn run(args: Args) -> i64 {
+    let program = match PROGRAMS.iter().find(|p| p.name == args.program()) {
         Some(program) => program,
-        None if workload::exists(command.program) => return workload::run(command),
+        None if workload::exists(args.program()) => return workload::run(&args),
         None => {
-            crate::print!("unknown program {:?}; the guest has:", command.program);
-            for name in workloads::WORKLOADS.iter().map(|w| w.name).chain(PROGRAMS.iter().map(|p| p.name)) {
-                crate::print!(" {name}");
+            print!("unknown program {:?}; the guest has:", args.program());
+            for name in tandem_rt::workloads::WORKLOADS.iter().map(|w| w.name).chain(PROGRAMS.iter().map(|p| p.name)) {
+                print!(" {name}");
             }
-            crate::println!();
-            return crate::EXIT_USAGE;
+            println!();
+            return EXIT_USAGE;
         }
     };
-    match Params::parse(program.params, command.words()).and_then(|params| (program.run)(&params)) {
+    match args.params(program.params).and_then(|params| (program.run)(&params)) {
         Ok(code) => code,
-        Err(error) => {
-            crate::println!("{}: {error}", command.program);
-            crate::EXIT_USAGE
-        }
+        Err(error) => args.usage_error(error),
     }
 }

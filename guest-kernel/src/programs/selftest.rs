@@ -6,12 +6,10 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-
-use workloads::sync::{KindedBarrier, TicketLock};
-use workloads::{Barrier, BarrierKind, Lock, ParamError, Params};
-
-use crate::sync::{Condvar, Mutex, WaitQueue, relax};
-use crate::{boot, clock, println, sched};
+use tandem_rt::sync::{Condvar, Mutex, WaitQueue, relax};
+use tandem_rt::workloads::sync::{KindedBarrier, TicketLock};
+use tandem_rt::workloads::{Barrier, BarrierKind, Lock, ParamError, Params};
+use tandem_rt::{boot, clock, percpu, println, sched};
 
 pub fn run(_: &Params) -> Result<i64, ParamError> {
     sched::start(main)
@@ -242,7 +240,7 @@ fn threads_survive_grant_changes() {
 /// With every other thread joined, the shared page must come to show a demand of one (this
 /// thread) on this VCPU and none elsewhere; other VCPUs publish theirs when they next go idle.
 fn demand_is_published() {
-    let me = crate::percpu::vcpu_id();
+    let me = percpu::vcpu_id();
     let demand = |vcpu: u32| boot::shared_page().vcpus[vcpu as usize].demand.load(Ordering::Relaxed);
     let expected = |vcpu: u32| u32::from(vcpu == me);
     let deadline = clock::deadline_after_ns(1_000_000_000);

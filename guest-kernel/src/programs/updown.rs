@@ -4,11 +4,9 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use pv_abi::shared::VcpuState;
-
-use workloads::{ParamError, ParamSpec, Params};
-
-use crate::{boot, clock, hypercall, println, smp};
+use tandem_rt::pv_abi::shared::VcpuState;
+use tandem_rt::workloads::{ParamError, ParamSpec, Params};
+use tandem_rt::{boot, clock, hypercall, println, smp};
 
 static STARTS: AtomicU32 = AtomicU32::new(0);
 

@@ -1,10 +1,10 @@
 //! Paravirtual waiting (`locks=pv`): waiters that look, through the shared page, at the VCPU
 //! they wait for.
 //!
-//! A ticket-lock waiter spins for [`Thresholds::yield_after_ns`]; from then on it checks,
+//! A ticket-lock waiter spins for `pv_yield_us`; from then on it checks,
 //! every [`PV_CHECK_PERIOD_NS`], the VCPU that holds (or is next to take) the ticket being
 //! served: if the monitor shows that VCPU preempted, spinning is pointless and the waiter
-//! yields its physical CPU to it (a directed yield). Once it has waited [`Thresholds::block_after_ns`],
+//! yields its physical CPU to it (a directed yield). Once it has waited `pv_block_us`,
 //! it blocks its VCPU, whatever that VCPU's state, and the unlocker that serves its ticket
 //! kicks it: yields past that bound would go on for as long as the holder stays preempted,
 //! an exit each (the simulator showed such yield storms eating whole pCPUs at 10x
@@ -15,7 +15,7 @@
 //! sibling the same way.
 //!
 //! Blocking is race-free as in Linux's pv ticketlocks: the waiter counts itself in the lock's
-//! `blocked`, publishes (lock, ticket) in its VCPU's [`WAITING`] slot and checks its turn once
+//! `blocked`, publishes (lock, ticket) in its VCPU's `WAITING` slot and checks its turn once
 //! more before it blocks; the unlocker moves `serving` on and then reads `blocked` (all
 //! sequentially consistent): either the waiter sees its turn, or the unlocker sees the waiter.
 //! A kick that arrives before the block makes the block return at once.
@@ -38,7 +38,7 @@ const OWNER_SLOTS: usize = MAX_VCPUS;
 
 /// The bounds of a paravirtual wait, set at boot from the `pv_yield_us` and `pv_block_us`
 /// guest parameters.
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     pub yield_after_ns: u64,
     pub block_after_ns: u64,
 }
@@ -53,13 +53,13 @@ static WAITING: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS
 static NEXT_LOOK: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
 
 /// Chooses the paravirtual family for the locks and barriers created from now on.
-pub fn enable(thresholds: Thresholds) {
+pub(crate) fn enable(thresholds: Thresholds) {
     YIELD_AFTER_NS.store(thresholds.yield_after_ns, Ordering::Relaxed);
     BLOCK_AFTER_NS.store(thresholds.block_after_ns, Ordering::Relaxed);
     PARAVIRT.store(true, Ordering::Release);
 }
 
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     PARAVIRT.load(Ordering::Acquire)
 }
 
@@ -80,7 +80,7 @@ pub struct GuestWait {
 
 impl GuestWait {
     /// The family chosen at boot.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         GuestWait {
             paravirt: enabled(),
             owners: [const { AtomicU32::new(0) }; OWNER_SLOTS],
@@ -169,7 +169,7 @@ impl TicketWait for GuestWait {
 
 /// One step of a paravirtual spin-wait at a barrier: [`super::relax`], and at most every
 /// `pv_yield_us` a look for a preempted sibling VCPU (the laggard may be on it), to yield to.
-pub fn relax() {
+pub(crate) fn relax() {
     super::relax();
     let me = percpu::vcpu_id();
     let now = clock::tsc();

@@ -1,5 +1,5 @@
 //! Bringing VCPUs up and down. A VCPU starts with the `vcpu_up` hypercall at
-//! [`secondary_entry`] on a stack of its own, which is allocated on its first start and reused
+//! `secondary_entry` on a stack of its own, which is allocated on its first start and reused
 //! on every later one (a VCPU that went down no longer uses it).
 
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +37,8 @@ fn stack_top(vcpu: u32) -> u64 {
     }
 }
 
-/// Starts `vcpu`, which runs `work(vcpu)` and then goes offline.
+/// Starts `vcpu`, which runs `work(vcpu)` and then goes offline: for programs that drive the
+/// VCPUs themselves, without threads ([`crate::sched::start`] starts them as schedulers).
 pub fn start(vcpu: u32, work: fn(u32)) -> Result<u64, HcError> {
     if vcpu as usize >= MAX_VCPUS {
         return Err(HcError::BadVcpu);

@@ -1,5 +1,6 @@
 //! The guest kernel as a `workloads::Runtime`: guest threads, the spinlock family chosen at
-//! boot (spinning or paravirtual, see [`crate::sync::pv`]), the blocking primitives of [`crate::sync`], and the TSC clock.
+//! boot (spinning or paravirtual, see [`crate::sync::pv`]), the blocking primitives of
+//! [`crate::sync`], and the TSC clock.
 
 use alloc::vec::Vec;
 
@@ -11,7 +12,8 @@ use crate::sync::pv::{self, GuestWait};
 use crate::sync::{Condvar, Mutex, MutexGuard, WaitQueue, relax};
 use crate::{boot, clock, sched};
 
-/// The runtime handed to workloads.
+/// The guest runtime as a [`workloads::Runtime`], to run workloads on guest threads (inside
+/// [`crate::sched::start`]).
 pub struct GuestRuntime;
 
 impl<T: Send> Lock<T> for Mutex<T> {

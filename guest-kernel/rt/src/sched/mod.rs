@@ -1,6 +1,6 @@
 //! Cooperative threads on per-VCPU run queues with work stealing.
 //!
-//! Every online VCPU runs [`scheduler_loop`] on its own stack. It takes the next thread from
+//! Every online VCPU runs `scheduler_loop` on its own stack. It takes the next thread from
 //! its queue (or steals one from another VCPU's), switches to it, and when the thread switches
 //! back (it yielded, blocked, slept or exited) files it accordingly. A VCPU with nothing to run
 //! polls for work briefly, then blocks in the monitor until kicked or until its next timer;
@@ -49,7 +49,7 @@ const WOKEN: u8 = 4;
 const EXITED: u8 = 5;
 
 /// A guest thread.
-pub struct Thread {
+pub(crate) struct Thread {
     state: AtomicU8,
     /// Saved stack pointer while switched out; touched only by the VCPU switching it.
     sp: UnsafeCell<usize>,
@@ -188,7 +188,9 @@ fn publish_demand(id: u32) {
 }
 
 /// Brings the granted VCPUs up as schedulers, runs `main` in a thread and exits the VM with
-/// its result.
+/// its result. Call it once, from the application's main, with no other VCPU started: from
+/// then on the VCPUs belong to the scheduler (and follow the monitor's grant), and threads can
+/// be spawned.
 pub fn start(main: impl FnOnce() -> i64 + Send + 'static) -> ! {
     let vcpus = granted();
     ONLINE.store(vcpus, Ordering::Release);
@@ -425,7 +427,7 @@ fn kick_if_idle(cpu: u32) -> bool {
 }
 
 /// Makes a blocked or blocking thread runnable; does nothing to one that is awake.
-pub fn wake(thread: &Arc<Thread>) {
+pub(crate) fn wake(thread: &Arc<Thread>) {
     loop {
         match thread.state.load(Ordering::Acquire) {
             BLOCKED => {
@@ -446,23 +448,23 @@ pub fn wake(thread: &Arc<Thread>) {
 }
 
 /// The running thread.
-pub fn current() -> Arc<Thread> {
+pub(crate) fn current() -> Arc<Thread> {
     Arc::clone(this_cpu().current().expect("not called from a thread"))
 }
 
 /// Marks the running thread as about to block. Call before publishing it on a wait queue;
 /// then either [`block`] or, if it turned out not to be needed, [`cancel_block`].
-pub fn prepare_block(thread: &Thread) {
+pub(crate) fn prepare_block(thread: &Thread) {
     thread.state.store(BLOCKING, Ordering::Release);
 }
 
 /// Undoes [`prepare_block`] for a thread that was not published anywhere.
-pub fn cancel_block(thread: &Thread) {
+pub(crate) fn cancel_block(thread: &Thread) {
     thread.state.store(RUNNING, Ordering::Release);
 }
 
 /// Switches to the scheduler until the thread is woken.
-pub fn block() {
+pub(crate) fn block() {
     switch_to_scheduler(Reason::Block);
 }
 
@@ -493,7 +495,7 @@ pub fn yield_now() {
 
 /// Whether other threads wait for this VCPU, or the grant asks it to act (either way a
 /// spinning thread should yield).
-pub fn others_waiting() -> bool {
+pub(crate) fn others_waiting() -> bool {
     this_cpu().queued.load(Ordering::Relaxed) > 0 || off_grant()
 }
 

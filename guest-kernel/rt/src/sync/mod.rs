@@ -32,6 +32,7 @@ pub struct WaitQueue {
 }
 
 impl WaitQueue {
+    /// An empty queue.
     pub const fn new() -> Self {
         WaitQueue { waiters: Spinlock::new(VecDeque::new()), queued: AtomicUsize::new(0) }
     }
@@ -62,6 +63,7 @@ impl WaitQueue {
         sched::block();
     }
 
+    /// Wakes the longest waiting thread, if any.
     pub fn wake_one(&self) {
         if self.queued.load(Ordering::SeqCst) == 0 {
             return;
@@ -73,6 +75,7 @@ impl WaitQueue {
         }
     }
 
+    /// Wakes every waiting thread.
     pub fn wake_all(&self) {
         if self.queued.load(Ordering::SeqCst) == 0 {
             return;
@@ -82,6 +85,12 @@ impl WaitQueue {
         for thread in threads {
             sched::wake(&thread);
         }
+    }
+}
+
+impl Default for WaitQueue {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -139,11 +148,13 @@ unsafe impl<T: Send> Sync for Mutex<T> {}
 // SAFETY: owning the mutex owns the `T`.
 unsafe impl<T: Send> Send for Mutex<T> {}
 
+/// Holds a [`Mutex`] locked and gives access to its value; dropping it unlocks.
 pub struct MutexGuard<'a, T> {
     mutex: &'a Mutex<T>,
 }
 
 impl<T> Mutex<T> {
+    /// An unlocked mutex holding `value`.
     pub const fn new(value: T) -> Self {
         Mutex {
             locked: AtomicBool::new(false),
@@ -157,6 +168,7 @@ impl<T> Mutex<T> {
         self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
+    /// Locks the mutex: spins briefly, then blocks the thread until it is free.
     pub fn lock(&self) -> MutexGuard<'_, T> {
         let waited = if self.try_acquire() { 0 } else { self.lock_contended() };
         // SAFETY: held.
@@ -186,6 +198,7 @@ impl<T> Mutex<T> {
         self.waiters.wake_one();
     }
 
+    /// Its acquisitions and how many waited, and for how long (those of this call left out).
     pub fn stats(&self) -> LockStats {
         let guard = self.lock();
         // SAFETY: held.
@@ -221,7 +234,14 @@ pub struct Condvar {
     waiters: WaitQueue,
 }
 
+impl Default for Condvar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Condvar {
+    /// A condition variable nobody waits on.
     pub const fn new() -> Self {
         Condvar { waiters: WaitQueue::new() }
     }
@@ -233,10 +253,12 @@ impl Condvar {
         mutex.lock()
     }
 
+    /// Wakes one waiting thread, if any.
     pub fn notify_one(&self) {
         self.waiters.wake_one();
     }
 
+    /// Wakes every waiting thread.
     pub fn notify_all(&self) {
         self.waiters.wake_all();
     }

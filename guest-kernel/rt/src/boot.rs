@@ -9,7 +9,7 @@ use crate::hypercall;
 static BOOT_INFO: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
 
 /// Checks that the monitor speaks this ABI and remembers the boot info.
-pub fn init(info: &'static BootInfo, vcpu: u32) {
+pub(crate) fn init(info: &'static BootInfo, vcpu: u32) {
     if info.magic != BOOT_MAGIC || info.abi_version != pv_abi::ABI_VERSION || vcpu != 0 {
         // The console may not work with a foreign monitor; the exit code is the message.
         hypercall::exit(crate::EXIT_USAGE);

@@ -32,17 +32,21 @@ impl Write for LineWriter {
     }
 }
 
+/// Writes formatted text to the console, in one hypercall per line; what [`print!`](crate::print!) and
+/// [`println!`](crate::println!) call.
 pub fn print(args: fmt::Arguments<'_>) {
     let mut writer = LineWriter { buf: [0; LINE_MAX], len: 0 };
     let _ = writer.write_fmt(args);
     writer.flush();
 }
 
+/// Prints to the console.
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => { $crate::console::print(format_args!($($arg)*)) };
 }
 
+/// Prints to the console, with a newline.
 #[macro_export]
 macro_rules! println {
     () => { $crate::print!("\n") };

@@ -5,7 +5,8 @@ use talc::{TalcLock, source::Manual};
 #[global_allocator]
 static HEAP: TalcLock<spinning_top::RawSpinlock, Manual> = TalcLock::new(Manual);
 
-pub fn init(start: u64, end: u64) {
+/// Hands the heap range of the boot info to the allocator.
+pub(crate) fn init(start: u64, end: u64) {
     let size = end.checked_sub(start).expect("heap range is inverted") as usize;
     // SAFETY: the monitor reserves [start, end) for the heap: it is mapped, unused by the
     // image and the boot stack, and handed to the allocator exactly once.

@@ -4,7 +4,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
 
-pub fn init(tsc_khz: u64) {
+/// Takes the TSC frequency from the boot info.
+pub(crate) fn init(tsc_khz: u64) {
     assert!(tsc_khz > 0, "the monitor gave no TSC frequency");
     TSC_KHZ.store(tsc_khz, Ordering::Relaxed);
 }

@@ -7,8 +7,8 @@ use pv_abi::hypercall::{
     VcpuUpArgs, decode,
 };
 
-/// Issues a hypercall on any port with any block address. Only the misbehaving test program
-/// calls this directly; everything else goes through the typed wrappers below.
+/// Issues a hypercall on any port with any block address, for programs that test the
+/// monitor with malformed calls; everything else goes through the typed wrappers below.
 ///
 /// # Safety
 /// If `addr` is in guest memory, the monitor may write an `i64` result at `addr` (and, for
@@ -42,10 +42,13 @@ pub fn nop() {
     let _ = call(Hypercall::Nop, &mut RetArgs::default());
 }
 
+/// Writes `bytes` to the console, as they are (no newline added).
 pub fn console_write(bytes: &[u8]) -> Result<u64, HcError> {
     call(Hypercall::ConsoleWrite, &mut buffer_args(bytes))
 }
 
+/// Hands a result record (one JSON object, see `workloads::Record`) to the monitor, which
+/// keeps it in the run's results.
 pub fn report(record: &[u8]) -> Result<u64, HcError> {
     call(Hypercall::Report, &mut buffer_args(record))
 }
@@ -62,6 +65,9 @@ pub fn panic(message: &[u8]) -> ! {
     unreachable_after_terminal_call()
 }
 
+/// Starts the offline `vcpu` at `entry` on the stack below `stack_top`, with `arg` in its
+/// third argument register (see `pv_abi::boot`); [`crate::smp::start`] does it for a Rust
+/// function.
 pub fn vcpu_up(vcpu: u32, entry: u64, stack_top: u64, arg: u64) -> Result<u64, HcError> {
     call(Hypercall::VcpuUp, &mut VcpuUpArgs { ret: 0, vcpu, _reserved: 0, entry, stack_top, arg })
 }
@@ -77,6 +83,7 @@ pub fn block(deadline_tsc: u64) -> bool {
     call(Hypercall::Block, &mut BlockArgs { ret: 0, deadline_tsc }) == Ok(BLOCK_KICKED as u64)
 }
 
+/// Ends `vcpu`'s block, or makes its next one return at once.
 pub fn kick(vcpu: u32) -> Result<u64, HcError> {
     call(Hypercall::Kick, &mut VcpuArgs { ret: 0, vcpu, _reserved: 0 })
 }
@@ -86,6 +93,7 @@ pub fn yield_to(vcpu: Option<u32>) -> Result<u64, HcError> {
     call(Hypercall::Yield, &mut VcpuArgs { ret: 0, vcpu: vcpu.unwrap_or(ANY_VCPU), _reserved: 0 })
 }
 
+/// Installs the IDT at `base` (`limit` as in `lidt`) on every VCPU of the VM.
 pub fn set_trap_table(base: u64, limit: u64) -> Result<u64, HcError> {
     call(Hypercall::SetTrapTable, &mut TrapTableArgs { ret: 0, base, limit })
 }
