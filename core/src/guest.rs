@@ -44,13 +44,15 @@ impl VmConfig {
     }
 }
 
-/// Which kernel a VM boots, for what the monitor can check of its command line.
+/// Which kernel a VM boots, for what the monitor can check of its command line. Every
+/// tandem guest takes the guest runtime's parameters (`locks=`, the PV bounds), which are
+/// always checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// The embedded guest: a workload's parameters are checked, and the guest runtime's.
+    /// The embedded guest: a workload's own parameters are checked too.
     Embedded,
-    /// A kernel of the user's: only the guest runtime's parameters (`locks=`, the PV bounds)
-    /// are checked; the others go to it unchecked, and it reports its own errors.
+    /// A kernel of the user's: its other parameters go to it unchecked, and it reports its
+    /// own errors.
     User,
 }
 
@@ -65,9 +67,9 @@ pub fn cmdline(program: &str, args: &[String], kernel: Kernel) -> anyhow::Result
             bail!("program argument {arg:?} is not key=value");
         }
     }
-    match kernel {
-        Kernel::Embedded => check_workload_args(program, args)?,
-        Kernel::User => check_guest_args(args)?,
+    check_guest_args(args)?;
+    if kernel == Kernel::Embedded {
+        check_workload_args(program, args)?;
     }
     Ok(std::iter::once(program).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" "))
 }
@@ -80,14 +82,13 @@ fn check_guest_args(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks a workload's arguments (and the guest runtime's); other programs check their own.
+/// Checks a workload's own arguments; other programs check theirs.
 fn check_workload_args(name: &str, args: &[String]) -> anyhow::Result<()> {
-    let Some(info) = workloads::WORKLOADS.iter().find(|w| w.name == name) else {
+    let Some(info) = workloads::workload(name) else {
         return Ok(());
     };
-    let (guest_args, workload_args) = workloads::split_guest_args(args.iter().map(String::as_str));
-    workloads::Params::parse(workloads::GUEST_PARAMS, guest_args)
-        .and_then(|_| workloads::Params::parse(info.params, workload_args))
+    let (_, workload_args) = workloads::split_guest_args(args.iter().map(String::as_str));
+    workloads::Params::parse(info.params, workload_args)
         .map_err(|error| anyhow::anyhow!("bad arguments for workload {name}: {error}"))?;
     Ok(())
 }

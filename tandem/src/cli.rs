@@ -18,6 +18,7 @@ use workloads::Record;
 use crate::bench::{self, BenchCommand};
 use crate::compare::{self, CompareArgs};
 use crate::report;
+use crate::scaffold;
 use crate::sweep::{self, SweepArgs};
 use crate::validate::{self, ValidateArgs};
 
@@ -55,6 +56,10 @@ enum Command {
     Sweep(SweepArgs),
     /// List the workloads and their parameters
     Workloads,
+    /// Lay out a guest application crate of your own in DIR, on tandem-rt from this checkout
+    New(NewArgs),
+    /// Build a guest application crate (release); the ELF's path is the last line of stdout
+    Build(BuildArgs),
     /// Measure boot time and hypercalls, or workloads in the guest against native
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -90,7 +95,8 @@ pub struct RunArgs {
     /// Write the result records the guest reported to FILE, as a JSON array
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Arguments for the program, after `--` (workloads also take locks=spin|pv, pv_yield_us, pv_block_us)
+    /// Arguments for the program, after `--` (every guest also takes locks=spin|pv, pv_yield_us,
+    /// pv_block_us)
     #[arg(last = true, value_name = "KEY=VALUE")]
     pub args: Vec<String>,
 }
@@ -139,6 +145,19 @@ pub struct SimArgs {
     /// Seed instead of the file's
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The directory to create (or an empty one); its name is the application's
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The application crate
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -306,6 +325,15 @@ fn native(args: &NativeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
+    let name = scaffold::new(&args.dir)?;
+    let dir = args.dir.display();
+    println!("created the guest application {name} in {dir}; build it and boot it with");
+    println!("    tandem build {dir}");
+    println!("    tandem run --kernel {dir}/target/x86_64-unknown-linux-gnu/release/{name} --vcpus 2 -- locks=pv");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn list_workloads() {
     for info in workloads::WORKLOADS {
         println!("{:<10} {}", info.name, info.about);
@@ -373,5 +401,10 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(command) => bench::bench(command).map(|()| ExitCode::SUCCESS),
+        Command::New(args) => new(args),
+        Command::Build(args) => {
+            println!("{}", scaffold::build(&args.dir)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -6,11 +6,13 @@
 //! - [`compare`]: scenarios under each policy on KVM, side by side, table and chart;
 //! - [`validate`]: the same scenarios on KVM and in the simulator;
 //! - [`sweep`]: the simulator over a grid, as CSV, JSON and plots;
-//! - [`bench`]: boot time, hypercalls, and workloads in the guest against native.
+//! - [`bench`]: boot time, hypercalls, and workloads in the guest against native;
+//! - [`scaffold`]: guest applications of one's own, laid out and built.
 
 pub mod bench;
 pub mod cli;
 pub mod compare;
 pub mod report;
+pub mod scaffold;
 pub mod sweep;
 pub mod validate;

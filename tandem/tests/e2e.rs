@@ -323,3 +323,87 @@ fn run_help_documents_the_exit_statuses() {
         assert!(run.stdout.contains(text), "help lacks {text:?}:\n{}", run.stdout);
     }
 }
+
+/// The record a run wrote with `--json`.
+fn record_of(path: &std::path::Path) -> workloads::Record {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut records: Vec<workloads::Record> = serde_json::from_str(&text).unwrap();
+    assert_eq!(records.len(), 1, "{text}");
+    records.remove(0)
+}
+
+#[test]
+fn an_application_of_ones_own_is_laid_out_built_run_and_compared() {
+    if !kvm_available() {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("tandem-app-{}", std::process::id()));
+    let app = root.join("myapp");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let run = tandem(&["new", &path(&app)], LIMIT);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    assert!(tandem(&["new", &path(&app)], LIMIT).stderr.contains("not empty"), "an application is not overwritten");
+    let build = Duration::from_secs(600);
+    let run = tandem(&["build", &path(&app)], build);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    let elf = run.stdout.lines().last().expect("the ELF's path, last").to_owned();
+    assert!(std::path::Path::new(&elf).is_file(), "{elf}");
+
+    let json = root.join("record.json");
+    for vcpus in ["1", "2", "4"] {
+        for locks in ["spin", "pv"] {
+            let locks_arg = format!("locks={locks}");
+            let args =
+                ["run", "--kernel", &elf, "--vcpus", vcpus, "--json", &path(&json), "--", &locks_arg, "rounds=20"];
+            let run = tandem(&args, LIMIT);
+            assert_eq!(run.status, Some(0), "{vcpus} VCPUs, {locks}: {}", run.stderr);
+            let record = record_of(&json);
+            assert_eq!((record.workload.as_str(), record.locks.as_str()), ("myapp", locks));
+            assert_eq!(record.cpus.to_string(), vcpus);
+            assert_eq!(record.ops, record.per_thread.iter().sum::<u64>());
+            assert!(run.stdout.contains("] myapp: ") && run.stdout.contains(" updates/s "), "{}", run.stdout);
+        }
+    }
+    let run = tandem(&["run", "--kernel", &elf, "--", "bogus=1"], LIMIT);
+    assert_eq!(run.status, Some(64), "its own parameters, its own errors: {}", run.stderr);
+
+    // Two VMs of it in a scenario, each against its ideal.
+    let scenario = app.join("two.toml");
+    let relative = std::path::Path::new(&elf).strip_prefix(&app).expect("the ELF is in the crate").to_owned();
+    let vm = |name: &str| {
+        format!("[[vm]]\nname = \"{name}\"\nvcpus = 2\nkernel = \"{}\"\nargs = {{ rounds = 40 }}\n", relative.display())
+    };
+    std::fs::write(
+        &scenario,
+        format!("pcpus = 2\ntimeout_s = 60\n[policy]\nname = \"credit\"\n{}{}", vm("a"), vm("b")),
+    )
+    .unwrap();
+    for policy in ["credit", "dynamic"] {
+        let out = root.join(format!("{policy}.json"));
+        let run = tandem(&["scenario", &path(&scenario), "--policy", policy, "--json", &path(&out)], LIMIT);
+        assert_eq!(run.status, Some(0), "{policy}: {}", run.stderr);
+        let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        for vm in result["vms"].as_array().unwrap() {
+            assert!(vm["ratio"].as_f64().is_some_and(|ratio| ratio > 0.0), "{policy}: {vm}");
+        }
+    }
+
+    // An application that panics is reported as a built-in one is.
+    let main = app.join("src/main.rs");
+    let text = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(
+        &main,
+        text.replace(
+            "    let params = match",
+            "    assert!(args.words().is_empty(), \"no arguments, please\");\n    let params = match",
+        ),
+    )
+    .unwrap();
+    let run = tandem(&["build", &path(&app)], build);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    let run = tandem(&["run", "--kernel", &elf, "--", "rounds=1"], LIMIT);
+    assert_eq!(run.status, Some(101), "{}", run.stderr);
+    assert!(run.stderr.contains("guest panicked on VCPU 0") && run.stderr.contains("src/main.rs:"), "{}", run.stderr);
+    assert!(run.stderr.contains("no arguments, please"), "{}", run.stderr);
+    std::fs::remove_dir_all(&root).unwrap();
+}

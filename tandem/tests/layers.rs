@@ -16,7 +16,8 @@ const FLOORS: &[(&str, &str, u32)] = &[
     ("sim", "tandem-sim", 2),
     ("kvm", "tandem-kvm", 2),
     ("tandem", "tandem", 3),
-    ("guest-kernel", "guest-kernel", 1),
+    ("guest-kernel/rt", "tandem-rt", 1),
+    ("guest-kernel", "guest-kernel", 2),
 ];
 
 /// Crates that bring KVM in: the simulator must build without any of them.
