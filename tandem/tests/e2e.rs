@@ -405,5 +405,15 @@ fn an_application_of_ones_own_is_laid_out_built_run_and_compared() {
     assert_eq!(run.status, Some(101), "{}", run.stderr);
     assert!(run.stderr.contains("guest panicked on VCPU 0") && run.stderr.contains("src/main.rs:"), "{}", run.stderr);
     assert!(run.stderr.contains("no arguments, please"), "{}", run.stderr);
+
+    // And one that faults.
+    let null = "    // SAFETY: none: it reads page 0, which is not mapped, to fault.\n    \
+                let _ = unsafe { core::ptr::read_volatile(8 as *const u64) };\n    let params = match";
+    std::fs::write(&main, text.replace("    let params = match", null)).unwrap();
+    let run = tandem(&["build", &path(&app)], build);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    let run = tandem(&["run", "--kernel", &elf], LIMIT);
+    assert_eq!(run.status, Some(102), "{}", run.stderr);
+    assert!(run.stderr.contains("VCPU 0 faulted: page fault") && run.stderr.contains("address 0x8"), "{}", run.stderr);
     std::fs::remove_dir_all(&root).unwrap();
 }
