@@ -9,14 +9,19 @@ use anyhow::{Context, bail};
 /// The checkout this `tandem` was built from, where the application's `tandem-rt` is.
 const CHECKOUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
-/// An application's files: path in the crate, and contents with `{name}` and `{rt}` to fill
-/// in. The bare-metal flags and the linking build script are the built-in application's own.
+/// A new application's files: those of the example in `examples/shared-table`, whose
+/// bare-metal flags and linking build script are the built-in application's own.
 const FILES: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("../templates/Cargo.toml.in")),
+    ("Cargo.toml", include_str!("../../examples/shared-table/Cargo.toml")),
     (".cargo/config.toml", include_str!("../../guest-kernel/.cargo/config.toml")),
     ("build.rs", include_str!("../../guest-kernel/build.rs")),
-    ("src/main.rs", include_str!("../templates/main.rs.in")),
+    ("src/main.rs", include_str!("../../examples/shared-table/src/main.rs")),
 ];
+
+/// What the example's `Cargo.toml` says that a new application says otherwise: its name, and
+/// where tandem-rt is (relative to the example, absolute for an application elsewhere).
+const EXAMPLE_NAME: &str = "\"shared-table\"";
+const EXAMPLE_RT: &str = "\"../../guest-kernel/rt\"";
 
 /// Lays out a new application crate in `dir`, which must not exist or be empty, named after
 /// the directory; returns its name.
@@ -32,9 +37,9 @@ pub fn new(dir: &Path) -> anyhow::Result<String> {
     }
     let rt = Path::new(CHECKOUT).join("guest-kernel/rt");
     let rt = rt.canonicalize().with_context(|| format!("cannot find tandem-rt at {}", rt.display()))?;
-    for (path, template) in FILES {
+    for (path, example) in FILES {
         let path = dir.join(path);
-        let text = template.replace("{name}", &name).replace("{rt}", &rt.display().to_string());
+        let text = example.replace(EXAMPLE_NAME, &format!("\"{name}\"")).replace(EXAMPLE_RT, &format!("{:?}", rt));
         std::fs::create_dir_all(path.parent().expect("a file in the crate"))
             .and_then(|()| std::fs::write(&path, text))
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -68,5 +73,27 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         [elf] => Ok(elf.clone()),
         [] => bail!("building {} made no executable", dir.display()),
         _ => bail!("building {} made {} executables; an application has one", dir.display(), executables.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_application_is_the_example_under_its_own_name_and_with_tandem_rt_from_here() {
+        let dir = std::env::temp_dir().join(format!("tandem-new-{}", std::process::id())).join("solver");
+        assert_eq!(new(&dir).unwrap(), "solver");
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert_eq!(manifest.matches("\"solver\"").count(), 2, "the package and its binary:\n{manifest}");
+        let rt = Path::new(CHECKOUT).join("guest-kernel/rt").canonicalize().unwrap();
+        assert!(manifest.contains(&format!("tandem-rt = {{ path = {:?} }}", rt)), "{manifest}");
+        assert!(!manifest.contains("shared-table") && !manifest.contains("../"), "{manifest}");
+        for (path, _) in FILES {
+            assert!(dir.join(path).is_file(), "{path}");
+        }
+        assert!(new(&dir).unwrap_err().to_string().contains("not empty"));
+        assert!(new(&dir.with_file_name("Not A Crate")).is_err());
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 }

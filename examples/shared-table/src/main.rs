@@ -1,4 +1,4 @@
-//! {name}: a tandem guest. Its threads update a table they share under the VM's spinlock
+//! A tandem guest application, the example `tandem new` starts from. Its threads update a table they share under the VM's spinlock
 //! family (`locks=spin` or `locks=pv` on the command line, which tandem-rt applies), meet at
 //! a barrier after each round, check the total, and report a result record that the monitor
 //! reads back (`tandem run --json`, and the ratios of `tandem scenario`).
@@ -57,11 +57,11 @@ fn run(rt: &GuestRuntime, params: &Params) -> i64 {
     let total: u64 = table.lock().iter().sum();
     let expected = threads as u64 * rounds * updates;
     if total != expected {
-        println!("{name}: the table holds {total} updates, not {expected}");
+        println!("{}: the table holds {total} updates, not {expected}", env!("CARGO_PKG_NAME"));
         return 1;
     }
     let record = Record {
-        workload: "{name}".to_string(),
+        workload: env!("CARGO_PKG_NAME").to_string(),
         runtime: rt.name().to_string(),
         locks: rt.lock_family().to_string(),
         cpus: rt.cpus() as u32,
