@@ -6,6 +6,7 @@
 //! share is `s` pCPUs should then do its work at `reference rate * s / min(vcpus, pcpus)`.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use sched::VcpuId;
 use serde::Serialize;
@@ -162,21 +163,19 @@ impl References {
         self.rates.get(&scenario.reference_key(vm)).copied()
     }
 
-    /// Measures `vm`'s reference rate with `measure` (given its reference scenario) unless
-    /// it is known.
+    /// Measures with `measure` (given a VM and its reference scenario) the reference rate of
+    /// every VM of `scenario` that is not known yet.
     pub fn measure(
         &mut self,
         scenario: &Scenario,
-        vm: &VmPlan,
-        measure: impl FnOnce(&Scenario) -> anyhow::Result<f64>,
-    ) -> anyhow::Result<f64> {
-        let key = scenario.reference_key(vm);
-        if let Some(rate) = self.rates.get(&key) {
-            return Ok(*rate);
+        mut measure: impl FnMut(&VmPlan, &Scenario) -> anyhow::Result<f64>,
+    ) -> anyhow::Result<()> {
+        for vm in &scenario.vms {
+            if let Entry::Vacant(entry) = self.rates.entry(scenario.reference_key(vm)) {
+                entry.insert(measure(vm, &scenario.reference_of(vm))?);
+            }
         }
-        let rate = measure(&scenario.reference_of(vm))?;
-        self.rates.insert(key, rate);
-        Ok(rate)
+        Ok(())
     }
 }
 

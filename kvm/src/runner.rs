@@ -25,21 +25,18 @@ pub fn measure_references(
     references: &mut References,
     verbose: bool,
 ) -> anyhow::Result<()> {
-    for vm in &scenario.vms {
-        references.measure(scenario, vm, |solo| {
-            if verbose {
-                let width = solo.cores.len();
-                eprintln!("reference: {} with {width} VCPUs alone on {width} pCPUs under credit", vm.workload);
-            }
-            let result = run_scenario(kvm, image, solo, None)?;
-            let vm_result = &result.vms[0];
-            vm_result
-                .rate()
-                .filter(|_| vm_result.ok)
-                .with_context(|| format!("the reference run of {} failed: {}", vm.workload, vm_result.outcome))
-        })?;
-    }
-    Ok(())
+    references.measure(scenario, |vm, solo| {
+        if verbose {
+            let width = solo.cores.len();
+            eprintln!("reference: {} with {width} VCPUs alone on {width} pCPUs under credit", vm.workload);
+        }
+        let result = run_scenario(kvm, image, solo, None)?;
+        let vm_result = &result.vms[0];
+        vm_result
+            .rate()
+            .filter(|_| vm_result.ok)
+            .with_context(|| format!("the reference run of {} failed: {}", vm.workload, vm_result.outcome))
+    })
 }
 
 /// Runs every VM of `scenario` to its end under the scenario's policy, each booting its own
