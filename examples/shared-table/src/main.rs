@@ -41,7 +41,7 @@ fn run(rt: &GuestRuntime, params: &Params) -> i64 {
     };
     let (rounds, updates) = (params.u64("rounds"), params.u64("updates"));
     let table = rt.spin_lock(vec![0u64; TABLE]);
-    let barrier = rt.barrier(threads, BarrierKind::Spin);
+    let barrier = rt.barrier(threads, BarrierKind::SpinThenBlock);
     let started = rt.now_ns();
     let per_thread = rt.parallel(threads, &|thread| {
         for round in 0..rounds {
