@@ -35,7 +35,7 @@ pub struct Selection {
     pub overcommit: Vec<u32>,
     /// Spinlock families to compare, each scenario under each (default: spin,pv for the
     /// matrix; each file's own)
-    #[arg(long, value_delimiter = ',', value_parser = ["spin", "pv"])]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(workloads::LOCK_FAMILIES))]
     pub locks: Vec<String>,
     /// Policies to compare
     #[arg(long, value_delimiter = ',', default_values_t = PolicyKind::ALL)]

@@ -28,7 +28,7 @@ pub struct SweepArgs {
     #[arg(long, value_delimiter = ',', default_values = ["independent", "synchronizing", "locks", "mixed"])]
     pub mixes: Vec<String>,
     /// Spinlock families
-    #[arg(long, value_delimiter = ',', default_values = ["spin", "pv"], value_parser = ["spin", "pv"])]
+    #[arg(long, value_delimiter = ',', default_values = ["spin", "pv"], value_parser = clap::builder::PossibleValuesParser::new(workloads::LOCK_FAMILIES))]
     pub locks: Vec<String>,
     /// Policies
     #[arg(long, value_delimiter = ',', default_values_t = PolicyKind::ALL)]

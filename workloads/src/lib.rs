@@ -61,10 +61,33 @@ pub struct WorkloadInfo {
 /// Parameters every workload takes in the guest, for the guest runtime rather than the
 /// workload: the spinlock family and the bounds of a paravirtual wait.
 pub const GUEST_PARAMS: &[ParamSpec] = &[
-    ParamSpec::choice("locks", "spin", &["spin", "pv"], "the spinlock family: spin only, or paravirtual"),
+    ParamSpec::choice("locks", "spin", LOCK_FAMILIES, "the spinlock family: ticket or queued, spinning or paravirtual"),
     ParamSpec::int("pv_yield_us", "10", "pv: spin this long before looking at the VCPU waited for"),
     ParamSpec::int("pv_block_us", "200", "pv: block the VCPU after waiting this long"),
+    ParamSpec::int("pvq_spin_us", "50", "pvqspin: a queued waiter spins this long on its node, then blocks"),
+    ParamSpec::int(
+        "pvq_head_us",
+        "50",
+        "pvqspin: the queue's head spins this long, then marks the lock slow and blocks",
+    ),
 ];
+
+/// The spinlock families, as `locks=` names them: FIFO ticket locks (`spin`, and `pv`, which
+/// yields to a preempted holder and blocks), and queued locks after Linux's qspinlock
+/// (`qspin`, and `pvqspin` after its paravirtual slow path); see [`sync`].
+pub const LOCK_FAMILIES: &[&str] = &["spin", "pv", "qspin", "pvqspin"];
+
+/// Whether the family `locks` waits paravirtually (looks at VCPUs in the shared page, blocks
+/// and kicks) rather than only spinning.
+pub fn paravirtual(locks: &str) -> bool {
+    matches!(locks, "pv" | "pvqspin")
+}
+
+/// Whether the family `locks` is a queued lock (a free lock may be stolen past its queue)
+/// rather than a FIFO ticket lock.
+pub fn queued(locks: &str) -> bool {
+    matches!(locks, "qspin" | "pvqspin")
+}
 
 /// Splits `key=value` words into the guest runtime's ([`GUEST_PARAMS`]) and the workload's.
 pub fn split_guest_args<'a>(

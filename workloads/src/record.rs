@@ -29,6 +29,9 @@ pub struct LockStats {
     /// Paravirtual locks: blocks that ended without the waiter's turn having come.
     #[serde(default)]
     pub spurious_wakeups: u64,
+    /// Queued locks: acquisitions that took the lock while others were queued for it.
+    #[serde(default)]
+    pub steals: u64,
 }
 
 impl LockStats {
@@ -42,6 +45,7 @@ impl LockStats {
         blocks: 0,
         kicks: 0,
         spurious_wakeups: 0,
+        steals: 0,
     };
 
     pub fn add(&mut self, other: LockStats) {
@@ -53,6 +57,7 @@ impl LockStats {
         self.blocks += other.blocks;
         self.kicks += other.kicks;
         self.spurious_wakeups += other.spurious_wakeups;
+        self.steals += other.steals;
     }
 }
 
@@ -62,7 +67,7 @@ pub struct Record {
     pub workload: String,
     /// "guest" or "native".
     pub runtime: String,
-    /// Spinlock family: "spin" or "pv".
+    /// Spinlock family, one of [`crate::LOCK_FAMILIES`].
     pub locks: String,
     /// CPUs (VCPUs) the runtime had.
     pub cpus: u32,
@@ -119,7 +124,10 @@ impl Record {
                 stats.contended,
                 stats.spin_cycles
             );
-            if self.locks == "pv" {
+            if crate::queued(&self.locks) {
+                line += &alloc::format!(" ({} steals)", stats.steals);
+            }
+            if crate::paravirtual(&self.locks) {
                 line += &alloc::format!(
                     " (pv: {} slow paths, {} directed yields, {} blocks, {} kicks, {} spurious wake-ups)",
                     stats.slow_paths,

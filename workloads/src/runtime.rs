@@ -77,6 +77,6 @@ pub trait Runtime: Sync {
     /// "guest" or "native".
     fn name(&self) -> &'static str;
 
-    /// Name of the spinlock family ("spin" or "pv").
+    /// Name of the spinlock family, one of [`crate::LOCK_FAMILIES`].
     fn lock_family(&self) -> &'static str;
 }
