@@ -1,6 +1,7 @@
-//! The native runtime: workloads on host threads, the bare-metal baseline. Spinlocks and
-//! spinning barriers are the shared pure-atomics ones of [`crate::sync`]; mutexes, condition
-//! variables and blocking barriers are built on `std::sync`.
+//! The native runtime: workloads on host threads, the bare-metal baseline. Spinlocks (the
+//! spinning families, `locks=spin` or `qspin`) and spinning barriers are the shared
+//! pure-atomics ones of [`crate::sync`]; mutexes, condition variables and blocking barriers
+//! are built on `std::sync`.
 
 use std::cell::Cell;
 use std::num::NonZero;
@@ -12,8 +13,9 @@ use std::vec::Vec;
 
 use crate::record::LockStats;
 use crate::runtime::{BarrierKind, Lock, Runtime};
-use crate::sync::{KindedBarrier, TicketLock, WaitSet, tsc};
-use crate::{Error, Record};
+use crate::sync::queued::QueuedLock;
+use crate::sync::{Either, KindedBarrier, TicketLock, WaitSet, tsc};
+use crate::{Error, GUEST_PARAMS, ParamError, Params, Record};
 
 /// How long a blocking barrier's waiter spins before it blocks.
 const BARRIER_SPIN: Duration = Duration::from_micros(50);
@@ -25,21 +27,43 @@ const SPINS_PER_YIELD: u32 = 1000;
 pub struct NativeRuntime {
     cpus: usize,
     start: Instant,
+    /// Whether spinlocks are queued (`qspin`) rather than ticket locks (`spin`).
+    queued: bool,
 }
 
 impl NativeRuntime {
-    /// A runtime whose default thread count is `cpus`, or the host's available parallelism.
+    /// A runtime whose default thread count is `cpus`, or the host's available parallelism,
+    /// with ticket spinlocks.
     pub fn new(cpus: Option<usize>) -> Self {
         let cpus = cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZero::get));
-        NativeRuntime { cpus, start: Instant::now() }
+        NativeRuntime { cpus, start: Instant::now(), queued: false }
+    }
+
+    /// The same with the spinning family `locks`: "spin" or "qspin" (the paravirtual
+    /// families need a guest's VCPUs).
+    pub fn with_locks(cpus: Option<usize>, locks: &str) -> Result<Self, ParamError> {
+        let queued = match locks {
+            "spin" => false,
+            "qspin" => true,
+            other => {
+                return Err(ParamError::NotAChoice {
+                    key: "locks".into(),
+                    value: other.into(),
+                    choices: "spin, qspin (natively only the spinning families run)".into(),
+                });
+            }
+        };
+        Ok(NativeRuntime { queued, ..NativeRuntime::new(cpus) })
     }
 }
 
 /// Runs `workload` with `key=value` arguments `args` on host threads, counting `cpus` CPUs
-/// as its own (all host CPUs if `None`): the bare-metal baseline.
+/// as its own (all host CPUs if `None`): the bare-metal baseline. `locks=` among the
+/// arguments chooses the spinlock family, as in the guest.
 pub fn run(workload: &str, cpus: Option<usize>, args: &[String]) -> Result<Record, Error> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    crate::run(&NativeRuntime::new(cpus), workload, &args)
+    let (runtime_args, args) = crate::split_guest_args(args.iter().map(String::as_str));
+    let locks = Params::parse(GUEST_PARAMS, runtime_args)?;
+    crate::run(&NativeRuntime::with_locks(cpus, locks.str("locks"))?, workload, &args)
 }
 
 /// A `std::sync::Mutex` that counts acquisitions, contended ones and cycles waited.
@@ -168,13 +192,13 @@ impl WaitSet for Sleepers {
 }
 
 impl Runtime for NativeRuntime {
-    type SpinLock<T: Send> = TicketLock<T>;
+    type SpinLock<T: Send> = Either<TicketLock<T>, QueuedLock<T>>;
     type Mutex<T: Send> = Mutex<T>;
     type Condvar = Condvar;
     type Barrier = KindedBarrier<Sleepers>;
 
-    fn spin_lock<T: Send>(&self, value: T) -> TicketLock<T> {
-        TicketLock::new(value)
+    fn spin_lock<T: Send>(&self, value: T) -> Self::SpinLock<T> {
+        if self.queued { Either::B(QueuedLock::new(value)) } else { Either::A(TicketLock::new(value)) }
     }
 
     fn mutex<T: Send>(&self, value: T) -> Mutex<T> {
@@ -227,6 +251,6 @@ impl Runtime for NativeRuntime {
     }
 
     fn lock_family(&self) -> &'static str {
-        "spin"
+        if self.queued { "qspin" } else { "spin" }
     }
 }

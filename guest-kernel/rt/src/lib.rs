@@ -4,8 +4,8 @@
 //!
 //! The library provides the ELF entry `_start`: VCPU 0 checks the boot info, installs the trap
 //! table, sets up the heap and the clock, parses the boot command line into [`Args`], applies
-//! the guest runtime's parameters ([`workloads::GUEST_PARAMS`]: `locks=spin|pv`,
-//! `pv_yield_us`, `pv_block_us`; a bad one ends the guest with [`EXIT_USAGE`]), and calls the
+//! the guest runtime's parameters ([`workloads::GUEST_PARAMS`]: `locks=spin|pv|qspin|pvqspin`
+//! and the bounds of the paravirtual waits; a bad one ends the guest with [`EXIT_USAGE`]), and calls the
 //! application's main, named with [`entry!`], on VCPU 0 alone. Its return value is the guest's
 //! exit code. The other VCPUs are offline until the application starts them: all of them as
 //! schedulers of threads with [`sched::start`], or one by one with [`smp::start`].

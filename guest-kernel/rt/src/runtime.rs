@@ -1,16 +1,38 @@
 //! The guest kernel as a `workloads::Runtime`: guest threads, the spinlock family chosen at
-//! boot (spinning or paravirtual, see [`crate::sync::pv`]), the blocking primitives of
-//! [`crate::sync`], and the TSC clock.
+//! boot (`locks=`: ticket or queued, spinning or paravirtual, see [`crate::sync::pv`] and
+//! [`crate::sync::pvq`]), the blocking primitives of [`crate::sync`], and the TSC clock.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use workloads::record::LockStats;
-use workloads::sync::{KindedBarrier, TicketLock};
-use workloads::{BarrierKind, Lock, Runtime};
+use workloads::sync::queued::QueuedLock;
+use workloads::sync::queued::pv::Pv;
+use workloads::sync::{Either, KindedBarrier, TicketLock};
+use workloads::{BarrierKind, LOCK_FAMILIES, Lock, Runtime};
 
 use crate::sync::pv::{self, GuestWait};
+use crate::sync::pvq::GuestThreads;
 use crate::sync::{Condvar, Mutex, MutexGuard, WaitQueue, relax};
 use crate::{boot, clock, sched};
+
+/// The spinlock family chosen at boot, as its index in [`LOCK_FAMILIES`].
+static FAMILY: AtomicUsize = AtomicUsize::new(0);
+
+/// Chooses the family of the spinlocks made from now on; `family` is one of
+/// [`LOCK_FAMILIES`] (the guest parameters are checked before).
+pub(crate) fn choose_family(family: &str) {
+    let index = LOCK_FAMILIES.iter().position(|&known| known == family).expect("a family the parameters accept");
+    FAMILY.store(index, Ordering::Relaxed);
+}
+
+fn family() -> &'static str {
+    LOCK_FAMILIES[FAMILY.load(Ordering::Relaxed)]
+}
+
+/// A spinlock of the family chosen at boot: a ticket lock (spinning or paravirtual, as
+/// [`GuestWait`] was made), or a queued one, spinning or paravirtual.
+pub type GuestSpinLock<T> = Either<TicketLock<T, GuestWait>, Either<QueuedLock<T>, QueuedLock<T, Pv<GuestThreads>>>>;
 
 /// The guest runtime as a [`workloads::Runtime`], to run workloads on guest threads (inside
 /// [`crate::sched::start`]).
@@ -45,13 +67,17 @@ impl workloads::Condvar for Condvar {
 pub type GuestBarrier = KindedBarrier<WaitQueue>;
 
 impl Runtime for GuestRuntime {
-    type SpinLock<T: Send> = TicketLock<T, GuestWait>;
+    type SpinLock<T: Send> = GuestSpinLock<T>;
     type Mutex<T: Send> = Mutex<T>;
     type Condvar = Condvar;
     type Barrier = GuestBarrier;
 
-    fn spin_lock<T: Send>(&self, value: T) -> TicketLock<T, GuestWait> {
-        TicketLock::with_wait(value, GuestWait::new())
+    fn spin_lock<T: Send>(&self, value: T) -> GuestSpinLock<T> {
+        match family() {
+            "qspin" => Either::B(Either::A(QueuedLock::new(value))),
+            "pvqspin" => Either::B(Either::B(QueuedLock::with_wait(value, Pv(GuestThreads)))),
+            _ => Either::A(TicketLock::with_wait(value, GuestWait::new())),
+        }
     }
 
     fn mutex<T: Send>(&self, value: T) -> Mutex<T> {
@@ -99,6 +125,6 @@ impl Runtime for GuestRuntime {
     }
 
     fn lock_family(&self) -> &'static str {
-        if pv::enabled() { "pv" } else { "spin" }
+        family()
     }
 }

@@ -1,5 +1,6 @@
 //! `selftest`: checks the thread runtime and its synchronization from inside the guest: many
-//! threads on few VCPUs and few on many, exact counts under both lock kinds, barrier
+//! threads on few VCPUs and few on many, exact counts under the mutex and under the spinlock
+//! family that `locks=` chose (also while the grant changes), barrier
 //! generations that never mix, join results, no thread lost or run twice, condition
 //! variables, sleep. Any failure panics with what went wrong.
 
@@ -7,9 +8,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use tandem_rt::sync::{Condvar, Mutex, WaitQueue, relax};
-use tandem_rt::workloads::sync::{KindedBarrier, TicketLock};
-use tandem_rt::workloads::{Barrier, BarrierKind, Lock, ParamError, Params};
-use tandem_rt::{boot, clock, percpu, println, sched};
+use tandem_rt::workloads::sync::KindedBarrier;
+use tandem_rt::workloads::{Barrier, BarrierKind, Lock, ParamError, Params, Runtime};
+use tandem_rt::{GuestRuntime, boot, clock, percpu, println, sched};
 
 pub fn run(_: &Params) -> Result<i64, ParamError> {
     sched::start(main)
@@ -68,9 +69,9 @@ fn every_thread_runs_exactly_once() {
     }
 }
 
-/// 8 threads x 100 000 increments under the blocking mutex, and far fewer under the ticket
-/// spinlock: when the host deschedules VCPUs (more VCPUs than cores), every hand-off to a
-/// descheduled waiter stalls the FIFO ticket lock for a host time slice, the very collapse
+/// 8 threads x 100 000 increments under the blocking mutex, and far fewer under the spinlock
+/// family: when the host deschedules VCPUs (more VCPUs than cores), every hand-off to a
+/// descheduled waiter stalls a spinning FIFO lock for a host time slice, the very collapse
 /// that paravirtual locks address. Once the lock convoys, each acquisition costs a slice
 /// (~3 ms), so 2 000 acquisitions bound this check to seconds even on a loaded host.
 fn counters_are_exact() {
@@ -78,7 +79,7 @@ fn counters_are_exact() {
     const MUTEX_INCREMENTS: u64 = 100_000;
     const SPIN_INCREMENTS: u64 = 250;
     let mutex = Arc::new(Mutex::new(0u64));
-    let spin = Arc::new(TicketLock::new(0u64));
+    let spin = Arc::new(GuestRuntime.spin_lock(0u64));
     let handles: Vec<_> = (0..THREADS)
         .map(|_| {
             let (mutex, spin) = (Arc::clone(&mutex), Arc::clone(&spin));
@@ -102,10 +103,11 @@ fn counters_are_exact() {
     let spin_stats = Lock::stats(&*spin);
     assert_eq!(spin_stats.acquisitions, THREADS * SPIN_INCREMENTS + 1);
     println!(
-        "counters: {} under the mutex ({} contended), {} under the spinlock ({} contended)",
+        "counters: {} under the mutex ({} contended), {} under the {} spinlock ({} contended)",
         THREADS * MUTEX_INCREMENTS,
         mutex.stats().contended,
         THREADS * SPIN_INCREMENTS,
+        GuestRuntime.lock_family(),
         spin_stats.contended
     );
 }
@@ -198,12 +200,14 @@ fn threads_survive_grant_changes() {
     let page = boot::shared_page();
     let vcpus = boot::nr_vcpus();
     let counts: Arc<Vec<AtomicU32>> = Arc::new((0..THREADS).map(|_| AtomicU32::new(0)).collect());
+    let total = Arc::new(GuestRuntime.spin_lock(0u64));
     let workers: Vec<_> = (0..THREADS)
         .map(|i| {
-            let counts = Arc::clone(&counts);
+            let (counts, total) = (Arc::clone(&counts), Arc::clone(&total));
             sched::spawn(move || {
                 for _ in 0..ROUNDS {
                     counts[i].fetch_add(1, Ordering::AcqRel);
+                    *total.lock() += 1;
                     sched::yield_now();
                 }
                 0
@@ -230,6 +234,8 @@ fn threads_survive_grant_changes() {
     for (i, count) in counts.iter().enumerate() {
         assert_eq!(u64::from(count.load(Ordering::Acquire)), ROUNDS, "thread {i}");
     }
+    assert_eq!(*total.lock(), THREADS as u64 * ROUNDS, "the spinlock-protected total");
+    assert_eq!(Lock::stats(&*total).acquisitions, THREADS as u64 * ROUNDS + 1);
     let deadline = clock::deadline_after_ns(1_000_000_000);
     while sched::online_vcpus() != vcpus {
         assert!(clock::tsc() < deadline, "{} of {vcpus} VCPUs back online", sched::online_vcpus());

@@ -4,6 +4,7 @@
 //! together with the pure-spinning family (ticket spinlock, spinning barrier).
 
 pub mod pv;
+pub mod pvq;
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;

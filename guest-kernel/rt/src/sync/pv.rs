@@ -52,7 +52,7 @@ static WAITING: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS
 /// Per VCPU: when its barrier waiters next look for a preempted sibling (TSC).
 static NEXT_LOOK: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
 
-/// Chooses the paravirtual family for the locks and barriers created from now on.
+/// Makes the locks and barriers created from now on paravirtual (`locks=pv` or `pvqspin`).
 pub(crate) fn enable(thresholds: Thresholds) {
     YIELD_AFTER_NS.store(thresholds.yield_after_ns, Ordering::Relaxed);
     BLOCK_AFTER_NS.store(thresholds.block_after_ns, Ordering::Relaxed);
@@ -63,7 +63,8 @@ pub(crate) fn enabled() -> bool {
     PARAVIRT.load(Ordering::Acquire)
 }
 
-fn state_of(vcpu: u32) -> Option<VcpuState> {
+/// The state of VCPU `vcpu` as the monitor shows it in the shared page.
+pub(crate) fn state_of(vcpu: u32) -> Option<VcpuState> {
     let slot = boot::shared_page().vcpus.get(vcpu as usize)?;
     VcpuState::from_u32(slot.state.load(Ordering::Relaxed))
 }

@@ -1,5 +1,8 @@
 //! Synchronization that is pure atomics and so is the same code in every runtime: the ticket
-//! spinlock (the non-PV family) and the spinning barrier.
+//! spinlock (the `spin` family, and with a paravirtual [`TicketWait`] `pv`), the queued
+//! spinlock ([`queued`]: `qspin`, and `pvqspin`), and the spinning barrier.
+
+pub mod queued;
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
@@ -150,6 +153,54 @@ impl<T, W: TicketWait> Drop for TicketGuard<'_, T, W> {
     fn drop(&mut self) {
         let next = self.lock.serving.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
         self.lock.wait.unlocked(next);
+    }
+}
+
+/// A lock of one of two kinds, chosen when it is made: how a runtime offers the family that
+/// `locks=` picked through one [`Runtime::SpinLock`](crate::Runtime::SpinLock) type (nested
+/// for more than two). Its guard is the chosen lock's guard.
+pub enum Either<A, B> {
+    A(A),
+    B(B),
+}
+
+impl<T, A: Lock<T>, B: Lock<T>> Lock<T> for Either<A, B> {
+    type Guard<'a>
+        = Either<A::Guard<'a>, B::Guard<'a>>
+    where
+        Self: 'a;
+
+    fn lock(&self) -> Self::Guard<'_> {
+        match self {
+            Either::A(lock) => Either::A(lock.lock()),
+            Either::B(lock) => Either::B(lock.lock()),
+        }
+    }
+
+    fn stats(&self) -> LockStats {
+        match self {
+            Either::A(lock) => lock.stats(),
+            Either::B(lock) => lock.stats(),
+        }
+    }
+}
+
+impl<A: Deref, B: Deref<Target = A::Target>> Deref for Either<A, B> {
+    type Target = A::Target;
+    fn deref(&self) -> &A::Target {
+        match self {
+            Either::A(guard) => guard,
+            Either::B(guard) => guard,
+        }
+    }
+}
+
+impl<A: DerefMut, B: DerefMut<Target = A::Target>> DerefMut for Either<A, B> {
+    fn deref_mut(&mut self) -> &mut A::Target {
+        match self {
+            Either::A(guard) => guard,
+            Either::B(guard) => guard,
+        }
     }
 }
 
