@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use super::{References, simulate};
-use tandem_core::results::ScenarioResult;
+use tandem_core::results::{ScenarioResult, VmResult};
 use tandem_core::scenario::{Scenario, Target};
+use workloads::record::LockStats;
 
 fn scenario(text: &str) -> Scenario {
     Scenario::parse_for(Path::new("test.toml"), text, Target::Sim).unwrap()
@@ -88,6 +89,96 @@ fn pv_waiters_block_behind_a_running_holder_and_are_kicked() {
     assert!(!vm.timed_out, "{}", vm.outcome);
     assert!(stats.blocks > 0 && stats.kicks > 0, "{stats:?}");
     assert!(vm.vcpu_times.iter().any(|t| t.wait_ns > 0));
+}
+
+/// Each VM's ratio to its ideal.
+fn ratios(result: &ScenarioResult) -> Vec<f64> {
+    result.vms.iter().map(|vm| vm.ratio.unwrap()).collect()
+}
+
+fn lock_stats(vm: &VmResult) -> LockStats {
+    vm.record.as_ref().unwrap().lock_stats.unwrap()
+}
+
+#[test]
+fn queued_locks_count_each_acquisition_once_and_kick_at_most_once_per_contended_wait() {
+    // 3x overcommit, critical sections long enough that each lock is taken for one
+    // operation: the counters are exact.
+    let two = "[[vm]]\nname = \"b\"\nvcpus = 2\nworkload = \"locks\"\nargs = { ops = 2000, cs = 5000 }\n";
+    for locks in ["qspin", "pvqspin"] {
+        let text = vms(2, "credit", 1, 4, "locks", "{ ops = 2000, cs = 5000 }", locks);
+        let result = run(&format!("{text}{two}locks = \"{locks}\"\n"));
+        for vm in &result.vms {
+            let (record, stats) = (vm.record.as_ref().unwrap(), lock_stats(vm));
+            assert!(!vm.timed_out, "{locks} {}: {}", vm.name, vm.outcome);
+            assert_eq!(record.ops, 2000 * u64::from(vm.vcpus));
+            assert_eq!(stats.acquisitions, record.ops, "{locks} {}: {stats:?}", vm.name);
+            // A steal finds the lock free; a contended acquisition finds it held.
+            assert!(stats.contended + stats.steals <= stats.acquisitions, "{locks} {}: {stats:?}", vm.name);
+            assert_eq!(stats.directed_yields, 0);
+            if locks == "qspin" {
+                assert_eq!((stats.slow_paths, stats.blocks, stats.kicks, stats.spurious_wakeups), (0, 0, 0, 0));
+            } else {
+                // A wait blocks at most once, and each block ends with one kick.
+                assert_eq!((stats.blocks, stats.kicks), (stats.slow_paths, stats.slow_paths), "{stats:?}");
+                assert!(stats.kicks <= stats.contended && stats.spurious_wakeups <= stats.kicks, "{stats:?}");
+            }
+        }
+        // The wide VM's threads queue, and steal the lock from preempted or blocked heads.
+        let wide = lock_stats(&result.vms[0]);
+        assert!(wide.contended > 0 && wide.steals > 0, "{locks}: {wide:?}");
+        assert!(locks == "qspin" || wide.blocks > 0, "{wide:?}");
+    }
+}
+
+#[test]
+fn a_preempted_queue_head_does_not_hold_up_threads_that_arrive() {
+    // As for the ticket lock, two 2-VCPU VMs on two pCPUs; a queued lock freed while its
+    // head's VCPU is preempted goes to the running sibling.
+    let spin = run(&vms(2, "credit", 2, 2, "locks", "{ ops = 300000 }", "spin"));
+    let qspin = run(&vms(2, "credit", 2, 2, "locks", "{ ops = 300000 }", "qspin"));
+    for (spin, qspin) in spin.vms.iter().zip(&qspin.vms) {
+        let stats = lock_stats(qspin);
+        assert!(stats.steals > 0 && stats.blocks == 0, "{stats:?}");
+        assert!(!qspin.timed_out, "{}", qspin.outcome);
+        assert!(
+            qspin.ratio.unwrap() > 0.5 && spin.ratio.unwrap() < 0.1,
+            "qspin {:?}, spin {:?}",
+            qspin.ratio,
+            spin.ratio
+        );
+    }
+}
+
+#[test]
+fn pvqspin_at_2x_overcommit_beats_spin_and_keeps_up_with_pv() {
+    let run_with = |locks: &str| run(&vms(2, "credit", 2, 2, "locks", "{ ops = 300000 }", locks));
+    let (spin, pv, pvqspin) = (ratios(&run_with("spin")), ratios(&run_with("pv")), run_with("pvqspin"));
+    // The VM served worst, as the VMs are alike.
+    let worst = |ratios: &[f64]| ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let queued = worst(&ratios(&pvqspin));
+    assert!(
+        queued > worst(&spin) && queued >= worst(&pv),
+        "pvqspin {pvqspin:?}, spin {spin:?}, pv {pv:?}",
+        pvqspin = ratios(&pvqspin)
+    );
+    for vm in &pvqspin.vms {
+        let stats = lock_stats(vm);
+        assert!(stats.blocks > 0 && stats.kicks <= stats.contended && stats.directed_yields == 0, "{stats:?}");
+    }
+}
+
+#[test]
+fn pvqspin_at_3x_overcommit_keeps_each_vm_well_above_spin() {
+    // A 4-VCPU and a 2-VCPU VM on two pCPUs.
+    let text = |locks: &str| {
+        let narrow = format!(
+            "[[vm]]\nname = \"narrow\"\nvcpus = 2\nworkload = \"locks\"\nargs = {{ ops = 300000 }}\nlocks = \"{locks}\"\n"
+        );
+        vms(2, "credit", 1, 4, "locks", "{ ops = 300000 }", locks) + &narrow
+    };
+    let (spin, pvqspin) = (ratios(&run(&text("spin"))), ratios(&run(&text("pvqspin"))));
+    assert!(pvqspin.iter().zip(&spin).all(|(q, s)| *q > 1.1 * s), "pvqspin {pvqspin:?}, spin {spin:?}");
 }
 
 #[test]

@@ -14,7 +14,7 @@ impl Guest {
         if self.arrived.len() < self.threads.len() {
             let generation = self.generation;
             self.threads[t].waiting = Some(generation);
-            let next_look = m.now + self.pv.map_or(0, |(yield_after, _)| yield_after);
+            let next_look = m.now + self.locks.pv_yield().unwrap_or(0);
             self.cpus[x].activity = Activity::BarrierWait { generation, since: m.now, next_look };
             return false;
         }
@@ -64,7 +64,7 @@ impl Guest {
             return None;
         }
         let mut next = if blocking { since + SPIN_BEFORE_BLOCK_NS } else { Ns::MAX };
-        if let Some((yield_after, _)) = self.pv {
+        if let Some(yield_after) = self.locks.pv_yield() {
             let mut next_look = next_look;
             if m.now >= next_look {
                 next_look = m.now + yield_after;
@@ -85,6 +85,10 @@ impl Guest {
 
     /// What thread `t`, picked up by a VCPU at `now`, goes on with.
     pub(super) fn resume_thread(&mut self, t: usize, now: Ns) -> Activity {
+        if self.threads[t].halted {
+            // A queued lock's waiter, woken: it spins again.
+            return Activity::LockWait { since: now };
+        }
         match self.threads[t].waiting {
             Some(generation) if generation == self.generation => {
                 Activity::BarrierWait { generation, since: now, next_look: now }

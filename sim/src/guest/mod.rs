@@ -5,7 +5,9 @@
 //! yield point (a busy loop's chunk end, a spinning barrier's relax while another thread is
 //! ready). A ticket-lock waiter never leaves its VCPU: it spins, or with PV locks it looks
 //! at the VCPU of the thread being served after `pv_yield_us`, yields to it if preempted,
-//! and from `pv_block_us` on blocks its VCPU until the unlocker kicks it. An idle VCPU polls
+//! and from `pv_block_us` on blocks its VCPU until the unlocker kicks it. A queued-lock
+//! waiter spins, or with `pvqspin` blocks its thread after its bound (see `lock::queued`),
+//! leaving the VCPU to another thread or idle. An idle VCPU polls
 //! for [`IDLE_POLL_NS`] and then blocks until kicked. A VCPU beyond the grant goes down at its
 //! next scheduling point, handing its thread over; when the grant rises, a VCPU at a scheduling
 //! point brings the next one up by vcpu_up, which brings up the next, and so on (a thread
@@ -40,6 +42,7 @@ use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS};
 use crate::model::{LockOps, Model, Step};
 use crate::rng::Rng;
 use fifo::{Fifo, Passed};
+use lock::Locks;
 
 /// The monitor as the guest sees it during one call, and where the guest's effects go.
 pub struct Monitor<'a> {
@@ -93,7 +96,8 @@ enum Activity {
     /// Its thread computes until `until`, and every `slice` (next at `yield_at`) lets a ready
     /// thread have the VCPU.
     Busy { until: Ns, yield_at: Ns, slice: Ns },
-    /// Its thread waits for the ticket lock since `since`.
+    /// Its thread waits for the lock since `since` (a queued lock's waiter: since its current
+    /// spin began).
     LockWait { since: Ns },
     /// Its thread waits at the barrier for generation `generation` to pass.
     BarrierWait { generation: u64, since: Ns, next_look: Ns },
@@ -150,6 +154,11 @@ struct Thread {
     ops: u64,
     /// Operations the lock was last taken for.
     batch: u64,
+    /// A queued lock's waiter that blocked its thread and has not spun since: it waits for
+    /// a kick, and its successor sees it stopped.
+    halted: bool,
+    /// Its queued-lock wait has blocked (a slow path): it blocks no more.
+    slow_path: bool,
     /// Time its next compute step takes on top (queue traffic between VCPUs).
     debt: Ns,
 }
@@ -160,8 +169,7 @@ pub struct Guest {
     costs: Costs,
     /// Each compute step lasts its nominal time times a factor in `1 ± jitter`.
     jitter: f64,
-    /// PV locks: (yield after, block after).
-    pv: Option<(Ns, Ns)>,
+    locks: Locks,
     /// Whether the shared page shows preempted VCPUs: under a policy the monitor does not
     /// enforce (`host`), Linux preempts VCPU threads without the monitor knowing.
     preemption_shown: bool,
@@ -172,7 +180,10 @@ pub struct Guest {
     /// Ready threads, oldest first.
     pool: VecDeque<usize>,
     holder: Option<usize>,
+    /// The lock's waiters, in the order they are served (a queued lock: its head first).
     lock_queue: VecDeque<usize>,
+    /// `pvqspin`: the head is blocked, and the unlock kicks it (Linux's `_Q_SLOW_VAL`).
+    slow: bool,
     arrived: Vec<usize>,
     generation: u64,
     opened_at: Ns,
@@ -200,8 +211,7 @@ impl Guest {
         let (guest_args, _) = workloads::split_guest_args(plan.args.iter().map(String::as_str));
         let guest = workloads::Params::parse(workloads::GUEST_PARAMS, guest_args)
             .map_err(|error| anyhow::anyhow!("bad guest arguments: {error}"))?;
-        let pv =
-            (guest.str("locks") == "pv").then(|| (guest.u64("pv_yield_us") * 1_000, guest.u64("pv_block_us") * 1_000));
+        let locks = Locks::of(&guest)?;
         let threads = model.threads;
         let queues = model.queues.iter().map(|&capacity| Fifo::new(capacity)).collect();
         let cpu = PerCpu {
@@ -215,17 +225,27 @@ impl Guest {
         Ok(Guest {
             costs: config.costs,
             jitter: config.jitter,
-            pv,
+            locks,
             preemption_shown,
             cpus: vec![cpu; plan.vcpus as usize],
             running: 0,
             threads: vec![
-                Thread { pc: 0, state: ThreadState::Ready, waiting: None, ops: 0, batch: 1, debt: 0 };
+                Thread {
+                    pc: 0,
+                    state: ThreadState::Ready,
+                    waiting: None,
+                    ops: 0,
+                    batch: 1,
+                    halted: false,
+                    slow_path: false,
+                    debt: 0,
+                };
                 threads
             ],
             pool: (0..threads).collect(),
             holder: None,
             lock_queue: VecDeque::new(),
+            slow: false,
             arrived: Vec::new(),
             generation: 0,
             opened_at: 0,
@@ -648,7 +668,9 @@ impl Guest {
 
     /// VCPU `y` was just preempted: its siblings' PV waiters notice within a check period.
     pub fn preempted(&mut self, y: usize, m: &mut Monitor) {
-        let Some((yield_after, _)) = self.pv else { return };
+        if self.locks.pv_yield().is_none() {
+            return;
+        }
         // A lock waiter still spinning before its first look looks then anyway.
         let looking = m.now + PV_CHECK_PERIOD_NS;
         let mut running = self.running & !(1 << y);
@@ -656,7 +678,7 @@ impl Guest {
             let z = running.trailing_zeros() as usize;
             running &= running - 1;
             let notices = match self.cpus[z].activity {
-                Activity::LockWait { since } => since + yield_after <= looking,
+                Activity::LockWait { since } => self.notices_preemption(z, y, since, looking),
                 Activity::BarrierWait { .. } => true,
                 _ => false,
             };

@@ -8,6 +8,7 @@ use tandem_core::sim_config::SimConfig;
 use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS};
 
 use super::{Effect, Guest, Monitor, Next};
+use crate::model::LockOps;
 use crate::model::tests::plan;
 use crate::rng::Rng;
 
@@ -169,6 +170,110 @@ fn the_unlock_that_serves_a_blocked_waiter_kicks_it_and_pays_an_exit() {
     // Woken, the waiter holds the lock.
     assert!(alone.wake(1));
     assert_eq!(alone.step_after(1, alone.exit + kick), Next::After(critical));
+}
+
+#[test]
+fn a_queued_lock_freed_while_its_head_is_preempted_is_stolen_and_passes_to_a_running_head() {
+    let mut alone = Alone::new(3, "locks", &["ops=1000", "locks=qspin"]);
+    alone.boot(None);
+    let LockOps { cs, think, batch, .. } = alone.guest.model.lock.unwrap();
+    assert!(batch > 1);
+    // VCPU 0's thread holds the lock for a batch; VCPU 1's heads the queue, VCPU 2's waits
+    // behind it; neither has a bound.
+    assert_eq!(alone.step_after(1, 0), Next::Wait);
+    assert_eq!(alone.step_after(2, 0), Next::Wait);
+    // The head's VCPU is preempted: the unlock leaves the lock free, and VCPU 0's thread,
+    // back from thinking, takes it again (for a batch) past both waiters.
+    alone.guest.stopped(1, alone.now);
+    alone.call(|guest, monitor| guest.preempted(1, monitor));
+    assert_eq!(alone.step_after(0, batch * cs), Next::After(batch * think));
+    assert_eq!(alone.step_after(0, batch * think), Next::After(batch * cs));
+    assert_eq!(alone.sent(), [], "nobody is looked at again");
+    let stats = alone.guest.stats;
+    assert_eq!((stats.acquisitions, stats.contended, stats.steals), (4, 2, 1));
+    // The head runs again: the next unlock hands it the lock at cache speed, a batch too,
+    // and the waiter behind it heads the queue.
+    alone.guest.started(1, alone.now);
+    assert_eq!(alone.step_after(1, 0), Next::Wait);
+    assert_eq!(alone.step_after(0, batch * cs), Next::After(batch * think));
+    assert_eq!(alone.sent(), [Effect::Poke { vcpu: 1, after: 0 }]);
+    assert_eq!(alone.step_after(1, 0), Next::After(batch * cs));
+    assert_eq!(alone.step_after(2, 0), Next::Wait);
+    let stats = alone.guest.stats;
+    assert_eq!((stats.acquisitions, stats.steals, stats.blocks, stats.kicks), (4, 1, 0, 0));
+}
+
+#[test]
+fn a_pvqspin_waiter_behind_a_preempted_head_blocks_and_is_kicked_once_it_heads_the_queue() {
+    let mut alone = Alone::new(3, "locks", &["ops=1000", "cs=100000", "locks=pvqspin"]);
+    alone.boot(None);
+    let LockOps { cs, think, .. } = alone.guest.model.lock.unwrap();
+    let start = alone.now;
+    // The head spins up to pvq_head_us, the waiter behind it up to pvq_spin_us.
+    assert_eq!(alone.step_after(1, 0), Next::After(50_000));
+    assert_eq!(alone.step_after(2, 0), Next::After(50_000));
+    // The head's VCPU is preempted: the waiter behind it notices within a check period and
+    // blocks its thread; its VCPU, with no other thread, polls, then blocks.
+    alone.guest.stopped(1, alone.now);
+    alone.call(|guest, monitor| guest.preempted(1, monitor));
+    assert_eq!(alone.sent(), [Effect::Poke { vcpu: 2, after: PV_CHECK_PERIOD_NS }]);
+    assert_eq!(alone.step_after(2, PV_CHECK_PERIOD_NS), Next::After(IDLE_POLL_NS));
+    assert_eq!(alone.guest.demand(), 2);
+    assert_eq!(alone.step_after(2, IDLE_POLL_NS), Next::After(alone.exit));
+    assert_eq!(alone.step_after(2, alone.exit), Next::Block);
+    alone.guest.stopped(2, alone.now);
+    alone.states[2] = State::Blocked;
+    // The unlock leaves the lock free and kicks nobody; the head takes it when its VCPU
+    // runs, one operation, which makes the blocked waiter the head without waking it.
+    assert_eq!(alone.step_after(0, start + cs - alone.now), Next::After(think));
+    alone.guest.started(1, alone.now);
+    assert_eq!(alone.step_after(1, 0), Next::After(cs));
+    assert_eq!((alone.sent(), alone.guest.stats.kicks), (vec![], 0));
+    // That holder's unlock kicks it, and pays the kick's exit.
+    assert_eq!(alone.step_after(1, cs), Next::After(alone.exit));
+    let kick = SimConfig::default().costs.kick;
+    assert_eq!(alone.sent(), [Effect::Wake { vcpu: 2, after: alone.exit + kick }]);
+    // Woken, its VCPU takes the thread, which takes the free lock.
+    assert!(alone.wake(2));
+    assert_eq!(alone.step_after(2, alone.exit + kick), Next::After(cs));
+    let stats = alone.guest.stats;
+    assert_eq!((stats.contended, stats.slow_paths, stats.blocks, stats.kicks), (2, 1, 1, 1));
+    assert_eq!((stats.spurious_wakeups, stats.steals, stats.directed_yields), (0, 0, 0));
+}
+
+#[test]
+fn a_blocked_pvqspin_head_is_kicked_by_the_unlock_and_may_find_the_lock_stolen() {
+    let mut alone = Alone::new(2, "locks", &["ops=1000", "cs=100000", "locks=pvqspin"]);
+    alone.boot(None);
+    let LockOps { cs, think, .. } = alone.guest.model.lock.unwrap();
+    let start = alone.now;
+    // The head spins for pvq_head_us, then marks the lock slow and blocks its thread.
+    assert_eq!(alone.step_after(1, 0), Next::After(50_000));
+    assert_eq!(alone.step_after(1, 50_000), Next::After(IDLE_POLL_NS));
+    assert_eq!(alone.step_after(1, IDLE_POLL_NS), Next::After(alone.exit));
+    assert_eq!(alone.step_after(1, alone.exit), Next::Block);
+    alone.guest.stopped(1, alone.now);
+    alone.states[1] = State::Blocked;
+    // The unlock kicks it, once, and the lock stays free meanwhile.
+    assert_eq!(alone.step_after(0, start + cs - alone.now), Next::After(alone.exit));
+    let kick = SimConfig::default().costs.kick;
+    assert_eq!(alone.sent(), [Effect::Wake { vcpu: 1, after: alone.exit + kick }]);
+    // The unlocker, back from thinking, steals the lock while the kicked VCPU, runnable,
+    // waits for a pCPU.
+    assert_eq!(alone.step_after(0, alone.exit), Next::After(think));
+    assert_eq!(alone.step_after(0, think), Next::After(cs));
+    assert!(alone.guest.wake(1, State::Blocked));
+    alone.states[1] = State::Runnable;
+    // The head runs: a spurious wake-up. Kicked once this wait, it spins now without a
+    // bound, and the stealer's unlock, with nobody to kick, hands it the lock.
+    alone.guest.started(1, alone.now);
+    assert_eq!(alone.step_after(1, 0), Next::Wait);
+    assert_eq!(alone.step_after(0, cs), Next::After(think));
+    assert_eq!(alone.sent(), [Effect::Poke { vcpu: 1, after: 0 }]);
+    assert_eq!(alone.step_after(1, 0), Next::After(cs));
+    let stats = alone.guest.stats;
+    assert_eq!((stats.acquisitions, stats.contended, stats.steals), (3, 1, 1));
+    assert_eq!((stats.slow_paths, stats.blocks, stats.kicks, stats.spurious_wakeups), (1, 1, 1, 1));
 }
 
 #[test]

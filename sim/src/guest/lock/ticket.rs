@@ -1,33 +1,16 @@
-//! The VM's FIFO ticket spinlock: taking it, waiting for it (spinning, or with PV locks
-//! yielding to a preempted holder and then blocking until kicked), and handing it on.
+//! The FIFO ticket lock: the unlock hands it to the next waiter in line, who waits for it
+//! spinning, or with PV locks yields to a preempted holder and then blocks until kicked.
 
 use sched::Ns;
 use sched::harness::State;
 
-use super::{Activity, Guest, Monitor, Next, Then, ThreadState};
+use super::super::{Activity, Guest, Monitor, Next, Then, ThreadState};
+use super::Locks;
 use crate::model::LockOps;
 
 impl Guest {
-    /// Thread `t` on `x`, having done `done` operations, takes the lock: for a batch if it
-    /// is free, else it queues for one operation.
-    pub(super) fn lock(&mut self, x: usize, t: usize, done: u64, now: Ns) {
-        let LockOps { ops, batch: most, .. } = self.model.lock.expect("a locking model");
-        self.stats.acquisitions += 1;
-        if self.holder.is_none() {
-            self.holder = Some(t);
-            self.threads[t].pc += 1;
-            self.threads[t].batch = most.min(ops - done);
-        } else {
-            self.stats.contended += 1;
-            self.threads[t].batch = 1;
-            self.lock_queue.push_back(t);
-            self.cpus[x].activity = Activity::LockWait { since: now };
-        }
-    }
-
-    /// Thread `t` releases the lock to the next waiter. Returns whether it kicked one.
-    pub(super) fn unlock(&mut self, t: usize, m: &mut Monitor) -> bool {
-        self.threads[t].pc += 1;
+    /// The lock passes to the next waiter. Returns whether the unlocker kicked it.
+    pub(super) fn ticket_unlock(&mut self, m: &mut Monitor) -> bool {
         self.holder = self.lock_queue.pop_front();
         let Some(next) = self.holder else { return false };
         let ThreadState::On(y) = self.threads[next].state else { return false };
@@ -52,15 +35,9 @@ impl Guest {
         false
     }
 
-    /// `x`'s thread waits for the lock since `since`.
-    pub(super) fn lock_wait(&mut self, x: usize, since: Ns, m: &mut Monitor) -> Option<Next> {
-        let t = self.cpus[x].thread.expect("a lock waiter has a thread");
-        if self.holder == Some(t) {
-            self.threads[t].pc += 1;
-            self.cpus[x].activity = Activity::Run;
-            return None;
-        }
-        let Some((yield_after, block_after)) = self.pv else { return Some(Next::Wait) };
+    /// `x`'s thread, not served yet, waits for its turn since `since`.
+    pub(super) fn ticket_wait(&mut self, x: usize, since: Ns, m: &mut Monitor) -> Option<Next> {
+        let Locks::Pv { yield_after, block_after } = self.locks else { return Some(Next::Wait) };
         if m.now < since + yield_after {
             return Some(Next::After(since + yield_after - m.now));
         }
