@@ -3,8 +3,8 @@
 //! runs), as a table and an SVG bar chart.
 //!
 //! Without scenario files it compares the co-design matrix: each workload at 1x, 2x and 3x
-//! overcommit of 2 pCPUs (one 2-VCPU VM; two; a 4-VCPU and a 2-VCPU VM), with spinning and
-//! paravirtual locks, under every policy.
+//! overcommit of 2 pCPUs (one 2-VCPU VM; two; a 4-VCPU and a 2-VCPU VM), under every lock
+//! family (ticket and queued, spinning and paravirtual) and every policy.
 
 use std::path::PathBuf;
 
@@ -33,7 +33,7 @@ pub struct Selection {
     /// a 2-VCPU VM)
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3], value_parser = clap::value_parser!(u32).range(1..=3))]
     pub overcommit: Vec<u32>,
-    /// Spinlock families to compare, each scenario under each (default: spin,pv for the
+    /// Spinlock families to compare, each scenario under each (default: all four for the
     /// matrix; each file's own)
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(workloads::LOCK_FAMILIES))]
     pub locks: Vec<String>,
@@ -59,7 +59,7 @@ pub struct CompareArgs {
 
 impl CompareArgs {
     /// The main job, `tandem` without arguments: the lock-heavy and the barrier-synchronized
-    /// workload at 2x overcommit, spin and PV locks, every policy, once (about a minute).
+    /// workload at 2x overcommit, every lock family and policy, once (about two minutes).
     pub fn quick() -> CompareArgs {
         CompareArgs {
             selection: Selection {
@@ -134,7 +134,7 @@ pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<S
 pub fn load(args: &Selection) -> anyhow::Result<Vec<Scenario>> {
     let (scenarios, locks) = if args.scenarios.is_empty() {
         let families =
-            if args.locks.is_empty() { vec!["spin".to_owned(), "pv".to_owned()] } else { args.locks.clone() };
+            if args.locks.is_empty() { workloads::LOCK_FAMILIES.iter().map(|&f| f.to_owned()).collect() } else { args.locks.clone() };
         let mut scenarios = Vec::new();
         for workload in &args.workloads {
             for &level in &args.overcommit {

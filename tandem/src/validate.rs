@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::Scenario;
 
-use tandem_core::experiment::{Cell, cells};
+use tandem_core::experiment::{self, Cell, cells};
 use tandem_core::validation::{self, Row};
 
 use crate::compare::{self, Selection};
@@ -41,9 +41,15 @@ pub struct ValidateArgs {
 
 pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
     let selection = &args.selection;
-    let scenarios = compare::load(selection)?;
+    let mut scenarios = compare::load(selection)?;
     let real = match &args.real {
-        Some(path) => load_real(path)?,
+        Some(path) => {
+            let real = load_real(path)?;
+            // The file's scenarios only: it may come from a matrix of fewer lock families.
+            scenarios.retain(|scenario| real.iter().any(|cell| cell.scenario == experiment::name(scenario)));
+            anyhow::ensure!(!scenarios.is_empty(), "{} has no result for these scenarios", path.display());
+            real
+        }
         None => cells(&scenarios, &selection.policies, &compare::measure(selection, &scenarios)?),
     };
     let simulated = cells(&scenarios, &selection.policies, &simulate(selection, &scenarios, args.seeds)?);

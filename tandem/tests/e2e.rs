@@ -82,15 +82,16 @@ fn thread_runtime_selftest_passes() {
     if !kvm_available() {
         return;
     }
-    for vcpus in [1, 2, 4, 8] {
-        let run = tandem(&["run", "selftest", "--vcpus", &vcpus.to_string()], Duration::from_secs(120));
-        assert_eq!(run.status, Some(0), "{vcpus} VCPUs: {}{}", run.stdout, run.stderr);
-        assert!(run.stdout.contains("counters: 800000 under the mutex"), "{vcpus} VCPUs: {}", run.stdout);
-        assert!(
-            run.stdout.contains(&format!("all 10 checks passed on {vcpus} VCPUs")),
-            "{vcpus} VCPUs: {}",
-            run.stdout
-        );
+    for locks in workloads::LOCK_FAMILIES {
+        for vcpus in [1, 2, 4, 8] {
+            let (vcpus_arg, locks_arg) = (vcpus.to_string(), format!("locks={locks}"));
+            let run = tandem(&["run", "selftest", "--vcpus", &vcpus_arg, "--", &locks_arg], Duration::from_secs(120));
+            let what = format!("{locks}, {vcpus} VCPUs");
+            assert_eq!(run.status, Some(0), "{what}: {}{}", run.stdout, run.stderr);
+            assert!(run.stdout.contains("counters: 800000 under the mutex"), "{what}: {}", run.stdout);
+            assert!(run.stdout.contains(&format!("2000 under the {locks} spinlock")), "{what}: {}", run.stdout);
+            assert!(run.stdout.contains(&format!("all 10 checks passed on {vcpus} VCPUs")), "{what}: {}", run.stdout);
+        }
     }
 }
 

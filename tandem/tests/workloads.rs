@@ -111,30 +111,43 @@ fn workloads_are_listed_with_their_parameters() {
 }
 
 #[test]
-fn pv_locks_count_exactly_and_take_their_slow_path_when_the_holder_is_preempted() {
+fn every_lock_family_does_the_same_work_in_the_guest_and_the_spinning_ones_natively() {
     if !kvm_available() {
         return;
     }
-    let run = |vcpus: &str, locks: &str, ops: &str| {
-        let params = [&format!("locks={locks}"), ops];
-        one(records(
-            argv(&["run", "locks", "--vcpus", vcpus, "--timeout", "120"], &params),
-            &format!("pv-{vcpus}-{locks}"),
-        ))
+    let run = |words: &[&str], locks: &str| {
+        let params = [&format!("locks={locks}"), "ops=20000"];
+        let record = one(records(argv(words, &params), &format!("family-{}-{locks}", words[0])));
+        assert_eq!(record.locks, locks);
+        assert_eq!(record.lock_stats.expect("lock counters").acquisitions, record.ops);
+        record
     };
-    let (spin, pv) = (run("2", "spin", "ops=20000"), run("2", "pv", "ops=20000"));
-    assert_eq!((spin.locks.as_str(), pv.locks.as_str()), ("spin", "pv"));
-    assert_eq!(pv.checksum, spin.checksum, "the same work under either family");
+    let guest = ["run", "locks", "--vcpus", "2", "--timeout", "120"];
+    let spin = run(&guest, "spin");
+    for locks in ["pv", "qspin", "pvqspin"] {
+        assert_eq!(run(&guest, locks).checksum, spin.checksum, "{locks}: the same work as spin");
+    }
+    for locks in ["spin", "qspin"] {
+        assert_eq!(run(&["native", "locks", "--cpus", "2"], locks).checksum, spin.checksum, "native {locks}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem")).args(["native", "locks", "--", "locks=pv"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("natively only the spinning families run"), "{stderr}");
+}
 
-    // Two VCPUs on one pCPU under credit: each runs 30 ms slices while the other is
-    // preempted. With the lock held five sixths of the time (cs=2000, think=400), nearly every
-    // slice ends inside a critical section; held a fifth of the time (the defaults), a run of
-    // a few slices could end outside one each time and never contend.
-    let dir = std::env::temp_dir().join(format!("tandem-pv-{}", std::process::id()));
+/// The lock counters of one 2-VCPU `locks` VM on one pCPU under credit, with the family
+/// `locks`: each VCPU runs 30 ms slices while the other is preempted. With the lock held five
+/// sixths of the time (cs=2000, think=400), nearly every slice ends inside a critical section;
+/// held a fifth of the time (the defaults), a run of a few slices could end outside one each
+/// time and never contend.
+fn preempted_holder_stats(locks: &str) -> workloads::record::LockStats {
+    let dir = std::env::temp_dir().join(format!("tandem-{locks}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (file, json) = (dir.join("pv.toml"), dir.join("pv.json"));
-    let scenario = "pcpus = 1\n[policy]\nname = \"credit\"\n[[vm]]\nname = \"a\"\nvcpus = 2\nworkload = \"locks\"\n\
-                    locks = \"pv\"\nargs = { ops = 20000, cs = 2000, think = 400 }\n";
+    let scenario = format!(
+        "pcpus = 1\n[policy]\nname = \"credit\"\n[[vm]]\nname = \"a\"\nvcpus = 2\nworkload = \"locks\"\n\
+         locks = \"{locks}\"\nargs = {{ ops = 20000, cs = 2000, think = 400 }}\n"
+    );
     std::fs::write(&file, scenario).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(["scenario", &file.display().to_string(), "--no-reference", "--json", &json.display().to_string()])
@@ -150,7 +163,21 @@ fn pv_locks_count_exactly_and_take_their_slow_path_when_the_holder_is_preempted(
     std::fs::remove_dir_all(&dir).unwrap();
     let stats: workloads::record::LockStats =
         serde_json::from_value(result["vms"][0]["record"]["lock_stats"].clone()).expect("lock counters reported");
-    assert_eq!(stats.acquisitions, 2 * 20_000);
-    assert!(stats.slow_paths > 0 && stats.directed_yields > 0, "{stats:?}");
-    assert!(stats.spurious_wakeups <= stats.blocks, "{stats:?}");
+    assert_eq!(stats.acquisitions, 2 * 20_000, "{locks}");
+    assert!(stats.spurious_wakeups <= stats.blocks, "{locks}: {stats:?}");
+    stats
+}
+
+#[test]
+fn pv_locks_take_their_slow_path_when_the_holder_is_preempted() {
+    if !kvm_available() {
+        return;
+    }
+    let pv = preempted_holder_stats("pv");
+    assert!(pv.slow_paths > 0 && pv.directed_yields > 0, "{pv:?}");
+    // The queued waiter behind a preempted VCPU blocks; its wait went slow, was hashed once and
+    // woken once.
+    let pvq = preempted_holder_stats("pvqspin");
+    assert!(pvq.slow_paths > 0 && pvq.blocks > 0 && pvq.directed_yields == 0, "{pvq:?}");
+    assert!(pvq.kicks <= pvq.slow_paths, "{pvq:?}");
 }
