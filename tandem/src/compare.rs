@@ -133,8 +133,11 @@ pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<S
 /// The files' scenarios, or the matrix's; each under every family of `--locks`.
 pub fn load(args: &Selection) -> anyhow::Result<Vec<Scenario>> {
     let (scenarios, locks) = if args.scenarios.is_empty() {
-        let families =
-            if args.locks.is_empty() { workloads::LOCK_FAMILIES.iter().map(|&f| f.to_owned()).collect() } else { args.locks.clone() };
+        let families = if args.locks.is_empty() {
+            workloads::LOCK_FAMILIES.iter().map(|&f| f.to_owned()).collect()
+        } else {
+            args.locks.clone()
+        };
         let mut scenarios = Vec::new();
         for workload in &args.workloads {
             for &level in &args.overcommit {

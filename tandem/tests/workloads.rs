@@ -130,7 +130,8 @@ fn every_lock_family_does_the_same_work_in_the_guest_and_the_spinning_ones_nativ
     for locks in ["spin", "qspin"] {
         assert_eq!(run(&["native", "locks", "--cpus", "2"], locks).checksum, spin.checksum, "native {locks}");
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_tandem")).args(["native", "locks", "--", "locks=pv"]).output().unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_tandem")).args(["native", "locks", "--", "locks=pv"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("natively only the spinning families run"), "{stderr}");
 }

@@ -23,6 +23,7 @@
 //! numbered from 0 within the VM.
 
 mod barrier;
+mod family;
 mod fifo;
 mod grant;
 mod lock;
@@ -41,8 +42,8 @@ use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS};
 
 use crate::model::{LockOps, Model, Step};
 use crate::rng::Rng;
+use family::Locks;
 use fifo::{Fifo, Passed};
-use lock::Locks;
 
 /// The monitor as the guest sees it during one call, and where the guest's effects go.
 pub struct Monitor<'a> {

@@ -79,8 +79,8 @@ impl<P: Paravirt> Pv<P> {
     fn sleep(&self, node: &Node<P::Waker>, needed: impl Fn() -> bool) -> bool {
         let slept = core::cell::Cell::new(false);
         self.0.block(&node.waker, &|| {
-            let sleeping = needed()
-                && node.wake.compare_exchange(IDLE, SLEEPING, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+            let sleeping =
+                needed() && node.wake.compare_exchange(IDLE, SLEEPING, Ordering::SeqCst, Ordering::SeqCst).is_ok();
             slept.set(sleeping);
             sleeping
         });
@@ -176,7 +176,9 @@ impl<P: Paravirt> QueueWait for Pv<P> {
             let take = || {
                 let now = word.load(Ordering::Relaxed);
                 now & LOCKED_MASK == 0
-                    && word.compare_exchange(now, (now & !PENDING) | LOCKED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                    && word
+                        .compare_exchange(now, (now & !PENDING) | LOCKED, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
             };
             if self.spin(self.0.head_spin(), take, || false) {
                 return;
