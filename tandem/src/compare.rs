@@ -59,7 +59,7 @@ pub struct CompareArgs {
 
 impl CompareArgs {
     /// The main job, `tandem` without arguments: the lock-heavy and the barrier-synchronized
-    /// workload at 2x overcommit, every lock family and policy, once (about two minutes).
+    /// workload at 2x overcommit, every lock family and policy, once (about 90 s).
     pub fn quick() -> CompareArgs {
         CompareArgs {
             selection: Selection {
