@@ -9,8 +9,7 @@ use core::fmt::Display;
 
 use workloads::{ParamError, ParamSpec, Params};
 
-use crate::runtime;
-use crate::sync::{pv, pvq};
+use crate::sync::{self, pv, pvq};
 use crate::{EXIT_USAGE, println};
 
 /// The command line the application runs with: the program name as given and the
@@ -31,13 +30,13 @@ impl Args {
             Params::parse(workloads::GUEST_PARAMS, guest_words).map_err(|error| format!("{program}: {error}"))?;
         let family = guest.str("locks");
         if workloads::paravirtual(family) {
-            pv::enable(pv::Thresholds {
+            pv::set_thresholds(pv::Thresholds {
                 yield_after_ns: guest.u64("pv_yield_us") * 1_000,
                 block_after_ns: guest.u64("pv_block_us") * 1_000,
             });
             pvq::set_bounds(guest.u64("pvq_spin_us") * 1_000, guest.u64("pvq_head_us") * 1_000);
         }
-        runtime::choose_family(family);
+        sync::choose_family(family);
         Ok(Args { program, words })
     }
 

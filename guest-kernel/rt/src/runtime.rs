@@ -3,32 +3,17 @@
 //! [`crate::sync::pvq`]), the blocking primitives of [`crate::sync`], and the TSC clock.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 use workloads::record::LockStats;
 use workloads::sync::queued::QueuedLock;
 use workloads::sync::queued::pv::Pv;
 use workloads::sync::{Either, KindedBarrier, TicketLock};
-use workloads::{BarrierKind, LOCK_FAMILIES, Lock, Runtime};
+use workloads::{BarrierKind, Lock, Runtime};
 
 use crate::sync::pv::{self, GuestWait};
 use crate::sync::pvq::GuestThreads;
-use crate::sync::{Condvar, Mutex, MutexGuard, WaitQueue, relax};
+use crate::sync::{Condvar, Mutex, MutexGuard, WaitQueue, family, relax};
 use crate::{boot, clock, sched};
-
-/// The spinlock family chosen at boot, as its index in [`LOCK_FAMILIES`].
-static FAMILY: AtomicUsize = AtomicUsize::new(0);
-
-/// Chooses the family of the spinlocks made from now on; `family` is one of
-/// [`LOCK_FAMILIES`] (the guest parameters are checked before).
-pub(crate) fn choose_family(family: &str) {
-    let index = LOCK_FAMILIES.iter().position(|&known| known == family).expect("a family the parameters accept");
-    FAMILY.store(index, Ordering::Relaxed);
-}
-
-fn family() -> &'static str {
-    LOCK_FAMILIES[FAMILY.load(Ordering::Relaxed)]
-}
 
 /// A spinlock of the family chosen at boot: a ticket lock (spinning or paravirtual, as
 /// [`GuestWait`] was made), or a queued one, spinning or paravirtual.

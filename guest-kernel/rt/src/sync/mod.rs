@@ -13,12 +13,28 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use spinning_top::Spinlock;
+use workloads::LOCK_FAMILIES;
 use workloads::record::LockStats;
 use workloads::sync::{WaitSet, tsc};
 use workloads::timing::SPIN_BEFORE_BLOCK_NS;
 
 use crate::clock;
 use crate::sched::{self, Thread};
+
+/// The spinlock family chosen at boot (`locks=`), as its index in [`LOCK_FAMILIES`].
+static FAMILY: AtomicUsize = AtomicUsize::new(0);
+
+/// Chooses the family of the spinlocks and barriers made from now on; `family` is one of
+/// [`LOCK_FAMILIES`] (the guest parameters are checked before).
+pub(crate) fn choose_family(family: &str) {
+    let index = LOCK_FAMILIES.iter().position(|&known| known == family).expect("a family the parameters accept");
+    FAMILY.store(index, Ordering::Relaxed);
+}
+
+/// The family chosen at boot.
+pub(crate) fn family() -> &'static str {
+    LOCK_FAMILIES[FAMILY.load(Ordering::Relaxed)]
+}
 
 /// Threads blocked until someone wakes them.
 ///

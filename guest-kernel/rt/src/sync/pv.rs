@@ -20,7 +20,7 @@
 //! sequentially consistent): either the waiter sees its turn, or the unlocker sees the waiter.
 //! A kick that arrives before the block makes the block return at once.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use pv_abi::MAX_VCPUS;
 use pv_abi::shared::VcpuState;
@@ -43,7 +43,6 @@ pub(crate) struct Thresholds {
     pub block_after_ns: u64,
 }
 
-static PARAVIRT: AtomicBool = AtomicBool::new(false);
 static YIELD_AFTER_NS: AtomicU64 = AtomicU64::new(0);
 static BLOCK_AFTER_NS: AtomicU64 = AtomicU64::new(0);
 
@@ -52,15 +51,15 @@ static WAITING: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS
 /// Per VCPU: when its barrier waiters next look for a preempted sibling (TSC).
 static NEXT_LOOK: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
 
-/// Makes the locks and barriers created from now on paravirtual (`locks=pv` or `pvqspin`).
-pub(crate) fn enable(thresholds: Thresholds) {
+/// Sets the bounds of the paravirtual waits to come.
+pub(crate) fn set_thresholds(thresholds: Thresholds) {
     YIELD_AFTER_NS.store(thresholds.yield_after_ns, Ordering::Relaxed);
     BLOCK_AFTER_NS.store(thresholds.block_after_ns, Ordering::Relaxed);
-    PARAVIRT.store(true, Ordering::Release);
 }
 
+/// Whether the family chosen at boot is paravirtual (`locks=pv` or `pvqspin`).
 pub(crate) fn enabled() -> bool {
-    PARAVIRT.load(Ordering::Acquire)
+    workloads::paravirtual(super::family())
 }
 
 /// The state of VCPU `vcpu` as the monitor shows it in the shared page.

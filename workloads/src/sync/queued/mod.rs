@@ -139,6 +139,13 @@ impl<K> LockWord<K> {
         None
     }
 
+    /// Takes the lock for the holder of the pending bit, clearing the bit, if it is not held.
+    fn take_pending(&self) -> bool {
+        let word = self.word.load(Ordering::Relaxed);
+        word & LOCKED_MASK == 0
+            && self.word.compare_exchange(word, (word & !PENDING) | LOCKED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
     /// Whether the lock is neither held nor pending (the head may take it).
     fn free(&self) -> bool {
         self.word.load(Ordering::SeqCst) & (LOCKED_MASK | PENDING) == 0

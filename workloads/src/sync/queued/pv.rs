@@ -173,14 +173,7 @@ impl<P: Paravirt> QueueWait for Pv<P> {
             // While the head spins, the pending bit keeps others from stealing the lock: a
             // woken head is not starved. It takes the lock by clearing the bit.
             word.fetch_or(PENDING, Ordering::AcqRel);
-            let take = || {
-                let now = word.load(Ordering::Relaxed);
-                now & LOCKED_MASK == 0
-                    && word
-                        .compare_exchange(now, (now & !PENDING) | LOCKED, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-            };
-            if self.spin(self.0.head_spin(), take, || false) {
+            if self.spin(self.0.head_spin(), || lock.take_pending(), || false) {
                 return;
             }
             word.fetch_and(!PENDING, Ordering::AcqRel);
