@@ -7,6 +7,8 @@ use anyhow::bail;
 use pv_abi::boot::CMDLINE_MAX;
 use pv_abi::layout::{LARGE_PAGE_SIZE, MAX_MEM, MIN_MEM};
 
+use crate::net::NetConfig;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -20,6 +22,8 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// Print guest console lines (prefixed with VM and VCPU) on stdout.
     pub echo_console: bool,
+    /// Its NIC's backend and interface; `None` for no NIC.
+    pub net: Option<NetConfig>,
 }
 
 impl VmConfig {

@@ -6,6 +6,7 @@
 //! - [`guest`]: what to boot, checked alike for `tandem run` and scenario files;
 //! - [`results`]: each VM's result against its ideal, utilization and fairness, for real and
 //!   simulated runs alike, and the reference rates behind the ideals;
+//! - [`net`]: a VM's network (`--net`, in QEMU's vocabulary);
 //! - [`metrics`]: what runs report (VCPU times in esxtop's terms, the dispatcher's figures,
 //!   the trace);
 //! - [`stats`]: medians, percentiles, Jain's index;
@@ -17,6 +18,7 @@ pub mod experiment;
 pub mod guest;
 pub mod host;
 pub mod metrics;
+pub mod net;
 pub mod results;
 pub mod scenario;
 pub mod sim_config;

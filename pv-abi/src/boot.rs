@@ -21,6 +21,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::MAX_VCPUS;
+use crate::net::NetInfo;
 
 /// Guest-physical address of the boot info.
 pub const BOOT_INFO_ADDR: u64 = 0x1000;
@@ -60,6 +61,8 @@ pub struct BootInfo {
     pub cmdline: [u8; CMDLINE_MAX],
     /// Per-VCPU words; GS base points at the running VCPU's entry.
     pub vcpu_info: [VcpuInfo; MAX_VCPUS],
+    /// The NIC, if the VM has one.
+    pub net: NetInfo,
 }
 
 /// The word pair GS base points at.
@@ -105,7 +108,8 @@ mod tests {
         assert_eq!(offset_of!(BootInfo, vcpu_info), 64 + CMDLINE_MAX);
         assert_eq!(size_of::<VcpuInfo>(), 16);
         assert_eq!(offset_of!(VcpuInfo, guest), 8);
-        assert_eq!(size_of::<BootInfo>(), 64 + CMDLINE_MAX + 16 * MAX_VCPUS);
+        assert_eq!(offset_of!(BootInfo, net), 64 + CMDLINE_MAX + 16 * MAX_VCPUS);
+        assert_eq!(size_of::<BootInfo>(), 64 + CMDLINE_MAX + 16 * MAX_VCPUS + 32);
         // The boot info must fit in the page the monitor reserves for it.
         assert!(size_of::<BootInfo>() <= 4096);
     }

@@ -48,11 +48,14 @@ pub enum Hypercall {
     Yield = 10,
     /// Install the interrupt descriptor table on every VCPU of the VM. Args: [`TrapTableArgs`].
     SetTrapTable = 11,
+    /// Wake the NIC's backend, which sleeps (see [`crate::net`]): the TX ring has frames.
+    /// Args: [`RetArgs`]; [`HcError::BadState`] if the VM has no NIC.
+    NetNotify = 12,
 }
 
 impl Hypercall {
     /// Every call, in number order.
-    pub const ALL: [Hypercall; 12] = [
+    pub const ALL: [Hypercall; 13] = [
         Self::Nop,
         Self::ConsoleWrite,
         Self::Exit,
@@ -65,6 +68,7 @@ impl Hypercall {
         Self::Kick,
         Self::Yield,
         Self::SetTrapTable,
+        Self::NetNotify,
     ];
 
     /// The I/O port the guest writes to make this call.
@@ -93,6 +97,7 @@ impl Hypercall {
             Self::Kick => "kick",
             Self::Yield => "yield",
             Self::SetTrapTable => "set_trap_table",
+            Self::NetNotify => "net_notify",
         }
     }
 }
@@ -200,7 +205,7 @@ pub const fn decode(ret: i64) -> Result<u64, HcError> {
 /// Alignment every argument block must have.
 pub const ARGS_ALIGN: u64 = 8;
 
-/// Arguments of calls that take none: `Nop`, `VcpuDown`.
+/// Arguments of calls that take none: `Nop`, `VcpuDown`, `NetNotify`.
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct RetArgs {

@@ -8,6 +8,7 @@
 //! 0x0000_4000  page tables: PML4, PDPT, 3 PDs, the 4 KiB table of the first 2 MiB
 //! 0x0001_0000  per-VCPU areas, 16 KiB each: GDT, TSS with I/O bitmap, ring-0 trap stack
 //! 0x0020_0000  the guest image, then the heap
+//! ...          the NIC area, if the VM has a NIC (crate::net::NET_AREA_SIZE, below the stack)
 //! mem - 1 MiB  VCPU 0's boot stack, up to the end of memory
 //! ```
 

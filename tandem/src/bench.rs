@@ -81,6 +81,7 @@ fn guest_records(program: &str, vcpus: u32, args: &[&str]) -> anyhow::Result<Vec
         cmdline: guest::cmdline(program, &args, Kernel::Embedded)?,
         timeout: Duration::from_secs(300),
         echo_console: false,
+        net: None,
     };
     let report = vm::run_alone(&open_kvm()?, &config, image::DEFAULT_GUEST)?;
     if report.outcome != Outcome::Exited(0) {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sched::PolicyKind;
 use tandem_core::guest::{self, Kernel, VmConfig};
+use tandem_core::net::NetConfig;
 use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::{DEFAULT_MEM_MIB, Scenario, Target};
 use tandem_kvm::vm::{self, Outcome, RunReport};
@@ -89,7 +90,13 @@ pub struct RunArgs {
     /// Stop the guest after this many seconds
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
     pub timeout: f64,
-    /// Print each VCPU's %RUN, %RDY, %WAIT and exits by kind after the run
+    /// The VM's network, in QEMU's words: user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...
+    /// (user-mode, the host address 127.0.0.1 by default), tap,ifname=NAME[,ip=A.B.C.D/N]
+    /// [,gateway=A.B.C.D] (an existing TAP device), or none
+    #[arg(long, value_name = "BACKEND", default_value = "user", value_parser = parse_net)]
+    pub net: NetArg,
+    /// Print each VCPU's %RUN, %RDY, %WAIT and exits by kind (and the NIC's traffic) after the
+    /// run
     #[arg(long)]
     pub stats: bool,
     /// Write the result records the guest reported to FILE, as a JSON array
@@ -194,6 +201,14 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A `--net` value: a network, or none.
+#[derive(Clone, Debug)]
+pub struct NetArg(pub Option<NetConfig>);
+
+fn parse_net(text: &str) -> Result<NetArg, String> {
+    NetConfig::parse(text).map(NetArg).map_err(|error| format!("{error:#}"))
+}
+
 impl RunArgs {
     /// The program named, or the kernel file's name.
     fn program(&self) -> String {
@@ -211,6 +226,7 @@ impl RunArgs {
             cmdline: guest::cmdline(&program, &self.args, kernel)?,
             timeout: Duration::from_secs_f64(self.timeout),
             echo_console,
+            net: self.net.0.clone(),
         })
     }
 }

@@ -39,6 +39,7 @@ use sched::{Params, PolicyKind, Topology, VmSpec};
 
 use crate::guest::{self, VmConfig};
 use crate::host::available_cores;
+use crate::net::NetConfig;
 use crate::sim_config::SimConfig;
 
 /// Xen's default weight.
@@ -280,6 +281,7 @@ impl VmPlan {
             cmdline: guest::cmdline(&self.workload, &self.args, self.guest_kernel())?,
             timeout: Duration::from_secs_f64(timeout_s),
             echo_console: false,
+            net: Some(NetConfig::user()),
         };
         config.check()?;
         Ok(config)

@@ -144,6 +144,7 @@ mod tests {
             cmdline: String::new(),
             timeout: Duration::from_secs(1),
             echo_console: false,
+            net: None,
         };
         let memory = GuestMemory::new(config.mem_mib << 20).unwrap();
         let vm = VmShared::new(&config, memory, 1_000_000, Seat::alone(config.vcpus).unwrap());
