@@ -1,7 +1,10 @@
 //! `tandem bench`: measurements taken side by side in one run, reported as medians over
 //! repeated runs (these machines are shared and noisy).
 //! - `boot`: process start to guest exit, and the round trip of an empty hypercall;
-//! - `workloads`: each workload in a guest against the same code on host threads.
+//! - `workloads`: each workload in a guest against the same code on host threads;
+//! - [`net`]: the guest's TCP echo server against a native one.
+
+mod net;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +25,9 @@ pub enum BenchCommand {
     Boot(BootArgs),
     /// Every workload in a guest and natively, interleaved, with the guest/native ratio
     Workloads(WorkloadArgs),
+    /// TCP echo through the guest's network against a native echo server: latency,
+    /// requests/s, bulk throughput, exits per request
+    Net(net::NetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +57,7 @@ pub fn bench(command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Boot(args) => boot(args),
         BenchCommand::Workloads(args) => workloads(args),
+        BenchCommand::Net(args) => net::net(args),
     }
 }
 
