@@ -17,6 +17,7 @@ extern crate std;
 
 mod common;
 pub mod cpu;
+pub mod kv;
 pub mod locks;
 #[cfg(feature = "std")]
 pub mod native;

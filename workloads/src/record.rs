@@ -144,7 +144,12 @@ impl Record {
 
 /// FNV-1a, for checksums that must not depend on the platform.
 pub fn fnv1a(hash: u64, value: u64) -> u64 {
-    value.to_le_bytes().iter().fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    fnv1a_bytes(hash, &value.to_le_bytes())
+}
+
+/// FNV-1a over bytes.
+pub fn fnv1a_bytes(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// FNV-1a's starting value.
