@@ -1,5 +1,6 @@
 //! What a VM's VCPU threads share: its memory, console, report records, trap table and
-//! outcome, and its seat at the dispatcher, which owns the VCPUs' states.
+//! outcome, its seat at the dispatcher, which owns the VCPUs' states, and its NIC's doorbell.
+//! It is also what the NIC's backend thread reaches its VM through ([`VmLink`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -13,7 +14,8 @@ use tandem_core::metrics::VcpuTimes;
 use crate::console::Console;
 use crate::dispatch::Seat;
 use crate::memory::GuestMemory;
-use crate::outcome::Outcome;
+use crate::net::{NetHandle, VmLink};
+use crate::outcome::{NicFault, Outcome};
 use crate::x86::Start;
 
 /// The state VCPU threads share.
@@ -25,6 +27,8 @@ pub(crate) struct VmShared {
     pub console: Console,
     pub tsc_khz: u64,
     pub seat: Seat,
+    /// Wakes the NIC's backend; `None` if the VM has no NIC.
+    net: Option<NetHandle>,
     reports: Mutex<Vec<String>>,
     /// The guest's IDT (base, limit) and a generation that VCPU threads compare with theirs.
     trap_table: Mutex<Option<(u64, u16)>>,
@@ -35,8 +39,9 @@ pub(crate) struct VmShared {
 }
 
 impl VmShared {
-    /// The shared state of a VM before any VCPU runs; `memory` holds `config.mem_mib` MiB.
-    pub fn new(config: &VmConfig, memory: GuestMemory, tsc_khz: u64, seat: Seat) -> VmShared {
+    /// The shared state of a VM before any VCPU runs; `memory` holds `config.mem_mib` MiB,
+    /// `net` reaches its NIC's backend if it has one.
+    pub fn new(config: &VmConfig, memory: GuestMemory, tsc_khz: u64, seat: Seat, net: Option<NetHandle>) -> VmShared {
         VmShared {
             name: config.name.clone(),
             memory,
@@ -44,6 +49,7 @@ impl VmShared {
             console: Console::new(&config.name, config.vcpus, config.echo_console),
             tsc_khz,
             seat,
+            net,
             reports: Mutex::default(),
             trap_table: Mutex::default(),
             trap_table_generation: AtomicU64::new(0),
@@ -66,6 +72,12 @@ impl VmShared {
     /// Kicks VCPU `vcpu` (see `Dispatcher::kick`).
     pub fn kick(&self, vcpu: u32) {
         self.seat.dispatcher.kick(self.vcpu(vcpu));
+    }
+
+    /// Wakes the NIC's backend (the guest's `NetNotify`); `BadState` if the VM has no NIC.
+    pub fn notify_net(&self) -> Result<(), HcError> {
+        self.net.as_ref().ok_or(HcError::BadState)?.notify();
+        Ok(())
     }
 
     /// Publishes `vcpu`'s times in the shared page.
@@ -136,5 +148,15 @@ impl VmShared {
         let slot = self.outcome.lock().expect("outcome lock");
         let (slot, _) = self.finished.wait_timeout_while(slot, timeout, |slot| slot.is_none()).expect("outcome lock");
         slot.clone()
+    }
+}
+
+impl VmLink for VmShared {
+    fn kick(&self, vcpu: u32) {
+        VmShared::kick(self, vcpu);
+    }
+
+    fn fault(&self, fault: NicFault) {
+        self.finish(Outcome::NicFaulted(fault));
     }
 }
