@@ -24,6 +24,9 @@ mod user;
 mod wait;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use nic::{area_addr, net_info};
 pub use stats::NicStats;
 pub use worker::{BackendThread, NetDevice, NetHandle, VmLink};

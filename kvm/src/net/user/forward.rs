@@ -21,6 +21,8 @@ use tandem_core::net::HostForward;
 use super::splice;
 use crate::net::wait::{READ, Token, WaitSet};
 
+/// Host connections the system may hold for a forward before the backend accepts them.
+const LISTEN_BACKLOG: i32 = 1024;
 /// SYNs per forward that may wait for the guest's answer at once.
 pub const MAX_CONNECTING: usize = 16;
 /// Retries of a refused SYN while other connections to the port are established.
@@ -55,6 +57,14 @@ impl Forward {
         let listener = TcpListener::bind(forward.host)
             .with_context(|| format!("cannot listen on {} to forward it to the guest", forward.host))?;
         listener.set_nonblocking(true).context("cannot make a forward's listener nonblocking")?;
+        // std listens with a backlog of 128: a burst of more host connections than that,
+        // arriving while the backend is off its CPU, would have SYNs dropped and retried by
+        // the clients a second later. Listening again raises the backlog (Linux caps it at
+        // net.core.somaxconn).
+        // SAFETY: listen(2) on a socket `listener` owns; no memory is passed.
+        if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } < 0 {
+            return Err(io::Error::last_os_error()).context("cannot raise a forward's listen backlog");
+        }
         Ok(Forward {
             listener,
             guest_port: forward.guest_port,
