@@ -107,3 +107,28 @@ fn check_workload_args(name: &str, args: &[String]) -> anyhow::Result<()> {
         .map_err(|error| anyhow::anyhow!("bad arguments for workload {name}: {error}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mem_mib: u64, net: Option<NetConfig>) -> VmConfig {
+        VmConfig {
+            name: "t".into(),
+            vcpus: 1,
+            mem_mib,
+            cmdline: "hello".into(),
+            timeout: Duration::from_secs(1),
+            echo_console: false,
+            net,
+        }
+    }
+
+    #[test]
+    fn a_vm_with_a_nic_needs_room_for_its_area_too() {
+        assert!(config(4, None).check().is_ok());
+        let error = config(4, Some(NetConfig::user())).check().unwrap_err().to_string();
+        assert_eq!(error, "a VM with a NIC needs at least 6 MiB of guest memory, not 4 (or no NIC: --net none)");
+        assert!(config(6, Some(NetConfig::user())).check().is_ok());
+    }
+}

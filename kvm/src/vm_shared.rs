@@ -160,3 +160,36 @@ impl VmLink for VmShared {
         self.finish(Outcome::NicFaulted(fault));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Ring;
+
+    #[test]
+    fn a_nic_fault_ends_the_vm_with_it() {
+        let config = VmConfig {
+            name: "t".into(),
+            vcpus: 1,
+            mem_mib: 4,
+            cmdline: String::new(),
+            timeout: Duration::from_secs(1),
+            echo_console: false,
+            net: None,
+        };
+        let memory = GuestMemory::new(4 << 20).unwrap();
+        let vm = VmShared::new(&config, memory, 1_000_000, Seat::alone(1).unwrap(), None);
+        let fault =
+            NicFault::OutsideBuffers { ring: Ring::Rx, slot: 3, addr: 0x1000, len: 2048, area_start: 2, area_end: 4 };
+        VmLink::fault(&vm, fault.clone());
+        let outcome = vm.wait_outcome(Duration::ZERO).unwrap();
+        assert_eq!(outcome, Outcome::NicFaulted(fault));
+        assert_eq!(outcome.status(), crate::outcome::STATUS_FAULT);
+        assert_eq!(
+            outcome.describe("t"),
+            "VM t: the guest broke the NIC's rules: the NIC's RX descriptor 3 points at 0x1000 (2048 bytes), \
+             outside its buffer area 0x2..0x4"
+        );
+        assert!(vm.stopping());
+    }
+}
