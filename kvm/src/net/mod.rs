@@ -5,8 +5,10 @@
 //!   pure) before use; a breach is the NIC's fault, which ends the VM;
 //! - `worker`: the backend thread (poll while traffic flows, then sleep in `poll(2)` with the
 //!   guest told to notify), its handle, and what it needs of its VM ([`VmLink`]);
-//! - `backend`: `user` (a host-side smoltcp stack as the guest's gateway, host ports
-//!   forwarded to the guest: `user`) or `tap` (an existing TAP device: `tap`);
+//! - `backend`: one enum over the two backends, `user` (user-mode networking: a host-side
+//!   smoltcp stack as the guest's gateway, host ports forwarded to the guest) and `tap` (an
+//!   existing TAP device); an enum, since both are known here and a round calls into one
+//!   many times a second;
 //! - `doorbell`, `wait`: the eventfd a guest's `NetNotify` rings, and `poll(2)`;
 //! - `stats`: what the NIC did ([`NicStats`]).
 //!

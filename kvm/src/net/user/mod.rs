@@ -2,7 +2,8 @@
 //! with a TCP/IP stack of its own (smoltcp) whose wire is the NIC ([`wire`]). Each host
 //! forward listens on a host address ([`forward`]); a host connection accepted there becomes a
 //! connection of the host-side stack from the gateway to the guest's port, spliced to it
-//! ([`splice`]). Nothing reaches the host's network but the forwards' own connections.
+//! ([`splice`]). Nothing reaches the host's network but the forwards' own connections: the
+//! guest cannot open connections out (the gateway answers its SYNs with a reset).
 
 mod forward;
 mod splice;
@@ -13,7 +14,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use pv_abi::net::NET_SLOTS;
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use tandem_core::net::{GuestInterface, HostForward, USER_GATEWAY_IP};
@@ -73,7 +75,9 @@ impl UserNet {
         let (mut from_guest, mut to_guest) = (frame_buffer(), frame_buffer());
         let mut wire = Wire { nic, from_guest: &mut from_guest, to_guest: &mut to_guest, gateway: USER_GATEWAY_IP };
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(GATEWAY_MAC)));
-        config.random_seed = epoch.elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
+        // Initial sequence numbers and ports' order need only differ from run to run.
+        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        config.random_seed = clock.as_nanos() as u64 ^ u64::from(std::process::id());
         let mut iface = Interface::new(config, &mut wire, smoltcp::time::Instant::ZERO);
         iface.update_ip_addrs(|addrs| {
             // One address on a fresh interface: it fits.
@@ -128,11 +132,11 @@ impl UserNet {
         let at = self.timestamp(now);
         let mut wire =
             Wire { nic, from_guest: &mut self.from_guest, to_guest: &mut self.to_guest, gateway: USER_GATEWAY_IP };
-        self.iface.poll(at, &mut wire, &mut self.sockets);
+        poll_stack(&mut self.iface, &mut self.sockets, &mut wire, at);
         for live in &mut self.live {
             moved |= live.connection.splice(self.sockets.get_mut(live.socket), waits);
         }
-        self.iface.poll(at, &mut wire, &mut self.sockets);
+        poll_stack(&mut self.iface, &mut self.sockets, &mut wire, at);
         moved | self.settle(now)
     }
 
@@ -210,6 +214,23 @@ impl UserNet {
         }
         changed
     }
+}
+
+/// The stack's round on the wire: at most a ring's worth of the guest's frames in (smoltcp's
+/// own `poll` takes frames for as long as they come, and a guest that kept posting would hold
+/// the backend there, deaf to its stop), then what the sockets have to send.
+fn poll_stack(
+    iface: &mut Interface,
+    sockets: &mut SocketSet<'static>,
+    wire: &mut Wire<'_>,
+    at: smoltcp::time::Instant,
+) {
+    for _ in 0..NET_SLOTS {
+        if iface.poll_ingress_single(at, wire, sockets) == PollIngressSingleResult::None {
+            break;
+        }
+    }
+    while iface.poll_egress(at, wire, sockets) == PollResult::SocketStateChanged {}
 }
 
 /// The gateway's ephemeral ports, handed out in turn, skipping those in use.
