@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use pv_abi::boot::CMDLINE_MAX;
-use pv_abi::layout::{LARGE_PAGE_SIZE, MAX_MEM, MIN_MEM};
+use pv_abi::layout::{BOOT_STACK_SIZE, IMAGE_START, LARGE_PAGE_SIZE, MAX_MEM, MIN_HEAP, MIN_MEM};
+use pv_abi::net::NET_AREA_SIZE;
 
 use crate::net::NetConfig;
 
@@ -27,7 +28,8 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    /// Checks what a VM cannot be built with: VCPU count, memory size, command line length.
+    /// Checks what a VM cannot be built with: VCPU count, memory size (with room for a
+    /// NIC's area if it has one), command line length.
     pub fn check(&self) -> anyhow::Result<()> {
         if self.vcpus == 0 || self.vcpus as usize > pv_abi::MAX_VCPUS {
             bail!("a VM has 1 to {} VCPUs, not {}", pv_abi::MAX_VCPUS, self.vcpus);
@@ -38,6 +40,15 @@ impl VmConfig {
                 "guest memory must be an even number of MiB from {} to {}, not {}",
                 MIN_MEM >> 20,
                 MAX_MEM >> 20,
+                self.mem_mib
+            );
+        }
+        // Even an empty image leaves no heap in less.
+        let with_nic = IMAGE_START + MIN_HEAP + NET_AREA_SIZE + BOOT_STACK_SIZE;
+        if self.net.is_some() && mem_size < with_nic {
+            bail!(
+                "a VM with a NIC needs at least {} MiB of guest memory, not {} (or no NIC: --net none)",
+                with_nic.next_multiple_of(LARGE_PAGE_SIZE) >> 20,
                 self.mem_mib
             );
         }
@@ -95,4 +106,29 @@ fn check_workload_args(name: &str, args: &[String]) -> anyhow::Result<()> {
     workloads::Params::parse(info.params, workload_args)
         .map_err(|error| anyhow::anyhow!("bad arguments for workload {name}: {error}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mem_mib: u64, net: Option<NetConfig>) -> VmConfig {
+        VmConfig {
+            name: "t".into(),
+            vcpus: 1,
+            mem_mib,
+            cmdline: "hello".into(),
+            timeout: Duration::from_secs(1),
+            echo_console: false,
+            net,
+        }
+    }
+
+    #[test]
+    fn a_vm_with_a_nic_needs_room_for_its_area_too() {
+        assert!(config(4, None).check().is_ok());
+        let error = config(4, Some(NetConfig::user())).check().unwrap_err().to_string();
+        assert_eq!(error, "a VM with a NIC needs at least 6 MiB of guest memory, not 4 (or no NIC: --net none)");
+        assert!(config(6, Some(NetConfig::user())).check().is_ok());
+    }
 }

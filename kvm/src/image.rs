@@ -125,10 +125,11 @@ pub fn check(elf: &[u8]) -> Result<Placement, ImageError> {
 }
 
 /// Loads a checked image into `memory` (guest memory seen from the host, starting at guest
-/// address 0): copies each loadable segment's file bytes and zeroes the rest of it.
-pub fn load(elf: &[u8], memory: &mut [MaybeUninit<u8>]) -> Result<Placement, ImageError> {
+/// address 0), whose heap ends at `heap_end` (what lies above is the monitor's: the boot
+/// stack, the NIC area): copies each loadable segment's file bytes and zeroes the rest of it.
+pub fn load(elf: &[u8], memory: &mut [MaybeUninit<u8>], heap_end: u64) -> Result<Placement, ImageError> {
     let placement = check(elf)?;
-    let needed = placement.end + layout::MIN_HEAP + layout::BOOT_STACK_SIZE;
+    let needed = placement.end + layout::MIN_HEAP + (memory.len() as u64).saturating_sub(heap_end);
     if needed > memory.len() as u64 {
         return Err(ImageError::TooLarge { needed: needed.div_ceil(1 << 20), mem_mib: memory.len() as u64 >> 20 });
     }
@@ -173,11 +174,12 @@ mod tests {
         // Flip each byte of the headers in turn: the checker must answer, never panic, and
         // whatever it accepts must still load.
         let mut memory = vec![MaybeUninit::new(0u8); 32 << 20];
+        let heap_end = memory.len() as u64 - layout::BOOT_STACK_SIZE;
         for at in 0..0x200 {
             let mut elf = DEFAULT_GUEST.to_vec();
             elf[at] ^= 0xa5;
             if check(&elf).is_ok() {
-                let _ = load(&elf, &mut memory);
+                let _ = load(&elf, &mut memory, heap_end);
             }
         }
     }
@@ -219,6 +221,19 @@ mod tests {
     #[test]
     fn memory_too_small_is_reported() {
         let mut memory = vec![MaybeUninit::new(0u8); 2 << 20];
-        assert!(matches!(load(DEFAULT_GUEST, &mut memory), Err(ImageError::TooLarge { .. })));
+        let heap_end = memory.len() as u64 - layout::BOOT_STACK_SIZE;
+        assert!(matches!(load(DEFAULT_GUEST, &mut memory, heap_end), Err(ImageError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn what_the_monitor_keeps_above_the_heap_counts_against_memory() {
+        let end = check(DEFAULT_GUEST).unwrap().end;
+        // Just room for the heap below the boot stack; then the NIC area takes it.
+        let size = (end + layout::MIN_HEAP + layout::BOOT_STACK_SIZE).next_multiple_of(4096);
+        let mut memory = vec![MaybeUninit::new(0u8); size as usize];
+        assert!(load(DEFAULT_GUEST, &mut memory, size - layout::BOOT_STACK_SIZE).is_ok());
+        let heap_end = size - layout::BOOT_STACK_SIZE - pv_abi::net::NET_AREA_SIZE;
+        let error = load(DEFAULT_GUEST, &mut memory, heap_end).unwrap_err();
+        assert!(matches!(error, ImageError::TooLarge { .. }), "{error}");
     }
 }

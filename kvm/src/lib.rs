@@ -5,9 +5,12 @@
 //! - [`vm`]: a VM (memory, image, boot structures, VCPU threads) run to its outcome;
 //! - [`vcpu`]: a VCPU thread's run loop: KVM exits, hypercalls decoded, executed, answered;
 //! - [`hypercall`]: decoding hypercalls (pure, typed) and carrying them out;
-//! - `vm_shared`: what a VM's VCPU threads share (console, reports, trap table, outcome);
+//! - `vm_shared`: what a VM's VCPU threads share (console, reports, trap table, outcome,
+//!   the NIC's doorbell);
 //! - [`dispatch`]: the one owner of each VCPU's state; drives a policy in real time, gating
 //!   VCPU threads onto pCPUs, and publishes the states and grants to the shared page;
+//! - [`net`]: the paravirtual NIC: its rings in guest memory, checked, and its backend
+//!   thread (user-mode networking or a TAP device);
 //! - [`outcome`]: how a VM ends, and the typed faults that end it;
 //! - [`memory`]: guest memory, bounds-checked, and the shared page;
 //! - [`image`]: checking and loading guest ELF images;
@@ -19,13 +22,15 @@
 //! caller and no two use each other):
 //!
 //! - `runner` uses `vm`, `dispatch`, `image`, `outcome`;
-//! - `vm` uses `vcpu`, `vm_shared`, `dispatch`, `memory`, `image`, `kick`, `x86`, `outcome`;
+//! - `vm` uses `vcpu`, `vm_shared`, `dispatch`, `net`, `memory`, `image`, `kick`, `x86`,
+//!   `outcome`;
 //! - `vcpu` uses `hypercall`, `vm_shared`, `dispatch`, `accounting`, `kick`, `x86`, `outcome`;
 //! - `hypercall` uses `vm_shared`, `dispatch`, `memory`, `x86`, `outcome` (its `decode`
 //!   only `memory`, `x86` and `outcome`);
-//! - `vm_shared` uses `dispatch`, `console`, `memory`, `x86`, `outcome`;
+//! - `vm_shared` uses `dispatch`, `net`, `console`, `memory`, `x86`, `outcome`;
 //! - `dispatch` uses `kick`, `memory`, `x86` (its parts: `phase` only `x86`, `gate`,
 //!   `metrics` and `grants` none of the others);
+//! - `net` uses `memory`, `outcome` (its parts: see its doc);
 //! - `accounting`, `console`, `image`, `kick`, `memory`, `outcome`, `x86` use none of the
 //!   others.
 
@@ -36,6 +41,7 @@ pub mod hypercall;
 pub mod image;
 pub mod kick;
 pub mod memory;
+pub mod net;
 pub mod outcome;
 pub mod runner;
 pub mod vcpu;

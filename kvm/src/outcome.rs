@@ -1,5 +1,5 @@
-//! How a VM ends: its [`Outcome`], the [`VcpuFault`]s that end it, and the hypercalls that
-//! are [`Unanswerable`].
+//! How a VM ends: its [`Outcome`], the [`VcpuFault`]s that end it, the hypercalls that are
+//! [`Unanswerable`], and the breaches of the NIC's rules ([`NicFault`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -17,6 +17,8 @@ pub enum Outcome {
     Faulted { vcpu: u32, fault: VcpuFault },
     /// The guest ran past its timeout.
     TimedOut(Duration),
+    /// The guest broke the NIC's rules (see `pv_abi::net`), as its backend found.
+    NicFaulted(NicFault),
 }
 
 /// Process status of a guest panic.
@@ -33,7 +35,7 @@ impl Outcome {
         match self {
             Outcome::Exited(code) => u8::try_from(*code).unwrap_or(1),
             Outcome::Panicked { .. } => STATUS_PANIC,
-            Outcome::Faulted { .. } => STATUS_FAULT,
+            Outcome::Faulted { .. } | Outcome::NicFaulted(_) => STATUS_FAULT,
             Outcome::TimedOut(_) => STATUS_TIMEOUT,
         }
     }
@@ -45,6 +47,7 @@ impl Outcome {
             Outcome::Panicked { vcpu, message } => format!("VM {vm}: guest panicked on VCPU {vcpu}: {message}"),
             Outcome::Faulted { vcpu, fault } => format!("VM {vm}: VCPU {vcpu} faulted: {fault}"),
             Outcome::TimedOut(after) => format!("VM {vm} timed out after {:.1} s and was stopped", after.as_secs_f64()),
+            Outcome::NicFaulted(fault) => format!("VM {vm}: the guest broke the NIC's rules: {fault}"),
         }
     }
 }
@@ -126,6 +129,52 @@ pub enum Unanswerable {
     /// does not return.
     #[error("exception with an unreadable fault frame at {block:#x}: {error}")]
     FaultFrame { block: u64, error: HcError },
+}
+
+/// One of the NIC's two rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ring {
+    Tx,
+    Rx,
+}
+
+impl fmt::Display for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ring::Tx => "TX",
+            Ring::Rx => "RX",
+        })
+    }
+}
+
+/// What the guest did wrong with its NIC: the monitor ends the VM rather than guess.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NicFault {
+    /// A descriptor's buffer does not lie wholly in the buffer area.
+    #[error(
+        "the NIC's {ring} descriptor {slot} points at {addr:#x} ({len} bytes), outside its buffer area \
+         {area_start:#x}..{area_end:#x}"
+    )]
+    OutsideBuffers { ring: Ring, slot: usize, addr: u64, len: u32, area_start: u64, area_end: u64 },
+    /// A TX descriptor's frame is empty or longer than a buffer.
+    #[error("the NIC's TX descriptor {slot} holds a frame of {len} bytes; a frame has 1 to {max} bytes")]
+    TxLength { slot: usize, len: u32, max: u32 },
+    /// An RX descriptor's buffer cannot hold every frame, or is longer than a buffer.
+    #[error("the NIC's RX descriptor {slot} posts a buffer of {len} bytes; an RX buffer holds {min} to {max}")]
+    RxCapacity { slot: usize, len: u32, min: u32, max: u32 },
+    /// The guest's index runs more than a ring ahead of the monitor's (or behind it).
+    #[error("the NIC's {posted} is {posted_value}, {ahead} ahead of {done} ({done_value}); the ring has {slots} slots")]
+    IndexAhead {
+        posted: &'static str,
+        posted_value: u32,
+        done: &'static str,
+        done_value: u32,
+        ahead: u32,
+        slots: usize,
+    },
+    /// `rx_waiting` names no VCPU of the VM.
+    #[error("the NIC's rx_waiting is {value} (VCPU id + 1), but the VM has {vcpus} VCPUs")]
+    RxWaiting { value: u32, vcpus: u32 },
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! What a VM's VCPU threads share: its memory, console, report records, trap table and
-//! outcome, and its seat at the dispatcher, which owns the VCPUs' states.
+//! outcome, its seat at the dispatcher, which owns the VCPUs' states, and its NIC's doorbell.
+//! It is also what the NIC's backend thread reaches its VM through ([`VmLink`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -13,7 +14,8 @@ use tandem_core::metrics::VcpuTimes;
 use crate::console::Console;
 use crate::dispatch::Seat;
 use crate::memory::GuestMemory;
-use crate::outcome::Outcome;
+use crate::net::{NetHandle, VmLink};
+use crate::outcome::{NicFault, Outcome};
 use crate::x86::Start;
 
 /// The state VCPU threads share.
@@ -25,6 +27,8 @@ pub(crate) struct VmShared {
     pub console: Console,
     pub tsc_khz: u64,
     pub seat: Seat,
+    /// Wakes the NIC's backend; `None` if the VM has no NIC.
+    net: Option<NetHandle>,
     reports: Mutex<Vec<String>>,
     /// The guest's IDT (base, limit) and a generation that VCPU threads compare with theirs.
     trap_table: Mutex<Option<(u64, u16)>>,
@@ -35,8 +39,9 @@ pub(crate) struct VmShared {
 }
 
 impl VmShared {
-    /// The shared state of a VM before any VCPU runs; `memory` holds `config.mem_mib` MiB.
-    pub fn new(config: &VmConfig, memory: GuestMemory, tsc_khz: u64, seat: Seat) -> VmShared {
+    /// The shared state of a VM before any VCPU runs; `memory` holds `config.mem_mib` MiB,
+    /// `net` reaches its NIC's backend if it has one.
+    pub fn new(config: &VmConfig, memory: GuestMemory, tsc_khz: u64, seat: Seat, net: Option<NetHandle>) -> VmShared {
         VmShared {
             name: config.name.clone(),
             memory,
@@ -44,6 +49,7 @@ impl VmShared {
             console: Console::new(&config.name, config.vcpus, config.echo_console),
             tsc_khz,
             seat,
+            net,
             reports: Mutex::default(),
             trap_table: Mutex::default(),
             trap_table_generation: AtomicU64::new(0),
@@ -66,6 +72,12 @@ impl VmShared {
     /// Kicks VCPU `vcpu` (see `Dispatcher::kick`).
     pub fn kick(&self, vcpu: u32) {
         self.seat.dispatcher.kick(self.vcpu(vcpu));
+    }
+
+    /// Wakes the NIC's backend (the guest's `NetNotify`); `BadState` if the VM has no NIC.
+    pub fn notify_net(&self) -> Result<(), HcError> {
+        self.net.as_ref().ok_or(HcError::BadState)?.notify();
+        Ok(())
     }
 
     /// Publishes `vcpu`'s times in the shared page.
@@ -136,5 +148,48 @@ impl VmShared {
         let slot = self.outcome.lock().expect("outcome lock");
         let (slot, _) = self.finished.wait_timeout_while(slot, timeout, |slot| slot.is_none()).expect("outcome lock");
         slot.clone()
+    }
+}
+
+impl VmLink for VmShared {
+    fn kick(&self, vcpu: u32) {
+        VmShared::kick(self, vcpu);
+    }
+
+    fn fault(&self, fault: NicFault) {
+        self.finish(Outcome::NicFaulted(fault));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Ring;
+
+    #[test]
+    fn a_nic_fault_ends_the_vm_with_it() {
+        let config = VmConfig {
+            name: "t".into(),
+            vcpus: 1,
+            mem_mib: 4,
+            cmdline: String::new(),
+            timeout: Duration::from_secs(1),
+            echo_console: false,
+            net: None,
+        };
+        let memory = GuestMemory::new(4 << 20).unwrap();
+        let vm = VmShared::new(&config, memory, 1_000_000, Seat::alone(1).unwrap(), None);
+        let fault =
+            NicFault::OutsideBuffers { ring: Ring::Rx, slot: 3, addr: 0x1000, len: 2048, area_start: 2, area_end: 4 };
+        VmLink::fault(&vm, fault.clone());
+        let outcome = vm.wait_outcome(Duration::ZERO).unwrap();
+        assert_eq!(outcome, Outcome::NicFaulted(fault));
+        assert_eq!(outcome.status(), crate::outcome::STATUS_FAULT);
+        assert_eq!(
+            outcome.describe("t"),
+            "VM t: the guest broke the NIC's rules: the NIC's RX descriptor 3 points at 0x1000 (2048 bytes), \
+             outside its buffer area 0x2..0x4"
+        );
+        assert!(vm.stopping());
     }
 }

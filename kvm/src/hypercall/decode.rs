@@ -60,6 +60,8 @@ pub enum Call {
         base: u64,
         limit: u16,
     },
+    /// Wake the NIC's backend.
+    NetNotify,
 }
 
 /// Largest IDT: 256 gates of 16 bytes.
@@ -116,6 +118,7 @@ impl<M: GuestRead> Arguments<'_, M> {
                 },
             },
             Hypercall::SetTrapTable => self.set_trap_table()?,
+            Hypercall::NetNotify => Call::NetNotify,
             _ => return Err(HcError::UnknownCall),
         })
     }
@@ -254,6 +257,17 @@ mod tests {
         let frame = FaultFrame { vector: 14, rip: 0x1234, ..Default::default() };
         let fault = decode_with(&memory, Hypercall::Fault, frame.as_bytes());
         assert!(matches!(fault, Ok(Call::Fault(f)) if f.vector == 14 && f.rip == 0x1234));
+    }
+
+    #[test]
+    fn net_notify_takes_no_arguments_but_an_answerable_aligned_block() {
+        let memory = memory();
+        assert!(matches!(decode_with(&memory, Hypercall::NetNotify, &[0xff; 8]), Ok(Call::NetNotify)));
+        let port = Hypercall::NetNotify.port();
+        let misaligned = decode(&memory, VCPUS, port, &(BLOCK as u32 + 4).to_le_bytes());
+        assert!(matches!(misaligned, Ok(Request { call: Err(HcError::BadAlignment), .. })));
+        let outside = decode(&memory, VCPUS, port, &(MEM as u32).to_le_bytes()).unwrap_err();
+        assert_eq!(outside, Unanswerable::BlockOutside { call: Some(Hypercall::NetNotify), port, block: MEM });
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub(crate) fn execute(caller: &mut impl Caller, call: Call) -> Result<i64, Leave
             vm.set_trap_table(base, limit);
             Ok(0)
         }
+        Call::NetNotify => vm.notify_net().map(|()| 0),
     };
     Ok(encode(result))
 }
@@ -97,10 +98,12 @@ mod tests {
 
     use pv_abi::hypercall::{BLOCK_TIMED_OUT, FaultFrame, REPORT_MAX, REPORTS_TOTAL_MAX};
     use tandem_core::guest::VmConfig;
+    use tandem_core::net::NetConfig;
 
     use super::*;
     use crate::dispatch::Seat;
     use crate::memory::GuestMemory;
+    use crate::net::{NetDevice, NetHandle};
     use crate::x86::Start;
 
     /// A VCPU thread that records what the executor asked of it.
@@ -137,6 +140,11 @@ mod tests {
 
     /// VCPU 0 of a fresh VM of two VCPUs, not started.
     fn vcpu0() -> Recorder {
+        vcpu0_with(None)
+    }
+
+    /// VCPU 0 of a fresh VM of two VCPUs, with a NIC if `net` reaches one.
+    fn vcpu0_with(net: Option<NetHandle>) -> Recorder {
         let config = VmConfig {
             name: "execute".into(),
             vcpus: 2,
@@ -147,7 +155,7 @@ mod tests {
             net: None,
         };
         let memory = GuestMemory::new(config.mem_mib << 20).unwrap();
-        let vm = VmShared::new(&config, memory, 1_000_000, Seat::alone(config.vcpus).unwrap());
+        let vm = VmShared::new(&config, memory, 1_000_000, Seat::alone(config.vcpus).unwrap(), net);
         Recorder { vm, id: 0, blocks: Vec::new(), yields: Vec::new() }
     }
 
@@ -207,6 +215,18 @@ mod tests {
         assert_eq!(execute(&mut caller, Call::Kick { vcpu: 1 }), Ok(0));
         assert!(!dispatcher.block(vcpu), "the kick was kept for VCPU 1's next block");
         assert!(dispatcher.block(vcpu), "and that block consumed it");
+    }
+
+    #[test]
+    fn net_notify_wakes_the_nics_backend_and_is_counted_and_without_a_nic_is_bad_state() {
+        let mut caller = vcpu0();
+        assert_eq!(execute(&mut caller, Call::NetNotify), Ok(HcError::BadState.code()));
+        let memory = GuestMemory::new(8 << 20).unwrap();
+        let device = NetDevice::open(&NetConfig::user(), &memory, 2).unwrap();
+        let mut caller = vcpu0_with(Some(device.handle()));
+        assert_eq!(execute(&mut caller, Call::NetNotify), Ok(0));
+        assert_eq!(execute(&mut caller, Call::NetNotify), Ok(0));
+        assert_eq!(device.handle().stats().notifications, 2);
     }
 
     #[test]
