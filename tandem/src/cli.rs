@@ -274,6 +274,7 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     if args.stats {
         print_vcpu_stats(&report);
+        print_nic_stats(&report);
     }
     eprintln!("tandem: {} ({:.1} ms)", report.outcome.describe(&program), report.elapsed.as_secs_f64() * 1e3);
     if let Outcome::TimedOut(_) = report.outcome {
@@ -389,6 +390,27 @@ fn print_vcpu_stats(report: &RunReport) {
             kinds.join(" ")
         );
     }
+}
+
+/// The NIC's traffic each way, its notifications and kicks, and the VM's exits per frame.
+fn print_nic_stats(report: &RunReport) {
+    let Some(nic) = report.net else { return };
+    let exits: u64 = report.vcpus.iter().map(|vcpu| vcpu.total()).sum();
+    let frames = nic.tx_packets + nic.rx_packets;
+    println!(
+        "nic    tx {} frames {} bytes ({} dropped; {} notifications to the backend), \
+         rx {} frames {} bytes ({} dropped; {} kicks to the guest), backend slept {} times, {:.3} exits per frame",
+        nic.tx_packets,
+        nic.tx_bytes,
+        nic.tx_dropped,
+        nic.notifications,
+        nic.rx_packets,
+        nic.rx_bytes,
+        nic.rx_dropped,
+        nic.kicks,
+        nic.sleeps,
+        exits as f64 / frames.max(1) as f64
+    );
 }
 
 pub fn main() -> ExitCode {
