@@ -18,9 +18,12 @@ use spinning_top::guard::SpinlockGuard;
 use super::stack::{self, Stack};
 use crate::sched;
 
-/// Sockets a listener keeps listening by default: connections that arrive together each
-/// find one (smoltcp has no backlog: a listening socket becomes the connection).
+/// Sockets a listener keeps listening by default, topped up as each gets a connection
+/// (smoltcp has no backlog: a listening socket becomes the connection).
 pub const DEFAULT_POOL: usize = 32;
+/// Connections a listener keeps by default that the application has not accepted yet (as
+/// many as arrive at once, within what fits in memory: each holds its socket's buffers).
+pub const DEFAULT_BACKLOG: usize = 256;
 
 /// Why a network call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,27 +74,29 @@ fn wait(stack: SpinlockGuard<'static, Stack>) {
     sched::block();
 }
 
-/// A TCP port listened on, with a pool of sockets listening (see [`DEFAULT_POOL`]).
-/// Dropping it stops listening; connections it accepted go on.
+/// A TCP port listened on, with a pool of sockets listening and a backlog of connections
+/// not accepted yet (see [`DEFAULT_POOL`] and [`DEFAULT_BACKLOG`]). Dropping it stops
+/// listening; connections it accepted go on.
 #[derive(Debug)]
 pub struct TcpListener {
     port: u16,
 }
 
 impl TcpListener {
-    /// Listens on `port` with the default pool.
+    /// Listens on `port` with the default pool and backlog.
     pub fn bind(port: u16) -> Result<TcpListener, NetError> {
-        Self::bind_with_pool(port, DEFAULT_POOL)
+        Self::bind_with(port, DEFAULT_POOL, DEFAULT_BACKLOG)
     }
 
-    /// Listens on `port` with `pool` sockets listening (at least one), and as many
-    /// connections at most kept until accepted; more are refused with a reset.
-    pub fn bind_with_pool(port: u16, pool: usize) -> Result<TcpListener, NetError> {
+    /// Listens on `port` with `pool` sockets listening (at least one), keeping up to
+    /// `backlog` connections until they are accepted; connections past that are refused
+    /// with a reset.
+    pub fn bind_with(port: u16, pool: usize, backlog: usize) -> Result<TcpListener, NetError> {
         if port == 0 {
             return Err(NetError::InvalidPort);
         }
         let mut stack = stack::lock().ok_or(NetError::NoNic)?;
-        if !stack.listen(port, pool.max(1)) {
+        if !stack.listen(port, pool.max(1), backlog) {
             return Err(NetError::AddrInUse);
         }
         Ok(TcpListener { port })
@@ -215,7 +220,7 @@ impl TcpStream {
         }
         self.shut_down = true;
         let mut stack = stack();
-        stack.tcp(self.handle).close();
+        stack.close(self.handle);
         stack.poll();
     }
 

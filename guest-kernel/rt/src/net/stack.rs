@@ -15,14 +15,16 @@
 //!
 //! **Listeners.** smoltcp has no backlog: a listening socket becomes the connection. A
 //! listener keeps a pool of sockets listening on its port, topped up after every frame taken
-//! in, so that connections arriving together each find one; sockets connected but not yet
-//! accepted stay in its list, at most as many as the pool (more are refused with a reset
-//! until the application accepts).
+//! in, so that connections arriving together each find one; connections not yet accepted
+//! (handshake under way or done) stay in its list, up to its backlog. Past that, new
+//! connections find no listening socket and smoltcp refuses them with a reset, until the
+//! application accepts.
 //!
 //! **Closing.** A socket its owner has closed stays in the set until its connection is over
 //! (closed, or in TIME-WAIT: its last ACK went out in the poll that got it there), and is
 //! aborted if the peer stays silent for [`ORPHAN_TIMEOUT`]; then it is removed, so that the
-//! set does not grow over thousands of connections.
+//! set does not grow over thousands of connections. The FIN of a socket whose peer has
+//! closed already waits until the socket's data is acknowledged (see [`Stack::close`]).
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -103,8 +105,14 @@ pub(crate) unsafe fn init(info: &NetInfo) {
     if info.gateway != [0; 4] {
         iface.routes_mut().add_default_ipv4_route(Ipv4Address::from(info.gateway)).expect("an empty route table");
     }
-    let stack =
-        Stack { iface, sockets: SocketSet::new(Vec::new()), device, listeners: Vec::new(), orphans: Vec::new() };
+    let stack = Stack {
+        iface,
+        sockets: SocketSet::new(Vec::new()),
+        device,
+        listeners: Vec::new(),
+        orphans: Vec::new(),
+        fins_due: Vec::new(),
+    };
     let net = Box::leak(Box::new(Net { nic, stack: Spinlock::new(stack) }));
     let first = NET.compare_exchange(core::ptr::null_mut(), net, Ordering::AcqRel, Ordering::Acquire).is_ok();
     assert!(first, "the NIC was attached twice");
@@ -163,13 +171,17 @@ pub(crate) struct Stack {
     listeners: Vec<Listener>,
     /// Sockets their owners closed, kept until their connection is over.
     orphans: Vec<SocketHandle>,
+    /// Sockets in CLOSE-WAIT whose FIN waits for their data to be acknowledged.
+    fins_due: Vec<SocketHandle>,
 }
 
 /// A port listened on.
 struct Listener {
     port: u16,
-    /// Sockets kept listening; also the most kept connected and not yet accepted.
+    /// Sockets kept listening.
     pool: usize,
+    /// Most connections kept that are not accepted yet.
+    backlog: usize,
     /// Its sockets: listening, connecting, or connected and not yet accepted.
     sockets: Vec<SocketHandle>,
     /// Threads waiting in accept, woken when a connection is ready.
@@ -183,8 +195,8 @@ impl Listener {
         !matches!(state, tcp::State::Listen | tcp::State::SynReceived)
     }
 
-    /// Tops the pool of listening sockets up (within the bound on connections not yet
-    /// accepted), and wakes the acceptors if a connection is ready.
+    /// Tops the pool of listening sockets up (within the backlog), and wakes the acceptors if
+    /// a connection is ready.
     fn tend(&mut self, sockets: &mut SocketSet<'static>) {
         let (mut listening, mut ready) = (0, false);
         for &handle in &self.sockets {
@@ -193,7 +205,7 @@ impl Listener {
                 state => ready |= Self::ready(state),
             }
         }
-        while listening < self.pool && self.sockets.len() < 2 * self.pool {
+        while listening < self.pool && self.sockets.len() < self.pool + self.backlog {
             let mut socket = new_socket();
             socket.listen(self.port).expect("a new socket listens on a port that is not 0");
             self.sockets.push(sockets.add(socket));
@@ -231,6 +243,7 @@ impl Stack {
                 }
             }
         }
+        self.send_fins_due();
         while self.iface.poll_egress(now, &mut self.device, &mut self.sockets) == PollResult::SocketStateChanged {}
         self.reap_orphans();
         self.device.notify_backend();
@@ -243,12 +256,13 @@ impl Stack {
         NEXT_POLL_TSC.store(0, Ordering::Relaxed);
     }
 
-    /// Starts listening on `port` with `pool` sockets; false if the port has a listener.
-    pub(crate) fn listen(&mut self, port: u16, pool: usize) -> bool {
+    /// Starts listening on `port` with `pool` sockets, keeping up to `backlog` connections
+    /// until accepted; false if the port has a listener.
+    pub(crate) fn listen(&mut self, port: u16, pool: usize, backlog: usize) -> bool {
         if self.listeners.iter().any(|listener| listener.port == port) {
             return false;
         }
-        let mut listener = Listener { port, pool, sockets: Vec::new(), acceptors: Vec::new() };
+        let mut listener = Listener { port, pool, backlog, sockets: Vec::new(), acceptors: Vec::new() };
         listener.tend(&mut self.sockets);
         self.listeners.push(listener);
         true
@@ -303,13 +317,46 @@ impl Stack {
         self.sockets.get_mut(handle)
     }
 
-    /// Closes the socket for its owner (a FIN, if it was not sent yet) and keeps it until its
+    /// Shuts the socket's sending half down: its FIN follows the data written. A socket whose
+    /// peer has closed already (CLOSE-WAIT) and whose data is not all acknowledged sends it
+    /// only once it is: smoltcp 0.14 takes an ACK that a socket in LAST-ACK gets without new
+    /// data acknowledged for a duplicate ACK of its FIN and ignores its window, so after a FIN
+    /// sent early, the peer's window update after a full window would be lost and the rest of
+    /// the data would wait for a zero-window probe, a second later.
+    pub(crate) fn close(&mut self, handle: SocketHandle) {
+        let socket = self.tcp(handle);
+        if socket.state() != tcp::State::CloseWait || socket.send_queue() == 0 {
+            socket.close();
+        } else if !self.fins_due.contains(&handle) {
+            self.fins_due.push(handle);
+        }
+    }
+
+    /// Sends the FINs that [`Stack::close`] held back whose data is now acknowledged (or
+    /// whose connection ended meanwhile).
+    fn send_fins_due(&mut self) {
+        let sockets = &mut self.sockets;
+        self.fins_due.retain(|&handle| {
+            let socket = sockets.get_mut::<tcp::Socket>(handle);
+            let due = socket.state() != tcp::State::CloseWait || socket.send_queue() == 0;
+            if due {
+                socket.close();
+            }
+            !due
+        });
+    }
+
+    /// Closes the socket for its owner (see [`Stack::close`]) and keeps it until its
     /// connection is over; the handle is the stack's from now on.
     pub(crate) fn release(&mut self, handle: SocketHandle) {
-        let socket = self.tcp(handle);
-        socket.close();
-        socket.set_timeout(Some(ORPHAN_TIMEOUT));
+        self.close(handle);
+        self.tcp(handle).set_timeout(Some(ORPHAN_TIMEOUT));
         self.orphans.push(handle);
+    }
+
+    /// How many sockets the set holds.
+    pub(crate) fn socket_count(&self) -> usize {
+        self.sockets.iter().count()
     }
 
     /// Removes the released sockets whose connection is over.

@@ -372,10 +372,12 @@ fn work_queued() -> bool {
 }
 
 /// Nothing to run: poll briefly, then block until kicked, the next timer or the network
-/// stack's next deadline. `idle` is set only around the block, so wakers kick just the VCPUs
-/// that need it (see [`kick_if_idle`]). Frames received end the poll (the scheduler loop
-/// takes them in); before blocking, the VCPU declares itself to the NIC's backend and checks
-/// for frames once more (see [`net::await_rx`]), so that frames arriving from then on kick it.
+/// stack's next deadline (a VCPU whose timer or stack is due by then goes back to the
+/// scheduler loop instead). `idle` is set only around the block, so wakers kick just the
+/// VCPUs that need it (see [`kick_if_idle`]). Frames received end the poll (the scheduler
+/// loop takes them in); before blocking, the VCPU declares itself to the NIC's backend and
+/// checks for frames once more (see [`net::await_rx`]), so that frames arriving from then on
+/// kick it.
 fn idle(id: u32, cpu: &PerCpu) {
     let wake_at = cpu.next_timer.load(Ordering::Acquire).min(net::poll_deadline());
     let poll_until = clock::deadline_after_ns(IDLE_POLL_NS).min(wake_at);
@@ -384,6 +386,9 @@ fn idle(id: u32, cpu: &PerCpu) {
             return;
         }
         core::hint::spin_loop();
+    }
+    if clock::tsc() >= wake_at {
+        return;
     }
     cpu.idle.store(true, Ordering::SeqCst);
     if net::await_rx(id) && !work_queued() && !off_grant() {
