@@ -1,7 +1,8 @@
 //! The programs a guest can run, chosen by the first word of the boot command line: the
-//! workloads of the `workloads` crate, and the programs below that test the kernel and the
-//! monitor.
+//! workloads of the `workloads` crate, a TCP echo server, and the programs below that test
+//! the kernel and the monitor.
 
+mod echo;
 mod hello;
 mod hypercall_bench;
 mod misbehave;
@@ -27,6 +28,8 @@ const PROGRAMS: &[Program] = &[
     Program { name: "panic", params: misbehave::PANIC_PARAMS, run: misbehave::panic },
     Program { name: "hang", params: misbehave::HANG_PARAMS, run: misbehave::hang },
     Program { name: "badcall", params: &[], run: misbehave::badcall },
+    Program { name: "badnic", params: &[], run: misbehave::badnic },
+    Program { name: "echo", params: echo::PARAMS, run: echo::run },
 ];
 
 /// Runs the program the command line names; returns the exit code.
