@@ -5,7 +5,9 @@
 mod echo;
 mod hello;
 mod hypercall_bench;
+mod loopback;
 mod misbehave;
+mod netloop;
 mod selftest;
 mod updown;
 mod workload;
@@ -24,6 +26,7 @@ const PROGRAMS: &[Program] = &[
     Program { name: "hypercall", params: hypercall_bench::PARAMS, run: hypercall_bench::run },
     Program { name: "updown", params: updown::PARAMS, run: updown::run },
     Program { name: "selftest", params: &[], run: selftest::run },
+    Program { name: "netloop", params: netloop::PARAMS, run: netloop::run },
     Program { name: "fault", params: misbehave::FAULT_PARAMS, run: misbehave::fault },
     Program { name: "panic", params: misbehave::PANIC_PARAMS, run: misbehave::panic },
     Program { name: "hang", params: misbehave::HANG_PARAMS, run: misbehave::hang },

@@ -61,16 +61,21 @@ impl Nic {
     /// between filling and taking `rx_waiting`: either it sees this VCPU, or this VCPU sees
     /// its frames.
     pub(crate) fn await_rx(&self, vcpu: u32) -> bool {
-        self.area.rx_waiting.value.store(vcpu + 1, Ordering::Relaxed);
+        self.declare_rx_waiter(vcpu);
         fence(Ordering::SeqCst);
         !self.rx_pending()
     }
 
+    /// Makes VCPU `vcpu` the one the backend kicks when it fills RX buffers.
+    pub(crate) fn declare_rx_waiter(&self, vcpu: u32) {
+        self.area.rx_waiting.value.store(vcpu + 1, Ordering::Relaxed);
+    }
+
     /// Withdraws VCPU `vcpu`'s declaration, if the backend has not taken it (or another VCPU
-    /// replaced it) meanwhile.
-    pub(crate) fn stop_awaiting_rx(&self, vcpu: u32) {
+    /// replaced it) meanwhile; returns whether it did.
+    pub(crate) fn stop_awaiting_rx(&self, vcpu: u32) -> bool {
         let waiting = &self.area.rx_waiting.value;
-        let _ = waiting.compare_exchange(vcpu + 1, 0, Ordering::Relaxed, Ordering::Relaxed);
+        waiting.compare_exchange(vcpu + 1, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Fills the descriptor of RX slot `slot(index)` with the slot's empty buffer (not yet

@@ -27,7 +27,11 @@
 //!   its id + 1, `fence(SeqCst)`, and it blocks only if no frame is pending (and no thread
 //!   queued), until its next timer or the stack's next deadline, whichever is first. Awake
 //!   again, it withdraws with `compare_exchange(id + 1, 0)`, since the backend may have
-//!   taken the declaration (swapping 0 in) or another VCPU replaced it.
+//!   taken the declaration (swapping 0 in) or another VCPU replaced it. If the withdrawal
+//!   succeeds (it woke for something else) and another VCPU is still blocked, it stores that
+//!   VCPU's id + 1 instead: the slot holds one VCPU, and the others blocked would otherwise
+//!   sleep through frames while this one runs threads. (A VCPU waking meanwhile may be
+//!   declared after its own withdrawal: one kick then ends its next block at once.)
 //! - **Polling.** Each scheduler pass calls `stack::poll`, which returns after two loads
 //!   unless frames wait or smoltcp's deadline has passed; a VCPU that finds another polling
 //!   goes on. A write polls at once under the lock it holds, so its data leaves without

@@ -156,10 +156,17 @@ pub(crate) fn await_rx(vcpu: u32) -> bool {
     net().is_none_or(|net| net.nic.await_rx(vcpu))
 }
 
-/// Withdraws [`await_rx`]'s declaration once the VCPU is awake again.
-pub(crate) fn stop_awaiting_rx(vcpu: u32) {
+/// Withdraws [`await_rx`]'s declaration once the VCPU is awake again; returns whether it was
+/// still there (the backend did not take it, no other VCPU replaced it).
+pub(crate) fn stop_awaiting_rx(vcpu: u32) -> bool {
+    net().is_some_and(|net| net.nic.stop_awaiting_rx(vcpu))
+}
+
+/// Declares VCPU `vcpu`, blocked, as the one the NIC's backend kicks when frames arrive, on
+/// behalf of a VCPU that was declared and woke for something else.
+pub(crate) fn hand_rx_wait_to(vcpu: u32) {
     if let Some(net) = net() {
-        net.nic.stop_awaiting_rx(vcpu);
+        net.nic.declare_rx_waiter(vcpu);
     }
 }
 

@@ -394,8 +394,21 @@ fn idle(id: u32, cpu: &PerCpu) {
     if net::await_rx(id) && !work_queued() && !off_grant() {
         hypercall::block(wake_at);
     }
-    net::stop_awaiting_rx(id);
+    if net::stop_awaiting_rx(id) {
+        hand_rx_wait_over(id);
+    }
     cpu.idle.store(false, Ordering::SeqCst);
+}
+
+/// VCPU `id`, awake for something else than frames, was the one the NIC's backend kicks when
+/// frames arrive (the last VCPU to block declares itself, replacing any other): hands that to
+/// another VCPU still blocked, so that frames arriving while this one runs threads wake one
+/// that takes them in at once. A VCPU waking meanwhile may get the declaration after its own
+/// withdrawal; then one kick makes its next block return at once, and it declares itself anew.
+fn hand_rx_wait_over(id: u32) {
+    if let Some(other) = (0..online()).find(|&v| v != id && CPUS[v as usize].idle.load(Ordering::SeqCst)) {
+        net::hand_rx_wait_to(other);
+    }
 }
 
 fn add_timer(cpu: &PerCpu, deadline: u64, thread: Arc<Thread>) {
