@@ -3,10 +3,10 @@
 //! applications link against to become a guest the tandem monitor boots.
 //!
 //! The library provides the ELF entry `_start`: VCPU 0 checks the boot info, installs the trap
-//! table, sets up the heap and the clock, brings the network stack up if the VM has a NIC,
-//! parses the boot command line into [`Args`], applies
-//! the guest runtime's parameters ([`workloads::GUEST_PARAMS`]: `locks=spin|pv|qspin|pvqspin`
-//! and the bounds of the paravirtual waits; a bad one ends the guest with [`EXIT_USAGE`]), and calls the
+//! table, sets up the heap and the clock, brings the network stack up if the VM has a NIC
+//! ([`net`]), parses the boot command line into [`Args`], applies the guest runtime's
+//! parameters ([`workloads::GUEST_PARAMS`]: `locks=spin|pv|qspin|pvqspin` and the bounds of
+//! the paravirtual waits; a bad one ends the guest with [`EXIT_USAGE`]), and calls the
 //! application's main, named with [`entry!`], on VCPU 0 alone. Its return value is the guest's
 //! exit code. The other VCPUs are offline until the application starts them: all of them as
 //! schedulers of threads with [`sched::start`], or one by one with [`smp::start`].

@@ -38,6 +38,7 @@
 //!   waiting for a scheduler pass.
 
 mod device;
+mod listener;
 mod socket;
 pub(crate) mod stack;
 

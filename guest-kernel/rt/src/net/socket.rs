@@ -114,7 +114,7 @@ impl TcpListener {
             let mut stack = stack();
             if let Some(handle) = stack.accept(self.port) {
                 let peer = stack.tcp(handle).remote_endpoint().expect("a connected socket has a peer");
-                return Ok(TcpStream { handle, peer: peer.into(), eof: false, shut_down: false });
+                return Ok(TcpStream { handle, peer: peer.into(), peer_closed: false, shut_down: false });
             }
             stack.wait_accept(self.port, prepare_wait());
             wait(stack);
@@ -134,8 +134,9 @@ pub struct TcpStream {
     /// The stack's socket, until the stream is dropped.
     handle: SocketHandle,
     peer: SocketAddr,
-    /// Whether a read has returned the end of the stream.
-    eof: bool,
+    /// Whether the peer's FIN was seen: the stream ends once its data is read, even after
+    /// smoltcp has closed the socket and forgotten the FIN.
+    peer_closed: bool,
     /// Whether [`TcpStream::shutdown`] sent the FIN.
     shut_down: bool,
 }
@@ -146,13 +147,20 @@ impl TcpStream {
         self.peer
     }
 
+    /// Notes whether the socket's state shows the peer's FIN.
+    fn observe(&mut self, state: tcp::State) {
+        use tcp::State::{CloseWait, Closing, LastAck, TimeWait};
+        self.peer_closed |= matches!(state, CloseWait | LastAck | Closing | TimeWait);
+    }
+
     /// Reads what has arrived into `buf`, waiting until something has; `Ok(0)` once the
-    /// peer has shut its sending half down (or for an empty `buf`). A connection reset
-    /// before its end was read gives [`NetError::Reset`]. (A connection that ended with both
-    /// FINs and was then left unread for longer than its TIME-WAIT reads as reset too:
-    /// smoltcp forgets how it ended.)
+    /// peer has shut its sending half down and everything before was read (or for an empty
+    /// `buf`). A connection reset before its end gives [`NetError::Reset`]. (One whose FIN
+    /// this stream never saw, because it shut down first and the connection went through
+    /// TIME-WAIT, 10 s, before the next call, reads as reset too: smoltcp forgets how a
+    /// connection ended.)
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, NetError> {
-        if buf.is_empty() || self.eof {
+        if buf.is_empty() {
             return Ok(0);
         }
         loop {
@@ -164,14 +172,13 @@ impl TcpStream {
                 stack.mark_due();
                 return Ok(read);
             }
-            if !socket.may_recv() {
-                return match socket.state() {
-                    tcp::State::Closed => Err(NetError::Reset),
-                    _ => {
-                        self.eof = true;
-                        Ok(0)
-                    }
-                };
+            let state = socket.state();
+            self.observe(state);
+            if self.peer_closed {
+                return Ok(0);
+            }
+            if state == tcp::State::Closed {
+                return Err(NetError::Reset);
             }
             socket.register_recv_waker(&prepare_wait());
             wait(stack);
@@ -190,6 +197,7 @@ impl TcpStream {
         loop {
             let mut stack = stack();
             let socket = stack.tcp(self.handle);
+            self.observe(socket.state());
             if socket.can_send() {
                 let written = socket.send_slice(buf).expect("a socket with room to send can be written");
                 stack.poll();
@@ -220,6 +228,8 @@ impl TcpStream {
         }
         self.shut_down = true;
         let mut stack = stack();
+        let state = stack.tcp(self.handle).state();
+        self.observe(state);
         stack.close(self.handle);
         stack.poll();
     }

@@ -13,21 +13,18 @@
 //! leaves at once) or mark the stack due for the next scheduler pass (a read, whose window
 //! update can wait that long).
 //!
-//! **Listeners.** smoltcp has no backlog: a listening socket becomes the connection. A
-//! listener keeps a pool of sockets listening on its port, topped up after every frame taken
-//! in, so that connections arriving together each find one; connections not yet accepted
-//! (handshake under way or done) stay in its list, up to its backlog. Past that, new
-//! connections find no listening socket and smoltcp refuses them with a reset, until the
-//! application accepts.
+//! **Listeners** (`super::listener`) are tended after every frame taken in, so that
+//! connections arriving together each find a listening socket.
 //!
-//! **Closing.** A socket its owner has closed stays in the set until its connection is over
-//! (closed, or in TIME-WAIT: its last ACK went out in the poll that got it there), and is
-//! aborted if the peer stays silent for [`ORPHAN_TIMEOUT`]; then it is removed, so that the
-//! set does not grow over thousands of connections. The FIN of a socket whose peer has
-//! closed already waits until the socket's data is acknowledged (see [`Stack::close`]).
+//! **Closing.** A socket its owner has closed stays in the set until its connection is over,
+//! and is aborted if the peer stays silent for [`ORPHAN_TIMEOUT`]; then it is removed, so
+//! that the set does not grow over thousands of connections. Over means closed, or in
+//! TIME-WAIT: its last ACK went out in the poll that got it there (unless the TX ring was
+//! full; a peer that misses it gets a reset for its FIN again, which ends its LAST-ACK as
+//! well). The FIN of a socket whose peer has closed already waits until the socket's data is
+//! acknowledged (see [`Stack::close`]).
 
 use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use core::task::Waker;
@@ -42,12 +39,9 @@ use spinning_top::Spinlock;
 use spinning_top::guard::SpinlockGuard;
 
 use super::device::{NetDevice, Nic};
+use super::listener::Listener;
 use crate::clock;
 
-/// Bytes of each TCP socket's receive buffer, and of its send buffer: a full window at
-/// 64 KiB covers a LAN's bandwidth-delay product, and 128 KiB a connection lets 200 and more
-/// fit in a guest of 128 MiB with their threads' stacks.
-const SOCKET_BUFFER_BYTES: usize = 64 * 1024;
 /// How long the peer of a socket its owner closed may stay silent before the socket is
 /// aborted: a peer that never acknowledges the FIN, or never sends its own, does not keep
 /// the socket's buffers forever.
@@ -182,58 +176,6 @@ pub(crate) struct Stack {
     fins_due: Vec<SocketHandle>,
 }
 
-/// A port listened on.
-struct Listener {
-    port: u16,
-    /// Sockets kept listening.
-    pool: usize,
-    /// Most connections kept that are not accepted yet.
-    backlog: usize,
-    /// Its sockets: listening, connecting, or connected and not yet accepted.
-    sockets: Vec<SocketHandle>,
-    /// Threads waiting in accept, woken when a connection is ready.
-    acceptors: Vec<Waker>,
-}
-
-impl Listener {
-    /// Whether the socket is past the handshake (connected, or reset since): accept's to
-    /// take.
-    fn ready(state: tcp::State) -> bool {
-        !matches!(state, tcp::State::Listen | tcp::State::SynReceived)
-    }
-
-    /// Tops the pool of listening sockets up (within the backlog), and wakes the acceptors if
-    /// a connection is ready.
-    fn tend(&mut self, sockets: &mut SocketSet<'static>) {
-        let (mut listening, mut ready) = (0, false);
-        for &handle in &self.sockets {
-            match sockets.get::<tcp::Socket>(handle).state() {
-                tcp::State::Listen => listening += 1,
-                state => ready |= Self::ready(state),
-            }
-        }
-        while listening < self.pool && self.sockets.len() < self.pool + self.backlog {
-            let mut socket = new_socket();
-            socket.listen(self.port).expect("a new socket listens on a port that is not 0");
-            self.sockets.push(sockets.add(socket));
-            listening += 1;
-        }
-        if ready {
-            self.acceptors.drain(..).for_each(Waker::wake);
-        }
-    }
-}
-
-/// A TCP socket with the stack's buffers, without delayed ACKs or Nagle's algorithm: a
-/// request's reply leaves as soon as it is written, and its ACK at once.
-fn new_socket() -> tcp::Socket<'static> {
-    let buffer = || tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER_BYTES]);
-    let mut socket = tcp::Socket::new(buffer(), buffer());
-    socket.set_ack_delay(None);
-    socket.set_nagle_enabled(false);
-    socket
-}
-
 impl Stack {
     /// Takes in the frames received, sends what the sockets have to send, tends the
     /// listeners and drops the sockets whose connection is over, tells the backend of the
@@ -266,20 +208,18 @@ impl Stack {
     /// Starts listening on `port` with `pool` sockets, keeping up to `backlog` connections
     /// until accepted; false if the port has a listener.
     pub(crate) fn listen(&mut self, port: u16, pool: usize, backlog: usize) -> bool {
-        if self.listeners.iter().any(|listener| listener.port == port) {
+        if self.listeners.iter().any(|listener| listener.port() == port) {
             return false;
         }
-        let mut listener = Listener { port, pool, backlog, sockets: Vec::new(), acceptors: Vec::new() };
-        listener.tend(&mut self.sockets);
-        self.listeners.push(listener);
+        self.listeners.push(Listener::new(port, pool, backlog, &mut self.sockets));
         true
     }
 
     /// Stops listening on `port`: its listening sockets go, its connections not yet accepted
     /// are closed.
     pub(crate) fn unlisten(&mut self, port: u16) {
-        let Some(at) = self.listeners.iter().position(|listener| listener.port == port) else { return };
-        for handle in self.listeners.swap_remove(at).sockets {
+        let Some(at) = self.listeners.iter().position(|listener| listener.port() == port) else { return };
+        for handle in self.listeners.swap_remove(at).into_sockets() {
             if self.tcp(handle).state() == tcp::State::Listen {
                 self.sockets.remove(handle);
             } else {
@@ -289,34 +229,18 @@ impl Stack {
     }
 
     fn listener(&mut self, port: u16) -> &mut Listener {
-        self.listeners.iter_mut().find(|listener| listener.port == port).expect("a listener's port is listened on")
+        self.listeners.iter_mut().find(|listener| listener.port() == port).expect("a listener's port is listened on")
     }
 
-    /// A connection on `port`'s listener, if one is ready; connections reset before they
-    /// were accepted are dropped on the way.
+    /// A connection on `port`'s listener, if one is ready (see [`Listener::take`]).
     pub(crate) fn accept(&mut self, port: u16) -> Option<SocketHandle> {
-        let listener = self.listeners.iter_mut().find(|listener| listener.port == port)?;
         let sockets = &mut self.sockets;
-        let mut taken = None;
-        listener.sockets.retain(|&handle| {
-            let state = sockets.get::<tcp::Socket>(handle).state();
-            if taken.is_some() || !Listener::ready(state) {
-                return true;
-            }
-            if state == tcp::State::Closed {
-                sockets.remove(handle);
-            } else {
-                taken = Some(handle);
-            }
-            false
-        });
-        listener.tend(sockets);
-        taken
+        self.listeners.iter_mut().find(|listener| listener.port() == port)?.take(sockets)
     }
 
     /// Has `waker` woken when a connection is ready on `port`'s listener.
     pub(crate) fn wait_accept(&mut self, port: u16, waker: Waker) {
-        self.listener(port).acceptors.push(waker);
+        self.listener(port).wait(waker);
     }
 
     /// The TCP socket `handle` names.
