@@ -3,8 +3,10 @@
 //!
 //! A VM whose boot info names a NIC gets the stack at boot, configured from it (MAC, IPv4
 //! address and prefix, default route through the gateway if there is one); a VM without
-//! one pays one load of a null pointer per scheduler pass, and its socket calls fail with
-//! [`NetError::NoNic`].
+//! one pays a load of a null pointer per scheduler pass, and its socket calls fail with
+//! [`NetError::NoNic`]. The sockets are for threads: the thread scheduler
+//! (`crate::sched::start`) polls the stack and blocks the threads that wait, so a program
+//! that drives the VCPUs itself has no network.
 //!
 //! # The NIC protocol, as this driver follows it
 //!

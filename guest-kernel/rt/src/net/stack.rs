@@ -87,10 +87,13 @@ fn tsc_at(instant: Instant) -> u64 {
 /// the guest. Called once.
 pub(crate) unsafe fn init(info: &NetInfo) {
     assert_eq!(info.area_size, NET_AREA_SIZE, "the NIC area has the wrong size");
+    assert!(info.prefix_len <= 32, "the NIC's IPv4 prefix length is {}", info.prefix_len);
+    let mac = EthernetAddress(info.mac);
+    assert!(mac.is_unicast(), "the NIC's MAC address {mac} is not unicast");
     // SAFETY: per the caller.
     let nic = unsafe { Nic::new(info.area) };
     let mut device = NetDevice::new(nic);
-    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(info.mac)));
+    let mut config = Config::new(HardwareAddress::Ethernet(mac));
     // Initial sequence numbers and ephemeral ports differ from boot to boot.
     config.random_seed = clock::tsc();
     let mut iface = Interface::new(config, &mut device, now());
