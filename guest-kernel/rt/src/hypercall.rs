@@ -98,6 +98,12 @@ pub fn set_trap_table(base: u64, limit: u64) -> Result<u64, HcError> {
     call(Hypercall::SetTrapTable, &mut TrapTableArgs { ret: 0, base, limit })
 }
 
+/// Wakes the NIC's backend, which sleeps, to take the frames posted on the TX ring (see
+/// `pv_abi::net`); `BadState` if the VM has no NIC.
+pub fn net_notify() -> Result<u64, HcError> {
+    call(Hypercall::NetNotify, &mut RetArgs::default())
+}
+
 /// The monitor never resumes a VCPU after a terminal call; if one did, stop here.
 fn unreachable_after_terminal_call() -> ! {
     loop {

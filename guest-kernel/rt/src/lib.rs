@@ -3,9 +3,10 @@
 //! applications link against to become a guest the tandem monitor boots.
 //!
 //! The library provides the ELF entry `_start`: VCPU 0 checks the boot info, installs the trap
-//! table, sets up the heap and the clock, parses the boot command line into [`Args`], applies
-//! the guest runtime's parameters ([`workloads::GUEST_PARAMS`]: `locks=spin|pv|qspin|pvqspin`
-//! and the bounds of the paravirtual waits; a bad one ends the guest with [`EXIT_USAGE`]), and calls the
+//! table, sets up the heap and the clock, brings the network stack up if the VM has a NIC
+//! ([`net`]), parses the boot command line into [`Args`], applies the guest runtime's
+//! parameters ([`workloads::GUEST_PARAMS`]: `locks=spin|pv|qspin|pvqspin` and the bounds of
+//! the paravirtual waits; a bad one ends the guest with [`EXIT_USAGE`]), and calls the
 //! application's main, named with [`entry!`], on VCPU 0 alone. Its return value is the guest's
 //! exit code. The other VCPUs are offline until the application starts them: all of them as
 //! schedulers of threads with [`sched::start`], or one by one with [`smp::start`].
@@ -16,6 +17,10 @@
 //! - synchronization for threads: [`sync::Mutex`], [`sync::Condvar`], [`sync::WaitQueue`], and
 //!   the whole set as a [`workloads::Runtime`], [`GuestRuntime`], whose spinlocks and barriers
 //!   are of the family `locks=` chose;
+//! - TCP over the VM's paravirtual NIC, if it has one: [`net::TcpListener::bind`] and
+//!   [`net::TcpListener::accept`]; [`net::TcpStream`]'s `read` (0 at the end of the stream),
+//!   `write`, `write_all`, `shutdown` (a half-close), `close` (or drop) and `peer_addr`;
+//!   failures as [`net::NetError`]. Waits block the thread, not the VCPU;
 //! - the VM: [`boot::nr_vcpus`], [`percpu::vcpu_id`], [`boot::shared_page`], [`clock`], the
 //!   hypercalls in [`hypercall`] (among them [`report`] and [`exit`]), and [`println!`];
 //! - the crates of the contract, re-exported: [`pv_abi`] and [`workloads`].
@@ -100,6 +105,7 @@ pub mod console;
 mod heap;
 pub mod hypercall;
 mod lang;
+pub mod net;
 pub mod percpu;
 mod runtime;
 pub mod sched;
@@ -161,6 +167,11 @@ pub extern "C" fn _start(boot_info: &'static BootInfo, vcpu: u32, _arg: u64) -> 
     trap::init();
     heap::init(boot_info.heap_start, boot_info.heap_end);
     clock::init(boot_info.tsc_khz);
+    if boot_info.net.present() {
+        // SAFETY: the monitor reserves the NIC area for the VM's life and serves it as
+        // `pv_abi::net` says; nothing else in the guest uses it.
+        unsafe { net::attach(&boot_info.net) };
+    }
 
     let Some(line) = boot_info.cmdline() else {
         println!("the boot command line is not UTF-8");

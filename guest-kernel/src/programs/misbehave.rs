@@ -1,13 +1,17 @@
 //! Programs that misbehave on purpose, so that tests can check that the monitor reports each
 //! failure clearly, ends the VM, and stays well itself.
 
+use core::sync::atomic::{Ordering, fence};
+
+use tandem_rt::pv_abi::boot::BOOT_INFO_ADDR;
 use tandem_rt::pv_abi::hypercall::{
     BufferArgs, CONSOLE_MAX, HYPERCALL_PORT_BASE, HcError, Hypercall, NO_DEADLINE, REPORT_MAX, REPORTS_TOTAL_MAX,
     decode,
 };
+use tandem_rt::pv_abi::net::{NET_SLOTS, NetArea};
 
 use tandem_rt::workloads::{ParamError, ParamSpec, Params};
-use tandem_rt::{boot, hypercall, percpu, println, smp};
+use tandem_rt::{EXIT_USAGE, boot, clock, hypercall, percpu, println, smp};
 
 const VCPU: ParamSpec = ParamSpec::int("vcpu", "0", "the VCPU that misbehaves");
 
@@ -154,4 +158,41 @@ fn raw_call(port: u16, args: &mut BufferArgs) -> Result<u64, HcError> {
         hypercall::raw(port, addr as u64);
         decode(core::ptr::read_volatile(addr.cast::<i64>()))
     }
+}
+
+/// How long `badnic` waits for the NIC's backend, which takes the TX ring on its own thread,
+/// to find the bad descriptor and end the VM.
+const BACKEND_GRACE_NS: u64 = 2_000_000_000;
+/// `badnic`'s exit code if the monitor let its descriptor pass: none of the codes `tandem run`
+/// gives itself (1 is a monitor error there).
+const EXIT_LET_PASS: i64 = 3;
+
+/// `badnic`: posts a TX descriptor that points outside the NIC's buffer area (at the boot
+/// info page) and notifies the backend, which the monitor must answer by ending the VM with
+/// a fault naming the descriptor. Exits 3 if the monitor let it pass, and with the usage
+/// error's code in a VM without a NIC.
+pub fn badnic(_: &Params) -> Result<i64, ParamError> {
+    let net = boot::info().net;
+    if !net.present() {
+        println!("badnic: the VM has no NIC to misbehave on");
+        return Ok(EXIT_USAGE);
+    }
+    // SAFETY: the monitor keeps the NIC area for the VM's life. The stack brought up at boot
+    // is polled only by the thread scheduler, which this program does not start, so the TX
+    // ring is this program's to write.
+    let area = unsafe { &*(net.area as *const NetArea) };
+    let index = area.tx_posted.value.load(Ordering::Relaxed);
+    let desc = &area.tx[index as usize % NET_SLOTS];
+    desc.addr.store(BOOT_INFO_ADDR, Ordering::Relaxed);
+    desc.len.store(64, Ordering::Relaxed);
+    desc.flags.store(0, Ordering::Relaxed);
+    area.tx_posted.value.store(index.wrapping_add(1), Ordering::Release);
+    fence(Ordering::SeqCst);
+    let notified = hypercall::net_notify();
+    let deadline = clock::deadline_after_ns(BACKEND_GRACE_NS);
+    while clock::tsc() < deadline {
+        hypercall::block(deadline);
+    }
+    println!("badnic: the monitor let a TX descriptor at {BOOT_INFO_ADDR:#x} pass (NetNotify: {notified:?})");
+    Ok(EXIT_LET_PASS)
 }

@@ -1,10 +1,13 @@
 //! The programs a guest can run, chosen by the first word of the boot command line: the
-//! workloads of the `workloads` crate, and the programs below that test the kernel and the
-//! monitor.
+//! workloads of the `workloads` crate, a TCP echo server, and the programs below that test
+//! the kernel and the monitor.
 
+mod echo;
 mod hello;
 mod hypercall_bench;
+mod loopback;
 mod misbehave;
+mod netloop;
 mod selftest;
 mod updown;
 mod workload;
@@ -23,10 +26,13 @@ const PROGRAMS: &[Program] = &[
     Program { name: "hypercall", params: hypercall_bench::PARAMS, run: hypercall_bench::run },
     Program { name: "updown", params: updown::PARAMS, run: updown::run },
     Program { name: "selftest", params: &[], run: selftest::run },
+    Program { name: "netloop", params: netloop::PARAMS, run: netloop::run },
     Program { name: "fault", params: misbehave::FAULT_PARAMS, run: misbehave::fault },
     Program { name: "panic", params: misbehave::PANIC_PARAMS, run: misbehave::panic },
     Program { name: "hang", params: misbehave::HANG_PARAMS, run: misbehave::hang },
     Program { name: "badcall", params: &[], run: misbehave::badcall },
+    Program { name: "badnic", params: &[], run: misbehave::badnic },
+    Program { name: "echo", params: echo::PARAMS, run: echo::run },
 ];
 
 /// Runs the program the command line names; returns the exit code.

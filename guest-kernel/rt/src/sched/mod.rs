@@ -7,6 +7,11 @@
 //! whoever queues work for a blocked VCPU kicks it. Each VCPU keeps its demand (queued +
 //! running threads) current in the shared page.
 //!
+//! The scheduler also keeps the network going (if the VM has a NIC, see `crate::net`): each
+//! pass polls the stack when it has work (a cheap check first), a VCPU polling for work
+//! also watches for received frames, and one about to block declares itself to the NIC's
+//! backend, to be kicked when frames arrive, and wakes by the stack's next deadline.
+//!
 //! The VCPUs online are the first `ONLINE` ones, and they follow the monitor's grant in the
 //! shared page (dynamic VCPU allocation): when it falls, `ONLINE` falls first, so no new
 //! work is queued for the surplus VCPUs; each of them, at its next scheduling point, hands
@@ -36,6 +41,7 @@ use pv_abi::hypercall::{HcError, NO_DEADLINE};
 use spinning_top::Spinlock;
 use workloads::timing::IDLE_POLL_NS;
 
+use crate::net::stack as net;
 use crate::{boot, clock, hypercall, percpu, smp};
 
 /// Stack of every thread.
@@ -67,6 +73,18 @@ pub(crate) struct Thread {
 unsafe impl Sync for Thread {}
 // SAFETY: as above; the entry closure is `Send`.
 unsafe impl Send for Thread {}
+
+/// A thread as a `core::task::Waker`, for code that must wake threads without calling the
+/// scheduler itself (the network stack, which the scheduler calls).
+impl alloc::task::Wake for Thread {
+    fn wake(self: Arc<Self>) {
+        wake(&self);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        wake(self);
+    }
+}
 
 /// Why a thread switched to its scheduler.
 #[derive(Clone, Copy)]
@@ -277,9 +295,10 @@ fn scheduler_loop() -> ! {
     loop {
         follow_grant(id, cpu);
         fire_timers(cpu);
+        net::poll();
         match cpu.pop().or_else(|| steal(id)) {
             Some(thread) => run(id, cpu, thread),
-            None => idle(cpu),
+            None => idle(id, cpu),
         }
     }
 }
@@ -352,22 +371,44 @@ fn work_queued() -> bool {
     (0..online()).any(|cpu| CPUS[cpu as usize].queued.load(Ordering::SeqCst) > 0)
 }
 
-/// Nothing to run: poll briefly, then block until kicked or the next timer. `idle` is set
-/// only around the block, so wakers kick just the VCPUs that need it (see [`kick_if_idle`]).
-fn idle(cpu: &PerCpu) {
-    let next_timer = cpu.next_timer.load(Ordering::Acquire);
-    let poll_until = clock::deadline_after_ns(IDLE_POLL_NS).min(next_timer);
+/// Nothing to run: poll briefly, then block until kicked, the next timer or the network
+/// stack's next deadline (a VCPU whose timer or stack is due by then goes back to the
+/// scheduler loop instead). `idle` is set only around the block, so wakers kick just the
+/// VCPUs that need it (see [`kick_if_idle`]). Frames received end the poll (the scheduler
+/// loop takes them in); before blocking, the VCPU declares itself to the NIC's backend and
+/// checks for frames once more (see [`net::await_rx`]), so that frames arriving from then on
+/// kick it.
+fn idle(id: u32, cpu: &PerCpu) {
+    let wake_at = cpu.next_timer.load(Ordering::Acquire).min(net::poll_deadline());
+    let poll_until = clock::deadline_after_ns(IDLE_POLL_NS).min(wake_at);
     while clock::tsc() < poll_until {
-        if work_queued() || off_grant() {
+        if work_queued() || off_grant() || net::rx_pending() {
             return;
         }
         core::hint::spin_loop();
     }
+    if clock::tsc() >= wake_at {
+        return;
+    }
     cpu.idle.store(true, Ordering::SeqCst);
-    if !work_queued() && !off_grant() {
-        hypercall::block(next_timer);
+    if net::await_rx(id) && !work_queued() && !off_grant() {
+        hypercall::block(wake_at);
+    }
+    if net::stop_awaiting_rx(id) {
+        hand_rx_wait_over(id);
     }
     cpu.idle.store(false, Ordering::SeqCst);
+}
+
+/// VCPU `id`, awake for something else than frames, was the one the NIC's backend kicks when
+/// frames arrive (the last VCPU to block declares itself, replacing any other): hands that to
+/// another VCPU still blocked, so that frames arriving while this one runs threads wake one
+/// that takes them in at once. A VCPU waking meanwhile may get the declaration after its own
+/// withdrawal; then one kick makes its next block return at once, and it declares itself anew.
+fn hand_rx_wait_over(id: u32) {
+    if let Some(other) = (0..online()).find(|&v| v != id && CPUS[v as usize].idle.load(Ordering::SeqCst)) {
+        net::hand_rx_wait_to(other);
+    }
 }
 
 fn add_timer(cpu: &PerCpu, deadline: u64, thread: Arc<Thread>) {
