@@ -60,8 +60,12 @@ pub struct GuestInterface {
 
 impl GuestInterface {
     /// The guest's interface under user-mode networking.
-    pub const USER: GuestInterface =
-        GuestInterface { mac: GUEST_MAC, ip: USER_GUEST_IP, prefix_len: USER_PREFIX_LEN, gateway: Some(USER_GATEWAY_IP) };
+    pub const USER: GuestInterface = GuestInterface {
+        mac: GUEST_MAC,
+        ip: USER_GUEST_IP,
+        prefix_len: USER_PREFIX_LEN,
+        gateway: Some(USER_GATEWAY_IP),
+    };
 }
 
 impl NetConfig {

@@ -167,6 +167,12 @@ pub(crate) fn hand_rx_wait_to(vcpu: u32) {
     }
 }
 
+/// Whether sockets their owners closed still have data or a FIN to deliver (false without
+/// a NIC): the VM's exit would cut them off.
+pub(crate) fn draining() -> bool {
+    lock().is_some_and(|stack| stack.draining())
+}
+
 /// The interface, its sockets, the device, and what the socket layer keeps in the stack.
 pub(crate) struct Stack {
     iface: Interface,
@@ -286,6 +292,15 @@ impl Stack {
         self.close(handle);
         self.tcp(handle).set_timeout(Some(ORPHAN_TIMEOUT));
         self.orphans.push(handle);
+    }
+
+    /// Whether a socket its owner closed still has data or its FIN to deliver.
+    fn draining(&self) -> bool {
+        !self.fins_due.is_empty()
+            || self.orphans.iter().any(|&handle| {
+                let state = self.sockets.get::<tcp::Socket>(handle).state();
+                !matches!(state, tcp::State::Closed | tcp::State::TimeWait | tcp::State::FinWait2)
+            })
     }
 
     /// How many sockets the set holds.

@@ -215,8 +215,24 @@ pub fn start(main: impl FnOnce() -> i64 + Send + 'static) -> ! {
     for vcpu in 1..vcpus {
         smp::start(vcpu, enter_scheduler).expect("vcpu_up failed");
     }
-    spawn(move || hypercall::exit(main()));
+    spawn(move || {
+        let code = main();
+        linger();
+        hypercall::exit(code)
+    });
     scheduler_loop()
+}
+
+/// How long the exit waits for closed connections to deliver their last bytes.
+const LINGER_NS: u64 = 1_000_000_000;
+
+/// Gives what the application wrote to connections it has closed up to [`LINGER_NS`] to
+/// reach the peers (their data and FIN acknowledged): the VM's exit ends the network with it.
+fn linger() {
+    let deadline = clock::deadline_after_ns(LINGER_NS);
+    while net::draining() && clock::tsc() < deadline {
+        sleep(1_000_000);
+    }
 }
 
 fn enter_scheduler(_vcpu: u32) {
