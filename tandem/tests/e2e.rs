@@ -122,6 +122,7 @@ fn stats_split_each_vcpus_time_into_run_ready_wait() {
         .lines()
         .skip_while(|line| !line.starts_with("vcpu"))
         .skip(1)
+        .take_while(|line| line.starts_with(|c: char| c.is_ascii_digit()))
         .map(|line| line.split_whitespace().skip(1).take(3).map(|v| v.parse().unwrap()).collect())
         .collect();
     assert_eq!(rows.len(), 2, "{}", run.stdout);
