@@ -16,7 +16,8 @@
 //! frames out from `tx_done` to `tx_posted` and bumps `tx_done` (Release); slots below it are
 //! the guest's again. A backend that has seen no traffic for a while sets `backend_asleep`,
 //! re-checks the ring, and sleeps; a guest that posts frames then sees the flag (after a
-//! SeqCst fence) and makes one [`crate::hypercall::Hypercall::NetNotify`] call.
+//! SeqCst fence), takes it (swap to 0: of several VCPUs posting at once, one notifies) and
+//! makes one [`crate::hypercall::Hypercall::NetNotify`] call.
 //!
 //! **RX.** The guest posts empty buffers: descriptor `rx[rx_posted % N]` with the buffer's
 //! address and its capacity in `len` (at least [`NET_FRAME_MAX`]), then bumps `rx_posted`.
@@ -92,6 +93,7 @@ pub struct NetArea {
     /// Monitor: RX buffers filled with a frame.
     pub rx_filled: Index,
     /// Monitor: 1 while the backend sleeps (the guest must then notify), 0 while it polls.
+    /// The guest that notifies clears it.
     pub backend_asleep: Index,
     /// Guest: id + 1 of a VCPU blocked waiting for RX (to be kicked), 0 for none.
     pub rx_waiting: Index,

@@ -128,7 +128,7 @@ impl Rings {
         self.area.tx[slot].len.store(len, Ordering::Relaxed);
         self.area.tx_posted.value.store(index.wrapping_add(1), Ordering::Release);
         fence(Ordering::SeqCst);
-        if self.area.backend_asleep.value.load(Ordering::Relaxed) != 0 {
+        if self.area.backend_asleep.value.swap(0, Ordering::Relaxed) != 0 {
             self.notify.notify();
         }
         self.frames += 1;

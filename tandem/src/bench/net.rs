@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
+use pv_abi::hypercall::Hypercall;
 use tandem_core::guest::{self, Kernel, VmConfig};
 use tandem_core::net::{GuestInterface, HostForward, NetBackend, NetConfig};
 use tandem_core::scenario::DEFAULT_MEM_MIB;
@@ -55,11 +56,16 @@ struct Load {
     rtt: Percentiles,
 }
 
-/// What one guest run measured beyond the load: its exits.
+/// What one guest run measured beyond the load: its exits per request, in all and of the
+/// kinds the network causes (an idle VCPU's block, a VCPU kicking another, a notification of
+/// the sleeping backend).
 #[derive(Debug, Clone, Copy)]
 struct GuestLoad {
     load: Load,
     exits_per_request: f64,
+    blocks: f64,
+    kicks: f64,
+    notifications: f64,
 }
 
 pub fn net(args: &NetArgs) -> anyhow::Result<()> {
@@ -72,8 +78,15 @@ pub fn net(args: &NetArgs) -> anyhow::Result<()> {
         args.size, args.vcpus, args.runs
     );
     println!(
-        "{:>6} {:>12} {:>12} {:>7} {:>18} {:>18} {:>10}",
-        "conns", "native req/s", "guest req/s", "ratio", "native p50/p99 us", "guest p50/p99 us", "exits/req"
+        "{:>6} {:>12} {:>12} {:>7} {:>18} {:>18} {:>10} {:>20}",
+        "conns",
+        "native req/s",
+        "guest req/s",
+        "ratio",
+        "native p50/p99 us",
+        "guest p50/p99 us",
+        "exits/req",
+        "block/kick/notify"
     );
     for &connections in &args.connections {
         let mut natives = Vec::new();
@@ -84,10 +97,17 @@ pub fn net(args: &NetArgs) -> anyhow::Result<()> {
         }
         let guest_loads: Vec<Load> = guests.iter().map(|g| g.load).collect();
         let (native, guest) = (median_load(&natives), median_load(&guest_loads));
-        let exits = median(&guests.iter().map(|g| g.exits_per_request).collect::<Vec<_>>()).unwrap_or_default();
+        let median_of = |f: fn(&GuestLoad) -> f64| median(&guests.iter().map(f).collect::<Vec<_>>()).unwrap_or_default();
+        let exits = median_of(|g| g.exits_per_request);
+        let kinds = format!(
+            "{:.3}/{:.3}/{:.3}",
+            median_of(|g| g.blocks),
+            median_of(|g| g.kicks),
+            median_of(|g| g.notifications)
+        );
         let us = |load: &Load| format!("{:.0}/{:.0}", load.rtt.p50 as f64 / 1e3, load.rtt.p99 as f64 / 1e3);
         println!(
-            "{connections:>6} {:>12.0} {:>12.0} {:>7.3} {:>18} {:>18} {exits:>10.4}",
+            "{connections:>6} {:>12.0} {:>12.0} {:>7.3} {:>18} {:>18} {exits:>10.4} {kinds:>20}",
             native.per_second,
             guest.per_second,
             guest.per_second / native.per_second,
@@ -125,8 +145,15 @@ fn median_load(loads: &[Load]) -> Load {
 fn guest_load(args: &NetArgs, connections: usize) -> anyhow::Result<GuestLoad> {
     let (load, report) =
         with_guest(args.vcpus, connections, |addr| closed_loop(addr, connections, args.size, args.seconds))?;
-    let exits: u64 = report.vcpus.iter().map(|vcpu| vcpu.total()).sum();
-    Ok(GuestLoad { load, exits_per_request: exits as f64 / load.requests.max(1) as f64 })
+    let per_request = |count: u64| count as f64 / load.requests.max(1) as f64;
+    let of = |call: Hypercall| per_request(report.vcpus.iter().map(|vcpu| vcpu.hypercalls[call as usize]).sum());
+    Ok(GuestLoad {
+        load,
+        exits_per_request: per_request(report.vcpus.iter().map(|vcpu| vcpu.total()).sum()),
+        blocks: of(Hypercall::Block),
+        kicks: of(Hypercall::Kick),
+        notifications: of(Hypercall::NetNotify),
+    })
 }
 
 /// Boots `echo` with a host port forwarded to it, waits until it echoes, runs `client`

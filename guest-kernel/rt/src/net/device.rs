@@ -127,13 +127,16 @@ impl NetDevice {
     /// After a poll: if it posted frames and the backend sleeps, wakes it with one
     /// `NetNotify`. The SeqCst fence between the posts and the look at `backend_asleep`
     /// pairs with the backend's between setting it and its last look at the ring: either it
-    /// sees the frames, or the driver sees it asleep.
+    /// sees the frames, or the driver sees it asleep. The driver takes the flag (swap to 0)
+    /// so that of the VCPUs that post while the backend wakes up only one notifies.
     pub(crate) fn notify_backend(&mut self) {
         if !core::mem::take(&mut self.unnotified) {
             return;
         }
         fence(Ordering::SeqCst);
-        if self.nic.area.backend_asleep.value.load(Ordering::Relaxed) == 1
+        let asleep = &self.nic.area.backend_asleep.value;
+        if asleep.load(Ordering::Relaxed) == 1
+            && asleep.swap(0, Ordering::Relaxed) == 1
             && let Err(error) = hypercall::net_notify()
         {
             panic!("the monitor refused to notify the NIC it gave: {error}");
