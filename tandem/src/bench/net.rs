@@ -97,7 +97,8 @@ pub fn net(args: &NetArgs) -> anyhow::Result<()> {
         }
         let guest_loads: Vec<Load> = guests.iter().map(|g| g.load).collect();
         let (native, guest) = (median_load(&natives), median_load(&guest_loads));
-        let median_of = |f: fn(&GuestLoad) -> f64| median(&guests.iter().map(f).collect::<Vec<_>>()).unwrap_or_default();
+        let median_of =
+            |f: fn(&GuestLoad) -> f64| median(&guests.iter().map(f).collect::<Vec<_>>()).unwrap_or_default();
         let exits = median_of(|g| g.exits_per_request);
         let kinds = format!(
             "{:.3}/{:.3}/{:.3}",
