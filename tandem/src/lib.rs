@@ -6,7 +6,7 @@
 //! - [`compare`]: scenarios under each policy on KVM, side by side, table and chart;
 //! - [`validate`]: the same scenarios on KVM and in the simulator;
 //! - [`sweep`]: the simulator over a grid, as CSV, JSON and plots;
-//! - [`bench`]: boot time, hypercalls, and workloads in the guest against native;
+//! - [`bench`]: boot time, hypercalls, workloads and the network in the guest against native;
 //! - [`scaffold`]: guest applications of one's own, laid out and built.
 
 pub mod bench;

@@ -17,8 +17,13 @@ use smoltcp::socket::tcp;
 
 /// Bytes of each TCP socket's receive buffer, and of its send buffer: a full window at
 /// 64 KiB covers a LAN's bandwidth-delay product, and 128 KiB a connection lets 200 and more
-/// fit in a guest of 128 MiB with their threads' stacks.
-const SOCKET_BUFFER_BYTES: usize = 64 * 1024;
+/// fit in a guest of 128 MiB with their threads' stacks. One byte short of 64 KiB, the
+/// largest window without window scaling: smoltcp scales a 64 KiB buffer's window by 2, and
+/// the rounding shrinks the advertised window's right edge by a byte, after which a segment
+/// the peer sent into the old window is refused, the peer's later ACKs lie past the
+/// receiver's next sequence number and are refused too while its window is zero, and both
+/// ends of an echo stalled for good (see the README's Choices).
+const SOCKET_BUFFER_BYTES: usize = 65535;
 
 /// A TCP socket with the stack's buffers, without delayed ACKs or Nagle's algorithm: a
 /// request's reply leaves as soon as it is written, and its ACK at once.

@@ -22,15 +22,17 @@ use tandem_core::net::{GuestInterface, HostForward, USER_GATEWAY_IP};
 
 use self::forward::Forward;
 use self::splice::{Connection, Fate};
-use self::wire::Wire;
+use self::wire::{Held, Wire};
 use crate::net::nic::{Nic, frame_buffer};
 use crate::net::wait::WaitSet;
 
 /// The gateway's MAC address (QEMU's).
 pub const GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
 /// Bytes of each host-side socket's buffer, each way: a window of 64 KiB keeps a loopback
-/// stream going, and 200 connections take 25 MiB.
-const SOCKET_BUFFER: usize = 64 << 10;
+/// stream going, and 200 connections take 25 MiB. One byte short of 64 KiB, the largest
+/// window without window scaling, whose rounding stalled streams (see the guest's socket
+/// buffers, `tandem_rt::net`, and the README's Choices).
+const SOCKET_BUFFER: usize = 65535;
 /// Connections (open, connecting or queued) over all forwards; past it, host connections
 /// wait in the listeners' backlogs. It bounds what host clients make the monitor hold.
 const MAX_CONNECTIONS: usize = 1024;
@@ -55,6 +57,7 @@ pub struct UserNet {
     epoch: Instant,
     from_guest: Box<[u8]>,
     to_guest: Box<[u8]>,
+    held: Held,
 }
 
 /// A connection and its place: its socket, its forward, the port it connects from, and how
@@ -72,8 +75,14 @@ impl UserNet {
     pub fn new(forwards: &[HostForward], guest: &GuestInterface, nic: &mut Nic) -> anyhow::Result<UserNet> {
         let forwards = forwards.iter().map(Forward::bind).collect::<anyhow::Result<Vec<_>>>()?;
         let epoch = Instant::now();
-        let (mut from_guest, mut to_guest) = (frame_buffer(), frame_buffer());
-        let mut wire = Wire { nic, from_guest: &mut from_guest, to_guest: &mut to_guest, gateway: USER_GATEWAY_IP };
+        let (mut from_guest, mut to_guest, mut held) = (frame_buffer(), frame_buffer(), Held::default());
+        let mut wire = Wire {
+            nic,
+            from_guest: &mut from_guest,
+            to_guest: &mut to_guest,
+            held: &mut held,
+            gateway: USER_GATEWAY_IP,
+        };
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(GATEWAY_MAC)));
         // Initial sequence numbers and ports' order need only differ from run to run.
         let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -93,6 +102,7 @@ impl UserNet {
             epoch,
             from_guest,
             to_guest,
+            held,
         })
     }
 
@@ -121,7 +131,9 @@ impl UserNet {
             // Due now with no buffer to send into: look again soon rather than spin.
             if at <= now && nic.rx_space() == 0 { now + WIRE_FULL_RECHECK } else { at }
         });
-        self.forwards.iter().filter_map(Forward::next_deadline).chain(stack).min()
+        // Held replies wait for buffers the guest posts without telling.
+        let held = (!self.held.is_empty()).then(|| now + WIRE_FULL_RECHECK);
+        self.forwards.iter().filter_map(Forward::next_deadline).chain(stack).chain(held).min()
     }
 
     /// A round: host connections accepted and started, frames through the stack, bytes
@@ -130,8 +142,14 @@ impl UserNet {
     pub fn pump(&mut self, nic: &mut Nic, waits: &WaitSet, now: Instant) -> bool {
         let mut moved = self.accept(waits, now);
         let at = self.timestamp(now);
-        let mut wire =
-            Wire { nic, from_guest: &mut self.from_guest, to_guest: &mut self.to_guest, gateway: USER_GATEWAY_IP };
+        self.held.flush(nic);
+        let mut wire = Wire {
+            nic,
+            from_guest: &mut self.from_guest,
+            to_guest: &mut self.to_guest,
+            held: &mut self.held,
+            gateway: USER_GATEWAY_IP,
+        };
         poll_stack(&mut self.iface, &mut self.sockets, &mut wire, at);
         for live in &mut self.live {
             moved |= live.connection.splice(self.sockets.get_mut(live.socket), waits);

@@ -2,13 +2,15 @@
 //! the guest sent come off the NIC's TX ring, frames for the guest go into its posted RX
 //! buffers.
 //!
-//! The stack may send on its own account only while the guest has a buffer posted, so that a
-//! burst waits in its sockets rather than being dropped on the wire: TCP would find out only
-//! at its retransmission timeout (a second, smoltcp's minimum). A reply to a frame (an ACK, a
-//! reset, an ARP answer) goes out at once, and is dropped, as on a wire, if no buffer waits.
-//! Frames the guest sends to anyone but the gateway are dropped and counted: nothing leaves
-//! the process.
+//! The stack may send on its own account only while the guest has a buffer posted (and no
+//! held frame waits), so that a burst waits in its sockets rather than on the wire. A reply
+//! to a frame (an ACK, a window update, a reset, an ARP answer) goes out at once, or, if no
+//! buffer waits, is held until the guest posts one ([`Held`]): a dropped pure ACK is never
+//! sent again, and a window update lost so leaves the guest probing a window it thinks shut,
+//! with backoff (streams stalled 1 + 2 + 4 s that way before replies were held). Frames the
+//! guest sends to anyone but the gateway are dropped and counted: nothing leaves the process.
 
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -23,13 +25,49 @@ const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
 const ETHERTYPE: std::ops::Range<usize> = 12..14;
 const IPV4_DESTINATION: std::ops::Range<usize> = 30..34;
 
-/// The wire for one round of the stack: the NIC and two frame buffers, a NIC buffer long.
+/// Replies held for want of a posted RX buffer, at most this many frames (a guest that never
+/// posts one cannot make the monitor hold more; past it they are dropped and counted).
+const MAX_HELD: usize = 2 * pv_abi::net::NET_SLOTS;
+
+/// Frames for the guest that found no posted buffer, oldest first.
+#[derive(Debug, Default)]
+pub struct Held(VecDeque<Vec<u8>>);
+
+impl Held {
+    /// Delivers the held frames while the guest has buffers posted; whether none is left.
+    pub fn flush(&mut self, nic: &mut Nic) -> bool {
+        while nic.rx_space() > 0 {
+            let Some(frame) = self.0.pop_front() else { break };
+            nic.deliver(&frame);
+        }
+        self.0.is_empty()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Delivers `frame` after the held ones, or holds it (in order) if no buffer is left.
+    fn deliver_or_hold(&mut self, nic: &mut Nic, frame: &[u8]) {
+        if self.flush(nic) && nic.rx_space() > 0 {
+            nic.deliver(frame);
+        } else if self.0.len() < MAX_HELD {
+            self.0.push_back(frame.to_vec());
+        } else {
+            nic.counters().rx_dropped();
+        }
+    }
+}
+
+/// The wire for one round of the stack: the NIC, two frame buffers a NIC buffer long, and the
+/// held replies.
 pub struct Wire<'a> {
     pub nic: &'a mut Nic,
     /// The frame taken off the TX ring.
     pub from_guest: &'a mut [u8],
     /// The frame the stack writes for the guest.
     pub to_guest: &'a mut [u8],
+    pub held: &'a mut Held,
     pub gateway: Ipv4Addr,
 }
 
@@ -56,7 +94,7 @@ impl Device for Wire<'_> {
         loop {
             let len = self.nic.take_tx(self.from_guest)?;
             if for_gateway(&self.from_guest[..len], self.gateway) {
-                let reply = ToGuest { nic: self.nic, frame: self.to_guest };
+                let reply = ToGuest { nic: self.nic, frame: self.to_guest, held: Some(&mut *self.held) };
                 return Some((FromGuest(&self.from_guest[..len]), reply));
             }
             self.nic.counters().tx_dropped();
@@ -64,10 +102,10 @@ impl Device for Wire<'_> {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<ToGuest<'_>> {
-        if self.nic.rx_space() == 0 {
+        if !self.held.is_empty() || self.nic.rx_space() == 0 {
             return None;
         }
-        Some(ToGuest { nic: self.nic, frame: self.to_guest })
+        Some(ToGuest { nic: self.nic, frame: self.to_guest, held: None })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -87,17 +125,22 @@ impl phy::RxToken for FromGuest<'_> {
     }
 }
 
-/// A frame for the guest, built in a buffer at least as long as the MTU the stack is told.
+/// A frame for the guest, built in a buffer at least as long as the MTU the stack is told; a
+/// reply (`held` set) that finds no buffer posted is held.
 pub struct ToGuest<'a> {
     nic: &'a mut Nic,
     frame: &'a mut [u8],
+    held: Option<&'a mut Held>,
 }
 
 impl phy::TxToken for ToGuest<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let frame = &mut self.frame[..len];
         let result = f(frame);
-        self.nic.deliver(frame);
+        match self.held {
+            Some(held) => held.deliver_or_hold(self.nic, frame),
+            None => _ = self.nic.deliver(frame),
+        }
         result
     }
 }
