@@ -7,7 +7,7 @@
 //! to a frame (an ACK, a window update, a reset, an ARP answer) goes out at once, or, if no
 //! buffer waits, is held until the guest posts one ([`Held`]): a dropped pure ACK is never
 //! sent again, and a window update lost so leaves the guest probing a window it thinks shut,
-//! with backoff (streams stalled 1 + 2 + 4 s that way before replies were held). Frames the
+//! with backoff from a second on. Frames the
 //! guest sends to anyone but the gateway are dropped and counted: nothing leaves the process.
 
 use std::collections::VecDeque;
