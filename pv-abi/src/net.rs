@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(NET_BUFFERS_OFFSET % 4096, 0);
         assert!(NET_BUFFERS_OFFSET >= size_of::<NetArea>() as u64);
         assert_eq!(NET_AREA_SIZE % 4096, 0);
-        assert!(NET_FRAME_MAX <= NET_BUF_SIZE && NET_MTU + 14 == NET_FRAME_MAX);
+        const { assert!(NET_FRAME_MAX <= NET_BUF_SIZE && NET_MTU + 14 == NET_FRAME_MAX) };
         assert_eq!(size_of::<NetInfo>(), 32);
         assert_eq!(offset_of!(NetInfo, mac), 16);
         assert_eq!(offset_of!(NetInfo, ip), 24);
