@@ -1,10 +1,11 @@
 //! The programs a guest can run, chosen by the first word of the boot command line: the
-//! workloads of the `workloads` crate, a TCP echo server, and the programs below that test
+//! workloads of the `workloads` crate, a TCP echo server, a Redis-protocol key-value server, and the programs below that test
 //! the kernel and the monitor.
 
 mod echo;
 mod hello;
 mod hypercall_bench;
+mod kv;
 mod loopback;
 mod misbehave;
 mod netloop;
@@ -33,6 +34,7 @@ const PROGRAMS: &[Program] = &[
     Program { name: "badcall", params: &[], run: misbehave::badcall },
     Program { name: "badnic", params: &[], run: misbehave::badnic },
     Program { name: "echo", params: echo::PARAMS, run: echo::run },
+    Program { name: "kv", params: kv::PARAMS, run: kv::run },
 ];
 
 /// Runs the program the command line names; returns the exit code.

@@ -2,9 +2,14 @@
 //! repeated runs (these machines are shared and noisy).
 //! - `boot`: process start to guest exit, and the round trip of an empty hypercall;
 //! - `workloads`: each workload in a guest against the same code on host threads;
-//! - [`net`]: the guest's TCP echo server against a native one.
+//! - [`net`]: the guest's TCP echo server against a native one;
+//! - [`kv`]: `redis-benchmark` against the guest's `kv` server and against `redis-server`.
+//!
+//! [`server`] boots the guest servers of the last two.
 
+mod kv;
 mod net;
+mod server;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +33,9 @@ pub enum BenchCommand {
     /// TCP echo through the guest's network against a native echo server: latency,
     /// requests/s, bulk throughput, exits per request
     Net(net::NetArgs),
+    /// redis-benchmark against the guest's kv server and against redis-server on the same
+    /// cores: requests/s, p50/p99, exits per request
+    Kv(kv::KvArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +66,7 @@ pub fn bench(command: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Boot(args) => boot(args),
         BenchCommand::Workloads(args) => workloads(args),
         BenchCommand::Net(args) => net::net(args),
+        BenchCommand::Kv(args) => kv::kv(args),
     }
 }
 

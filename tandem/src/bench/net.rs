@@ -6,21 +6,20 @@
 //! requests).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use clap::Args;
 use pv_abi::hypercall::Hypercall;
-use tandem_core::guest::{self, Kernel, VmConfig};
-use tandem_core::net::{GuestInterface, HostForward, NetBackend, NetConfig};
-use tandem_core::scenario::DEFAULT_MEM_MIB;
 use tandem_core::stats::{Percentiles, median};
-use tandem_kvm::vm::{self, Outcome, RunReport};
-use tandem_kvm::{image, open_kvm};
+use tandem_kvm::open_kvm;
+use tandem_kvm::vm::RunReport;
+
+use super::server::GuestServer;
 
 /// The port the guest's echo server listens on.
 const GUEST_PORT: u16 = 7;
@@ -165,58 +164,22 @@ fn with_guest<T>(
     connections: usize,
     client: impl FnOnce(SocketAddr) -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, RunReport)> {
-    let host = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port()?);
     // The probe that waits for the server is a connection too.
-    let args = vec![format!("port={GUEST_PORT}"), format!("connections={}", connections + 1)];
-    let config = VmConfig {
-        name: "echo".into(),
-        vcpus,
-        mem_mib: DEFAULT_MEM_MIB,
-        cmdline: guest::cmdline("echo", &args, Kernel::Embedded)?,
-        timeout: Duration::from_secs(120),
-        echo_console: false,
-        net: Some(NetConfig {
-            backend: NetBackend::User { forwards: vec![HostForward { host, guest_port: GUEST_PORT }] },
-            guest: GuestInterface::USER,
-        }),
-    };
-    let kvm = open_kvm()?;
-    let vm = std::thread::spawn(move || vm::run_alone(&kvm, &config, image::DEFAULT_GUEST));
-    let result = wait_echoing(host.into()).and_then(|()| client(host.into()));
-    let report = vm.join().expect("the VM thread panicked")?;
-    let value = result?;
-    if report.outcome != Outcome::Exited(0) {
-        bail!("{}", report.outcome.describe("echo"));
-    }
-    Ok((value, report))
+    let args = [format!("port={GUEST_PORT}"), format!("connections={}", connections + 1)];
+    let server = GuestServer::start("echo", &args, GUEST_PORT, vcpus)?;
+    let result = server.wait_ready(echo_once).and_then(|()| client(server.addr));
+    let report = server.finish()?;
+    Ok((result?, report))
 }
 
-/// A port free on loopback now (the kernel's pick; another process could take it before the
-/// monitor binds it, which the monitor reports).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind loopback")?.local_addr()?.port())
-}
-
-/// Retries one echo until it comes back (the guest may still be booting), for 10 s.
-fn wait_echoing(addr: SocketAddr) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let attempt = || -> std::io::Result<()> {
-            let mut stream = TcpStream::connect(addr)?;
-            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-            stream.write_all(b"ping")?;
-            let mut reply = [0; 4];
-            stream.read_exact(&mut reply)?;
-            if &reply == b"ping" { Ok(()) } else { Err(std::io::Error::other("wrong echo")) }
-        };
-        match attempt() {
-            Ok(()) => return Ok(()),
-            Err(error) if started.elapsed() > Duration::from_secs(10) => {
-                return Err(error).context(format!("the echo server at {addr} did not answer"));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+/// One echo of a short message.
+fn echo_once(addr: SocketAddr) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(b"ping")?;
+    let mut reply = [0; 4];
+    stream.read_exact(&mut reply)?;
+    if &reply == b"ping" { Ok(()) } else { Err(std::io::Error::other("wrong echo")) }
 }
 
 /// `connections` clients, each sending `size` bytes and reading them back, again and again,

@@ -1,0 +1,160 @@
+//! `kv [port=6379] [shards=64] [max_value_mib=8] [max_memory_mib=64]`: a Redis-protocol
+//! key-value server (`workloads::kv`: RESP2 and inline requests, pipelining) on the VM's
+//! NIC, a thread per connection, over one table sharded under the VM's spinlock family
+//! (`locks=`). It serves until a client sends SHUTDOWN (or the VM is stopped), then prints
+//! the requests by command and the table's lock counters and exits 0. A client that sends a
+//! malformed request gets the protocol error and its connection is closed; the others are
+//! served on.
+
+use alloc::format;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use tandem_rt::net::{TcpListener, TcpStream};
+use tandem_rt::workloads::kv::commands::{After, Command, execute};
+use tandem_rt::workloads::kv::resp::{self, Limits, reply};
+use tandem_rt::workloads::kv::store::{Shard, Store};
+use tandem_rt::workloads::record::LockStats;
+use tandem_rt::workloads::{Lock, ParamError, ParamSpec, Params, Runtime};
+use tandem_rt::{GuestRuntime, clock, println, sched};
+
+pub const PARAMS: &[ParamSpec] = &[
+    ParamSpec::int("port", "6379", "the TCP port to listen on"),
+    ParamSpec::int("shards", "64", "buckets of the table, each under its own lock, 1-65536"),
+    ParamSpec::int("max_value_mib", "8", "the longest value (and request word), MiB"),
+    ParamSpec::int("max_memory_mib", "64", "bytes of keys and values the table may hold, MiB"),
+];
+
+/// Bytes read from a connection at a time.
+const READ_BYTES: usize = 16 * 1024;
+
+type FamilyStore = Store<<GuestRuntime as Runtime>::SpinLock<Shard>>;
+
+/// What the connections share.
+struct Server {
+    store: FamilyStore,
+    limits: Limits,
+    /// Requests by command, in [`Command::ALL`]'s order.
+    requests: [AtomicU64; Command::ALL.len()],
+}
+
+pub fn run(params: &Params) -> Result<i64, ParamError> {
+    let port = params.u64_in("port", 1..=u64::from(u16::MAX), "not a TCP port")? as u16;
+    let shards = params.u64_in("shards", 1..=65536, "between 1 and 65536 shards")? as usize;
+    let max_value = params.u64_in("max_value_mib", 1..=512, "between 1 and 512 MiB")? as usize * (1 << 20);
+    let max_memory = params.u64_in("max_memory_mib", 1..=1 << 20, "at least 1 MiB")? as usize * (1 << 20);
+    sched::start(move || {
+        let listener = match TcpListener::bind(port) {
+            Ok(listener) => listener,
+            Err(error) => {
+                println!("kv: cannot listen on port {port}: {error}");
+                return 1;
+            }
+        };
+        let server = Arc::new(Server {
+            store: Store::new(shards, max_memory, max_value, |shard| GuestRuntime.spin_lock(shard)),
+            limits: Limits { max_bulk: max_value, ..Limits::default() },
+            requests: [const { AtomicU64::new(0) }; Command::ALL.len()],
+        });
+        println!("kv: listening on port {port} ({shards} shards, locks={})", GuestRuntime.lock_family());
+        loop {
+            match listener.accept() {
+                Ok(stream) => {
+                    let server = Arc::clone(&server);
+                    drop(sched::spawn(move || {
+                        serve(stream, &server);
+                        0
+                    }));
+                }
+                Err(error) => {
+                    println!("kv: accept failed: {error}");
+                    return 1;
+                }
+            }
+        }
+    })
+}
+
+/// Answers one connection's requests, pipelined ones in a batch, until it closes, quits,
+/// breaks the protocol, or shuts the server down.
+fn serve(mut stream: TcpStream, server: &Server) {
+    let mut input: Vec<u8> = Vec::new();
+    let mut output = Vec::new();
+    let mut chunk = vec![0; READ_BYTES];
+    loop {
+        let mut used = 0;
+        let mut close = false;
+        loop {
+            match resp::parse(&input[used..], &server.limits) {
+                Ok(Some((words, len))) => {
+                    used += len;
+                    if words.is_empty() {
+                        continue;
+                    }
+                    let (command, after) = execute(&server.store, &words, now_ms(), &mut output);
+                    server.requests[command.index()].fetch_add(1, Ordering::Relaxed);
+                    match after {
+                        After::Continue => {}
+                        After::Close => {
+                            close = true;
+                            break;
+                        }
+                        After::Shutdown => shut_down(server),
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    reply::error(&mut output, &format!("ERR Protocol error: {error}"));
+                    close = true;
+                    break;
+                }
+            }
+        }
+        input.drain(..used);
+        if !output.is_empty() {
+            if stream.write_all(&output).is_err() {
+                return;
+            }
+            output.clear();
+        }
+        if close {
+            return;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(read) => input.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+/// Prints what the server did and ends the VM.
+fn shut_down(server: &Server) -> ! {
+    let counts: Vec<_> = Command::ALL
+        .iter()
+        .zip(&server.requests)
+        .map(|(command, count)| (command.name(), count.load(Ordering::Relaxed)))
+        .filter(|(_, count)| *count > 0)
+        .map(|(name, count)| format!("{name}={count}"))
+        .collect();
+    let mut locks = LockStats::ZERO;
+    for shard in server.store.shards() {
+        locks.add(shard.stats());
+    }
+    println!("kv: requests {}", counts.join(" "));
+    println!(
+        "kv: {} keys; table locks: {} acquisitions, {} contended, {} slow paths, {} blocks",
+        server.store.len(),
+        locks.acquisitions,
+        locks.contended,
+        locks.slow_paths,
+        locks.blocks
+    );
+    tandem_rt::exit(0)
+}
+
+/// Milliseconds since boot, the clock expiry is set against.
+fn now_ms() -> u64 {
+    clock::ticks_to_ns(clock::tsc()) / 1_000_000
+}
