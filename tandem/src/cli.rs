@@ -87,7 +87,7 @@ pub struct RunArgs {
     /// locks=, pv_yield_us and pv_block_us go to it unchecked)
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
-    /// Stop the guest after this many seconds
+    /// Stop the guest after this many seconds (0: never, for a server that ends on a request)
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
     pub timeout: f64,
     /// The VM's network, in QEMU's words: user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...
@@ -196,8 +196,8 @@ fn exit_status_help() -> String {
 
 fn parse_timeout(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
-        _ => Err(format!("{text:?} is not a positive number of seconds")),
+        Ok(secs) if secs >= 0.0 && secs.is_finite() => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds (0 for no timeout)")),
     }
 }
 
@@ -224,7 +224,7 @@ impl RunArgs {
             vcpus: self.vcpus,
             mem_mib: self.mem,
             cmdline: guest::cmdline(&program, &self.args, kernel)?,
-            timeout: Duration::from_secs_f64(self.timeout),
+            timeout: if self.timeout == 0.0 { Duration::MAX } else { Duration::from_secs_f64(self.timeout) },
             echo_console,
             net: self.net.0.clone(),
         })
