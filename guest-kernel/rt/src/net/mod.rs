@@ -23,7 +23,8 @@
 //!   `len` being the frame's length, hand each to smoltcp, then post its buffer again in the
 //!   same slot and bump `rx_posted` (Release). At most `NET_SLOTS` frames per poll.
 //! - **Notifying the backend.** After a poll that posted frames: `fence(SeqCst)`, then if
-//!   `backend_asleep` is 1, one `NetNotify` hypercall.
+//!   `backend_asleep` is 1, take it (swap 0 in) and, if this VCPU did, one `NetNotify`
+//!   hypercall: of the VCPUs that post while the backend wakes up, one notifies.
 //! - **Being kicked for RX.** A VCPU with nothing to run spins for a while (returning to
 //!   its scheduler as soon as `rx_filled` moves), then, before it blocks: `rx_waiting` =
 //!   its id + 1, `fence(SeqCst)`, and it blocks only if no frame is pending (and no thread
@@ -37,7 +38,8 @@
 //! - **Polling.** Each scheduler pass calls `stack::poll`, which returns after two loads
 //!   unless frames wait or smoltcp's deadline has passed; a VCPU that finds another polling
 //!   goes on. A write polls at once under the lock it holds, so its data leaves without
-//!   waiting for a scheduler pass.
+//!   waiting for a scheduler pass. A thread the stack wakes is queued on the VCPU that
+//!   polled, with no kick (see `crate::sched`).
 
 mod device;
 mod listener;
