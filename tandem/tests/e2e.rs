@@ -5,58 +5,13 @@
 mod common;
 
 use common::kvm_available;
+use common::process::{Run, Tandem};
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Run {
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
+use std::time::Duration;
 
 /// Runs `tandem ARGS`, killing it if it outlives `limit` (which fails the test).
 fn tandem(args: &[&str], limit: Duration) -> Run {
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start tandem");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        stdout.read_to_string(&mut text).map(|_| text)
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        stderr.read_to_string(&mut text).map(|_| text)
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for tandem") {
-            break status;
-        }
-        if started.elapsed() > limit {
-            child.kill().expect("kill tandem");
-            panic!("tandem {args:?} still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let run = Run {
-        status: status.code(),
-        stdout: out_reader.join().unwrap().unwrap(),
-        stderr: err_reader.join().unwrap().unwrap(),
-        elapsed: started.elapsed(),
-    };
-    // The monitor itself must never crash, whatever the guest did.
-    assert!(run.status.is_some(), "tandem {args:?} was killed by a signal; stderr:\n{}", run.stderr);
-    assert!(!run.stderr.contains("thread '"), "the monitor panicked on {args:?}:\n{}", run.stderr);
-    run
+    Tandem::start(args).finish(limit)
 }
 
 const LIMIT: Duration = Duration::from_secs(30);

@@ -8,15 +8,15 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::kvm_available;
+use common::process::Tandem;
 
-/// `tandem run kv` on 2 VCPUs behind a forward of a free loopback port; killed if the test
-/// does not see it exit.
+/// `tandem run kv` on 2 VCPUs behind a forward of a free loopback port.
 struct Kv {
-    child: Child,
+    server: Tandem,
     addr: SocketAddr,
 }
 
@@ -24,14 +24,8 @@ impl Kv {
     fn start() -> Kv {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
         let net = format!("user,hostfwd=tcp:127.0.0.1:{port}-:6379");
-        let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["run", "kv", "--vcpus", "2", "--timeout", "120", "--net", &net])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start tandem");
-        let kv = Kv { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) };
+        let server = Tandem::start(&["run", "kv", "--vcpus", "2", "--timeout", "120", "--net", &net]);
+        let kv = Kv { server, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) };
         kv.wait_serving();
         kv
     }
@@ -53,29 +47,10 @@ impl Kv {
     }
 
     /// Sends SHUTDOWN and returns what the server printed; it must exit 0.
-    fn shut_down(mut self) -> String {
+    fn shut_down(self) -> String {
         let mut client = Client::connect(self.addr).unwrap();
         client.send(&["SHUTDOWN"]).unwrap();
-        let started = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(started.elapsed() < Duration::from_secs(20), "kv did not shut down");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
-        assert!(!stderr.contains("thread '"), "the monitor panicked:\n{stderr}");
-        stdout
-    }
-}
-
-impl Drop for Kv {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.finish_ok(Duration::from_secs(20)).stdout
     }
 }
 

@@ -10,70 +10,13 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::kvm_available;
+use common::process::Tandem;
 
 const GUEST_PORT: u16 = 7;
-
-/// A `tandem run` in the background, killed if the test ends without waiting for it.
-struct Tandem {
-    child: Option<Child>,
-    args: Vec<String>,
-}
-
-impl Tandem {
-    fn start(args: &[&str]) -> Tandem {
-        Self::start_with(Command::new(env!("CARGO_BIN_EXE_tandem")), args)
-    }
-
-    /// Starts `command` (which runs tandem, perhaps through a wrapper) with `args`.
-    fn start_with(mut command: Command, args: &[&str]) -> Tandem {
-        let child = command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start tandem");
-        Tandem { child: Some(child), args: args.iter().map(|arg| arg.to_string()).collect() }
-    }
-
-    /// Waits for the run to end (killing it after `limit`, which fails the test); the monitor
-    /// must not have crashed or panicked.
-    fn finish(mut self, limit: Duration) -> Output {
-        let mut child = self.child.take().expect("finished once");
-        let started = Instant::now();
-        while child.try_wait().expect("wait for tandem").is_none() {
-            if started.elapsed() > limit {
-                let _ = child.kill();
-                let output = child.wait_with_output().expect("collect tandem's output");
-                panic!(
-                    "tandem {:?} still running after {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.args,
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let output = child.wait_with_output().expect("collect tandem's output");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.code().is_some(), "tandem {:?} was killed by a signal:\n{stderr}", self.args);
-        assert!(!stderr.contains("thread '"), "the monitor panicked on {:?}:\n{stderr}", self.args);
-        output
-    }
-}
-
-impl Drop for Tandem {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// `tandem run echo` on 2 VCPUs with a loopback port forwarded to guest port `to`, serving
 /// `connections` connections; returns it and the forwarded address once it echoes (if `to`
@@ -175,8 +118,7 @@ fn sixty_four_mib_come_back_intact_over_one_connection() {
     let started = Instant::now();
     echo_pattern(connect(addr), 64 << 20);
     eprintln!("64 MiB echoed in {:.2} s", started.elapsed().as_secs_f64());
-    let output = server.finish(Duration::from_secs(30));
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    server.finish_ok(Duration::from_secs(30));
 }
 
 #[test]
@@ -207,8 +149,7 @@ fn two_hundred_concurrent_connections_each_echo() {
     for client in clients {
         client.join().unwrap();
     }
-    let output = server.finish(Duration::from_secs(30));
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    server.finish_ok(Duration::from_secs(30));
 }
 
 #[test]
@@ -250,10 +191,9 @@ fn half_close_and_reset_are_carried_both_ways() {
     assert_eq!(&reply, b"still here");
     drop(after);
 
-    let output = server.finish(Duration::from_secs(30));
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let run = server.finish_ok(Duration::from_secs(30));
     // The server saw the reset as one (its read failed), not as an end of stream.
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = &run.stdout;
     assert!(stdout.contains("4 connections") && stdout.contains("1 reset"), "{stdout}");
 }
 
@@ -282,8 +222,7 @@ fn a_connection_to_a_port_nobody_listens_on_is_refused() {
     last.write_all(b"ok").unwrap();
     last.read_exact(&mut reply[..2]).unwrap();
     drop(last);
-    let output = server.finish(Duration::from_secs(30));
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    server.finish_ok(Duration::from_secs(30));
 }
 
 #[test]
@@ -291,9 +230,9 @@ fn a_guest_that_posts_bad_descriptors_ends_with_a_clear_error() {
     if !kvm_available() {
         return;
     }
-    let output = Tandem::start(&["run", "badnic", "--vcpus", "2"]).finish(Duration::from_secs(30));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(102), "{stderr}");
+    let run = Tandem::start(&["run", "badnic", "--vcpus", "2"]).finish(Duration::from_secs(30));
+    let stderr = &run.stderr;
+    assert_eq!(run.status, Some(102), "{stderr}");
     assert!(stderr.contains("NIC") && stderr.contains("descriptor"), "{stderr}");
 }
 
@@ -302,16 +241,16 @@ fn bad_net_options_and_a_taken_port_are_clear_errors() {
     if !kvm_available() {
         return;
     }
-    let output = Tandem::start(&["run", "echo", "--net", "user,hostfwd=tcp::1-"]).finish(Duration::from_secs(10));
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("hostfwd=tcp::1-"));
+    let run = Tandem::start(&["run", "echo", "--net", "user,hostfwd=tcp::1-"]).finish(Duration::from_secs(10));
+    assert_eq!(run.status, Some(2));
+    assert!(run.stderr.contains("hostfwd=tcp::1-"), "{}", run.stderr);
 
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = taken.local_addr().unwrap().port();
     let net = format!("user,hostfwd=tcp:127.0.0.1:{port}-:7");
-    let output = Tandem::start(&["run", "echo", "--net", &net]).finish(Duration::from_secs(10));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let run = Tandem::start(&["run", "echo", "--net", &net]).finish(Duration::from_secs(10));
+    let stderr = &run.stderr;
+    assert_eq!(run.status, Some(1), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
 
@@ -386,8 +325,7 @@ fn the_tap_backend_serves_inside_a_network_namespace() {
         wait_echoing(guest);
         echo_pattern(connect(guest), 4 << 20);
     });
-    let output = server.finish(Duration::from_secs(30));
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    server.finish_ok(Duration::from_secs(30));
 }
 
 #[test]
@@ -399,15 +337,8 @@ fn the_guest_stack_echoes_over_a_loopback_nic_of_its_own() {
     // side of the rings), so the stack, its driver and the scheduler's polling are tested
     // with no host traffic at all; its indices wrap during the run.
     for vcpus in ["1", "2", "4"] {
-        let output =
-            Tandem::start(&["run", "netloop", "--net", "none", "--vcpus", vcpus]).finish(Duration::from_secs(60));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{vcpus} VCPUs:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(stdout.contains("no socket left"), "{stdout}");
+        let run =
+            Tandem::start(&["run", "netloop", "--net", "none", "--vcpus", vcpus]).finish_ok(Duration::from_secs(60));
+        assert!(run.stdout.contains("no socket left"), "{vcpus} VCPUs:\n{}", run.stdout);
     }
 }

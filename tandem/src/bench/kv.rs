@@ -4,17 +4,16 @@
 //! the guest's exits per request. Each guest run boots its own VM, so its exits are that
 //! load's. Needs Debian's redis-tools and redis-server.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
 use tandem_core::host::available_cores;
 use tandem_core::stats::median;
 
-use super::server::{GuestServer, free_port};
+use super::server::{GuestServer, exchange, free_port, wait_ready};
 
 /// The port `kv` listens on in the guest.
 const GUEST_PORT: u16 = 6379;
@@ -128,8 +127,7 @@ fn against_redis_server(args: &KvArgs, pipeline: u32, cores: &str) -> anyhow::Re
             .context("cannot start redis-server under taskset (install Debian's redis-server)")?,
     );
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let ready = (0..500).any(|_| ping(addr).is_ok() || (std::thread::sleep(Duration::from_millis(10)), false).1);
-    ensure!(ready, "redis-server on port {port} did not answer");
+    wait_ready("redis-server", addr, ping)?;
     let results = redis_benchmark(addr, args, pipeline);
     shut_down(addr)?;
     server.0.wait()?;
@@ -173,13 +171,9 @@ fn redis_benchmark(addr: SocketAddr, args: &KvArgs, pipeline: u32) -> anyhow::Re
     Ok(results)
 }
 
+/// A PING answered.
 fn ping(addr: SocketAddr) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-    stream.write_all(b"PING\r\n")?;
-    let mut reply = [0; 7];
-    stream.read_exact(&mut reply)?;
-    if &reply == b"+PONG\r\n" { Ok(()) } else { Err(std::io::Error::other("not a PONG")) }
+    exchange(addr, b"PING\r\n", b"+PONG\r\n")
 }
 
 /// Asks the server at `addr` to shut down (redis-server without saving).

@@ -19,7 +19,7 @@ use tandem_core::stats::{Percentiles, median};
 use tandem_kvm::open_kvm;
 use tandem_kvm::vm::RunReport;
 
-use super::server::GuestServer;
+use super::server::{GuestServer, exchange};
 
 /// The port the guest's echo server listens on.
 const GUEST_PORT: u16 = 7;
@@ -174,12 +174,7 @@ fn with_guest<T>(
 
 /// One echo of a short message.
 fn echo_once(addr: SocketAddr) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-    stream.write_all(b"ping")?;
-    let mut reply = [0; 4];
-    stream.read_exact(&mut reply)?;
-    if &reply == b"ping" { Ok(()) } else { Err(std::io::Error::other("wrong echo")) }
+    exchange(addr, b"ping", b"ping")
 }
 
 /// `connections` clients, each sending `size` bytes and reading them back, again and again,

@@ -2,7 +2,8 @@
 //! process, with a free loopback port forwarded to its port (user-mode networking), so that
 //! its run report (its exits) comes back when it ends.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,16 +48,7 @@ impl GuestServer {
 
     /// Retries `probe` until it succeeds (the guest may still be booting).
     pub fn wait_ready(&self, probe: impl Fn(SocketAddr) -> std::io::Result<()>) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            match probe(self.addr) {
-                Ok(()) => return Ok(()),
-                Err(error) if started.elapsed() > READY_WITHIN => {
-                    return Err(error).context(format!("{} at {} did not answer", self.program, self.addr));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        wait_ready(&self.program, self.addr, probe)
     }
 
     /// Waits for the guest to end; it must exit 0.
@@ -67,6 +59,36 @@ impl GuestServer {
         }
         Ok(report)
     }
+}
+
+/// Retries `probe` against the server `name` at `addr` until it succeeds, for
+/// [`READY_WITHIN`].
+pub fn wait_ready(
+    name: &str,
+    addr: SocketAddr,
+    probe: impl Fn(SocketAddr) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        match probe(addr) {
+            Ok(()) => return Ok(()),
+            Err(error) if started.elapsed() > READY_WITHIN => {
+                return Err(error).context(format!("{name} at {addr} did not answer"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Sends `request` on a new connection to `addr` and checks that `reply` comes back, within
+/// a second: a server's readiness probe.
+pub fn exchange(addr: SocketAddr, request: &[u8], reply: &[u8]) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(request)?;
+    let mut got = vec![0; reply.len()];
+    stream.read_exact(&mut got)?;
+    if got == reply { Ok(()) } else { Err(std::io::Error::other("an unexpected reply")) }
 }
 
 /// A port free on loopback now (the kernel's pick; another process could take it before the

@@ -1,4 +1,5 @@
-//! What the end-to-end test files share.
+//! What the end-to-end test files share: whether KVM tests run, and `tandem` as a child
+//! process ([`process`]).
 
 /// Whether KVM tests should run: true with a usable /dev/kvm; without one, false if
 /// TANDEM_SKIP_KVM=1 asks to skip (and says so), else a loud failure.
@@ -12,3 +13,5 @@ pub fn kvm_available() -> bool {
     }
     panic!("/dev/kvm is missing or not accessible; set TANDEM_SKIP_KVM=1 to skip the KVM tests");
 }
+
+pub mod process;
