@@ -99,6 +99,7 @@ pub(crate) fn record<R: Runtime>(rt: &R, workload: &str, params: &Params, unit: 
         checksum: 0,
         per_thread: Vec::new(),
         lock_stats: None,
+        latency: None,
     }
 }
 

@@ -20,6 +20,7 @@ pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
     params: PARAMS,
     matrix_args: Some(&[("tasks", "120")]),
     endless_args: &[("tasks", "16777216")],
+    served: false,
 };
 
 /// The parameters of `cpu`.

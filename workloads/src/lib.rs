@@ -5,7 +5,10 @@
 //! - `nbody`: barrier-synchronized timesteps of a particle simulation;
 //! - `locks`: a shared table under a spinlock with tunable critical section and think time;
 //! - `pipeline`: producer/consumer stages over mutex + condition variable queues;
-//! - `phases`: parallel and serial phases in turn, so that the demand for CPUs changes.
+//! - `phases`: parallel and serial phases in turn, so that the demand for CPUs changes;
+//! - `kv`: a Redis-protocol key-value server, driven over the VM's NIC by the stock
+//!   `redis-benchmark` or the monitor's load generator (a [served](WorkloadInfo::served)
+//!   workload: its protocol and table are here, its server is a guest program).
 //!
 //! Each takes its parameters from `key=value` arguments ([`params`]), checks its own result,
 //! and returns a [`Record`].
@@ -57,6 +60,10 @@ pub struct WorkloadInfo {
     pub matrix_args: Option<&'static [(&'static str, &'static str)]>,
     /// Arguments that keep it busy past any simulated duration (`tandem sweep`'s).
     pub endless_args: &'static [(&'static str, &'static str)],
+    /// Whether it is a server on the VM's NIC that clients drive (in a scenario, the
+    /// monitor's load generator, which measures its rate), rather than work its threads run
+    /// to the end on a [`Runtime`].
+    pub served: bool,
 }
 
 /// Parameters every workload takes in the guest, for the guest runtime rather than the
@@ -101,7 +108,7 @@ pub fn split_guest_args<'a>(
 
 /// Every workload, in the order they are listed.
 pub const WORKLOADS: &[WorkloadInfo] =
-    &[cpu::WORKLOAD, nbody::WORKLOAD, locks::WORKLOAD, pipeline::WORKLOAD, phases::WORKLOAD];
+    &[cpu::WORKLOAD, nbody::WORKLOAD, locks::WORKLOAD, pipeline::WORKLOAD, phases::WORKLOAD, kv::WORKLOAD];
 
 /// The workload named `name`.
 pub fn workload(name: &str) -> Option<&'static WorkloadInfo> {
@@ -117,6 +124,8 @@ pub enum Error {
     Param(ParamError),
     /// The workload ran but its result is wrong.
     Check(String),
+    /// A served workload, which runs as a server in a VM with a NIC rather than on a runtime.
+    Served(String),
 }
 
 impl fmt::Display for Error {
@@ -131,6 +140,7 @@ impl fmt::Display for Error {
             }
             Self::Param(error) => error.fmt(f),
             Self::Check(why) => write!(f, "self-check failed: {why}"),
+            Self::Served(name) => write!(f, "{name} is a server: it runs in a VM with a NIC, driven by its clients"),
         }
     }
 }
@@ -153,6 +163,7 @@ pub fn run<R: Runtime>(rt: &R, workload: &str, args: &[&str]) -> Result<Record, 
         "locks" => locks::run(rt, &params),
         "pipeline" => pipeline::run(rt, &params),
         "phases" => phases::run(rt, &params),
+        _ if info.served => Err(Error::Served(info.name.to_string())),
         other => unreachable!("workload {other} is listed but not dispatched"),
     }
 }
@@ -207,7 +218,8 @@ mod tests {
     fn errors_name_the_problem() {
         let error = run_native("gobmk", &[]).unwrap_err();
         assert_eq!(error, Error::UnknownWorkload("gobmk".into()));
-        assert_eq!(format!("{error}"), "unknown workload \"gobmk\" (known: cpu, nbody, locks, pipeline, phases)");
+        assert_eq!(format!("{error}"), "unknown workload \"gobmk\" (known: cpu, nbody, locks, pipeline, phases, kv)");
+        assert_eq!(run_native("kv", &[]), Err(Error::Served("kv".into())));
         assert!(matches!(run_native("cpu", &["tasks=x"]), Err(Error::Param(ParamError::NotInteger { .. }))));
         assert!(matches!(run_native("nbody", &["barrier=maybe"]), Err(Error::Param(ParamError::NotAChoice { .. }))));
         assert!(matches!(run_native("locks", &["threads=257"]), Err(Error::Param(ParamError::OutOfRange { .. }))));

@@ -19,6 +19,7 @@ pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
     params: PARAMS,
     matrix_args: Some(&[("ops", "300000")]),
     endless_args: &[("ops", "1000000000000")],
+    served: false,
 };
 
 /// The parameters of `locks`.

@@ -24,6 +24,7 @@ pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
     params: PARAMS,
     matrix_args: Some(&[("barrier", "spin"), ("steps", "300")]),
     endless_args: &[("barrier", "spin"), ("steps", "1000000000")],
+    served: false,
 };
 
 /// The parameters of `nbody`.

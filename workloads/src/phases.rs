@@ -23,6 +23,7 @@ pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
     params: PARAMS,
     matrix_args: None,
     endless_args: &[("rounds", "10000"), ("phase_ms", "1000")],
+    served: false,
 };
 
 /// The parameters of `phases`.

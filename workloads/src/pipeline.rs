@@ -27,6 +27,7 @@ pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
     params: PARAMS,
     matrix_args: Some(&[("items", "400000")]),
     endless_args: &[("items", "1000000000000")],
+    served: false,
 };
 
 /// The parameters of `pipeline`.

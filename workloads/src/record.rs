@@ -61,6 +61,15 @@ impl LockStats {
     }
 }
 
+/// Latency percentiles of a served workload's requests, as its clients saw them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
 /// What one run of a workload did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -84,6 +93,9 @@ pub struct Record {
     pub per_thread: Vec<u64>,
     /// The workload's locks, added up, if it uses any.
     pub lock_stats: Option<LockStats>,
+    /// A served workload: its requests' latency, as its clients saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
 }
 
 impl Record {
@@ -117,6 +129,15 @@ impl Record {
             self.runtime,
             self.checksum,
         );
+        if let Some(latency) = self.latency {
+            line += &alloc::format!(
+                "; latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+                latency.p50_ns as f64 / 1e3,
+                latency.p99_ns as f64 / 1e3,
+                latency.p999_ns as f64 / 1e3,
+                latency.max_ns as f64 / 1e3
+            );
+        }
         if let Some(stats) = self.lock_stats {
             line += &alloc::format!(
                 "; locks: {} acquisitions, {} contended, {} cycles waiting",

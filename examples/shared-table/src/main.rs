@@ -72,6 +72,7 @@ fn run(rt: &GuestRuntime, params: &Params) -> i64 {
         checksum: total,
         per_thread,
         lock_stats: Some(table.stats()),
+        latency: None,
     };
     println!("{}", record.summary());
     tandem_rt::report(record.to_json().as_bytes()).expect("the monitor takes the record");

@@ -2,11 +2,13 @@
 //! key-value server (`workloads::kv`: RESP2 and inline requests, pipelining) on the VM's
 //! NIC, a thread per connection, over one table sharded under the VM's spinlock family
 //! (`locks=`). It serves until a client sends SHUTDOWN (or the VM is stopped), then prints
-//! the requests by command and the table's lock counters and exits 0. A client that sends a
-//! malformed request gets the protocol error and its connection is closed; the others are
-//! served on.
+//! the requests by command, reports its record (requests from the first to SHUTDOWN, per
+//! connection, and the table's lock counters) and exits 0. A client that sends a malformed
+//! request gets the protocol error and its connection is closed; the others are served on.
+//! The parameters of a scenario's load (`requests`, `clients`, ...) are the monitor's.
 
 use alloc::format;
+use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -16,16 +18,12 @@ use tandem_rt::net::{TcpListener, TcpStream};
 use tandem_rt::workloads::kv::commands::{After, Command, execute};
 use tandem_rt::workloads::kv::resp::{self, Limits, reply};
 use tandem_rt::workloads::kv::store::{Shard, Store};
+use tandem_rt::workloads::kv::WORKLOAD;
 use tandem_rt::workloads::record::LockStats;
-use tandem_rt::workloads::{Lock, ParamError, ParamSpec, Params, Runtime};
+use tandem_rt::workloads::{Lock, ParamError, ParamSpec, Params, Record, Runtime};
 use tandem_rt::{GuestRuntime, clock, println, sched};
 
-pub const PARAMS: &[ParamSpec] = &[
-    ParamSpec::int("port", "6379", "the TCP port to listen on"),
-    ParamSpec::int("shards", "64", "buckets of the table, each under its own lock, 1-65536"),
-    ParamSpec::int("max_value_mib", "8", "the longest value (and request word), MiB"),
-    ParamSpec::int("max_memory_mib", "64", "bytes of keys and values the table may hold, MiB"),
-];
+pub const PARAMS: &[ParamSpec] = WORKLOAD.params;
 
 /// Bytes read from a connection at a time.
 const READ_BYTES: usize = 16 * 1024;
@@ -38,6 +36,12 @@ struct Server {
     limits: Limits,
     /// Requests by command, in [`Command::ALL`]'s order.
     requests: [AtomicU64; Command::ALL.len()],
+    /// Requests by connection, in the order they were accepted.
+    connections: <GuestRuntime as Runtime>::Mutex<Vec<Arc<AtomicU64>>>,
+    /// When the first request arrived (0: none yet).
+    first_request_ns: AtomicU64,
+    /// The record's skeleton: the parameters, every one.
+    params: Params,
 }
 
 pub fn run(params: &Params) -> Result<i64, ParamError> {
@@ -45,6 +49,7 @@ pub fn run(params: &Params) -> Result<i64, ParamError> {
     let shards = params.u64_in("shards", 1..=65536, "between 1 and 65536 shards")? as usize;
     let max_value = params.u64_in("max_value_mib", 1..=512, "between 1 and 512 MiB")? as usize * (1 << 20);
     let max_memory = params.u64_in("max_memory_mib", 1..=1 << 20, "at least 1 MiB")? as usize * (1 << 20);
+    let params = params.clone();
     sched::start(move || {
         let listener = match TcpListener::bind(port) {
             Ok(listener) => listener,
@@ -57,14 +62,19 @@ pub fn run(params: &Params) -> Result<i64, ParamError> {
             store: Store::new(shards, max_memory, max_value, |shard| GuestRuntime.spin_lock(shard)),
             limits: Limits { max_bulk: max_value, ..Limits::default() },
             requests: [const { AtomicU64::new(0) }; Command::ALL.len()],
+            connections: GuestRuntime.mutex(Vec::new()),
+            first_request_ns: AtomicU64::new(0),
+            params,
         });
         println!("kv: listening on port {port} ({shards} shards, locks={})", GuestRuntime.lock_family());
         loop {
             match listener.accept() {
                 Ok(stream) => {
                     let server = Arc::clone(&server);
+                    let served = Arc::new(AtomicU64::new(0));
+                    server.connections.lock().push(Arc::clone(&served));
                     drop(sched::spawn(move || {
-                        serve(stream, &server);
+                        serve(stream, &server, &served);
                         0
                     }));
                 }
@@ -79,7 +89,7 @@ pub fn run(params: &Params) -> Result<i64, ParamError> {
 
 /// Answers one connection's requests, pipelined ones in a batch, until it closes, quits,
 /// breaks the protocol, or shuts the server down.
-fn serve(mut stream: TcpStream, server: &Server) {
+fn serve(mut stream: TcpStream, server: &Server, served: &AtomicU64) {
     let mut input: Vec<u8> = Vec::new();
     let mut output = Vec::new();
     let mut chunk = vec![0; READ_BYTES];
@@ -92,6 +102,9 @@ fn serve(mut stream: TcpStream, server: &Server) {
                     used += len;
                     if words.is_empty() {
                         continue;
+                    }
+                    if served.fetch_add(1, Ordering::Relaxed) == 0 {
+                        _ = server.first_request_ns.compare_exchange(0, now_ns(), Ordering::Relaxed, Ordering::Relaxed);
                     }
                     let (command, after) = execute(&server.store, &words, now_ms(), &mut output);
                     server.requests[command.index()].fetch_add(1, Ordering::Relaxed);
@@ -129,7 +142,7 @@ fn serve(mut stream: TcpStream, server: &Server) {
     }
 }
 
-/// Prints what the server did and ends the VM.
+/// Prints what the server did, reports its record and ends the VM.
 fn shut_down(server: &Server) -> ! {
     let counts: Vec<_> = Command::ALL
         .iter()
@@ -142,19 +155,33 @@ fn shut_down(server: &Server) -> ! {
     for shard in server.store.shards() {
         locks.add(shard.stats());
     }
-    println!("kv: requests {}", counts.join(" "));
-    println!(
-        "kv: {} keys; table locks: {} acquisitions, {} contended, {} slow paths, {} blocks",
-        server.store.len(),
-        locks.acquisitions,
-        locks.contended,
-        locks.slow_paths,
-        locks.blocks
-    );
+    let per_thread: Vec<u64> = server.connections.lock().iter().map(|served| served.load(Ordering::Relaxed)).collect();
+    let first = server.first_request_ns.load(Ordering::Relaxed);
+    let record = Record {
+        workload: WORKLOAD.name.to_string(),
+        runtime: GuestRuntime.name().to_string(),
+        locks: GuestRuntime.lock_family().to_string(),
+        cpus: GuestRuntime.cpus() as u32,
+        params: server.params.values().clone(),
+        elapsed_ns: now_ns().saturating_sub(first),
+        ops: per_thread.iter().sum(),
+        unit: WORKLOAD.unit.to_string(),
+        checksum: 0,
+        per_thread,
+        lock_stats: Some(locks),
+        latency: None,
+    };
+    println!("kv: requests {}; {} keys", counts.join(" "), server.store.len());
+    println!("{}", record.summary());
+    tandem_rt::report(record.to_json().as_bytes()).expect("the monitor takes the record");
     tandem_rt::exit(0)
 }
 
 /// Milliseconds since boot, the clock expiry is set against.
 fn now_ms() -> u64 {
-    clock::ticks_to_ns(clock::tsc()) / 1_000_000
+    now_ns() / 1_000_000
+}
+
+fn now_ns() -> u64 {
+    clock::ticks_to_ns(clock::tsc())
 }

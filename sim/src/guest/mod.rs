@@ -297,6 +297,7 @@ impl Guest {
             checksum: 0,
             per_thread: self.threads.iter().map(|t| t.ops).collect(),
             lock_stats: self.model.lock.is_some().then_some(self.stats),
+            latency: None,
         }
     }
 

@@ -1,11 +1,44 @@
 //! The protocol and table of `kv`, a Redis-protocol key-value server: [`resp`] reads requests
 //! and writes replies, [`store`] is the sharded table under the runtime's spinlock family, and
-//! [`commands`] answers each request. The server around them (sockets, threads) is the guest
-//! program's; these parts are pure and tested here on host threads.
+//! [`commands`] answers each request; [`load`] is what a load generator sends it and how it
+//! reads the replies. The server around them (sockets, threads) is the guest program's, the
+//! load generator around [`load`] the monitor's; these parts are pure and tested here on host
+//! threads.
 
 pub mod commands;
+pub mod load;
 pub mod resp;
 pub mod store;
+
+use crate::WorkloadInfo;
+use crate::params::ParamSpec;
+
+/// `kv` as the registry lists it.
+pub const WORKLOAD: WorkloadInfo = WorkloadInfo {
+    name: "kv",
+    about: "a Redis-protocol key-value server on the VM's NIC (memcached, redis)",
+    unit: "requests",
+    params: PARAMS,
+    matrix_args: Some(&[("requests", "20000")]),
+    endless_args: &[("requests", "1000000000000")],
+    served: true,
+};
+
+/// The parameters of `kv`: the server's, then those of the load a scenario drives it with
+/// ([`load::Load`]), which the server ignores.
+pub const PARAMS: &[ParamSpec] = &[
+    ParamSpec::int("port", "6379", "the TCP port to listen on"),
+    ParamSpec::int("shards", "64", "buckets of the table, each under its own lock, 1-65536"),
+    ParamSpec::int("max_value_mib", "8", "the longest value (and request word), MiB"),
+    ParamSpec::int("max_memory_mib", "64", "bytes of keys and values the table may hold, MiB"),
+    ParamSpec::int("requests", "100000", "scenarios: requests the monitor's load generator sends"),
+    ParamSpec::int("clients", "50", "scenarios: the load's connections, 1-1024"),
+    ParamSpec::int("pipeline", "1", "scenarios: requests a connection has in flight, 1-1024"),
+    ParamSpec::int("rate", "0", "scenarios: an open loop at this many requests/s (0: a closed loop)"),
+    ParamSpec::int("keys", "10000", "scenarios: the keys requests pick from, 1-2^32"),
+    ParamSpec::int("reads", "50", "scenarios: percent of requests that are GETs (the others SETs)"),
+    ParamSpec::int("value_bytes", "3", "scenarios: bytes of each SET's value"),
+];
 
 #[cfg(all(test, feature = "std"))]
 mod tests {
