@@ -207,6 +207,17 @@ pub struct Cell {
     /// NaN (`null` in JSON) if the policy cannot run the scenario.
     #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
+    /// A served workload: its clients' p99 latency in each run that answered them all, in
+    /// microseconds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub p99_us: Vec<f64>,
+}
+
+impl Cell {
+    /// The median of [`p99_us`](Self::p99_us), if it has any.
+    pub fn median_p99_us(&self) -> Option<f64> {
+        (!self.p99_us.is_empty()).then(|| Summary::of(self.p99_us.clone()).median)
+    }
 }
 
 /// Reads `null` (JSON has no NaN) as NaN.
@@ -232,6 +243,11 @@ pub fn cells(scenarios: &[Scenario], policies: &[PolicyKind], results: &[Scenari
                     runs.iter().filter_map(|v| if v.timed_out { Some(0.0) } else { v.ratio }).collect();
                 let timeouts = runs.iter().filter(|v| v.timed_out).count();
                 let median = if ratios.is_empty() { f64::NAN } else { Summary::of(ratios.clone()).median };
+                let p99_us = runs
+                    .iter()
+                    .filter_map(|v| v.record.as_ref()?.latency)
+                    .map(|latency| latency.p99_ns as f64 / 1e3)
+                    .collect();
                 cells.push(Cell {
                     scenario: name(scenario),
                     vm: vm.name.clone(),
@@ -239,6 +255,7 @@ pub fn cells(scenarios: &[Scenario], policies: &[PolicyKind], results: &[Scenari
                     ratios,
                     timeouts,
                     median,
+                    p99_us,
                 });
             }
         }
@@ -266,7 +283,7 @@ mod tests {
     #[test]
     fn the_matrix_knows_only_workloads_that_have_matrix_arguments() {
         let error = matrix("phases", 2).unwrap_err().to_string();
-        assert_eq!(error, "--workloads: unknown workload `phases` (known: cpu, nbody, locks, pipeline)");
+        assert_eq!(error, "--workloads: unknown workload `phases` (known: cpu, nbody, locks, pipeline, kv)");
         assert_eq!(matrix("locks", 2).unwrap().vms.len(), 2);
     }
 

@@ -105,6 +105,7 @@ mod tests {
             ratios: ratios.to_vec(),
             timeouts: 0,
             median: 0.0,
+            p99_us: Vec::new(),
         };
         Row { real: cell.clone(), sim: cell, error: None, agrees: false, within_runs: false }
     }

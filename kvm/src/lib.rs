@@ -2,6 +2,7 @@
 //! `sched` policy.
 //!
 //! - [`runner`]: a scenario's VMs run together, and the reference runs behind the ideals;
+//! - [`load`]: the load generator that drives a served workload's VM over its NIC;
 //! - [`vm`]: a VM (memory, image, boot structures, VCPU threads) run to its outcome;
 //! - [`vcpu`]: a VCPU thread's run loop: KVM exits, hypercalls decoded, executed, answered;
 //! - [`hypercall`]: decoding hypercalls (pure, typed) and carrying them out;
@@ -21,7 +22,7 @@
 //! Which module uses which (a module uses only those listed after it here, so none uses its
 //! caller and no two use each other):
 //!
-//! - `runner` uses `vm`, `dispatch`, `image`, `outcome`;
+//! - `runner` uses `vm`, `load`, `dispatch`, `image`, `outcome`;
 //! - `vm` uses `vcpu`, `vm_shared`, `dispatch`, `net`, `memory`, `image`, `kick`, `x86`,
 //!   `outcome`;
 //! - `vcpu` uses `hypercall`, `vm_shared`, `dispatch`, `accounting`, `kick`, `x86`, `outcome`;
@@ -31,8 +32,8 @@
 //! - `dispatch` uses `kick`, `memory`, `x86` (its parts: `phase` only `x86`, `gate`,
 //!   `metrics` and `grants` none of the others);
 //! - `net` uses `memory`, `outcome` (its parts: see its doc);
-//! - `accounting`, `console`, `image`, `kick`, `memory`, `outcome`, `x86` use none of the
-//!   others.
+//! - `accounting`, `console`, `image`, `kick`, `load`, `memory`, `outcome`, `x86` use none
+//!   of the others.
 
 pub mod accounting;
 pub mod console;
@@ -40,6 +41,7 @@ pub mod dispatch;
 pub mod hypercall;
 pub mod image;
 pub mod kick;
+pub mod load;
 pub mod memory;
 pub mod net;
 pub mod outcome;

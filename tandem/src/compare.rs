@@ -27,7 +27,7 @@ pub struct Selection {
     /// and --locks)
     pub scenarios: Vec<PathBuf>,
     /// Workloads of the matrix
-    #[arg(long, value_delimiter = ',', default_values = ["locks", "nbody", "cpu", "pipeline"])]
+    #[arg(long, value_delimiter = ',', default_values = ["locks", "nbody", "cpu", "pipeline", "kv"])]
     pub workloads: Vec<String>,
     /// Overcommit levels of the matrix: 1 (a 2-VCPU VM on 2 pCPUs), 2 (two), 3 (a 4-VCPU and
     /// a 2-VCPU VM)

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `kv` server: the guest program under the real `tandem` binary,
 //! through a loopback port forward, driven by the stock `redis-benchmark` (from Debian's
-//! redis-tools, which `.ci/run` installs) and by a client of the test's own speaking RESP.
+//! redis-tools, which `.ci/run` installs) and by a client of the test's own speaking RESP;
+//! and `kv` VMs in scenarios, driven by the monitor's load generator.
 //!
 //! They need /dev/kvm and fail loudly without it, unless TANDEM_SKIP_KVM=1 says to skip them.
 
@@ -8,11 +9,18 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::kvm_available;
 use common::process::Tandem;
+use tandem_core::host::available_cores;
+use tandem_core::results::References;
+use tandem_core::scenario::Scenario;
+use tandem_kvm::image::DEFAULT_GUEST;
+use tandem_kvm::open_kvm;
+use tandem_kvm::runner::{measure_references, run_scenario};
 
 /// `tandem run kv` on 2 VCPUs behind a forward of a free loopback port.
 struct Kv {
@@ -191,4 +199,76 @@ fn kv_keeps_values_counters_and_bad_clients_apart() {
 
     let summary = kv.shut_down();
     assert!(summary.contains("incr=4000"), "{summary}");
+}
+
+/// A `kv` VM driven by the monitor's load generator beside a busy `cpu` VM, on (at most) 2
+/// pCPUs.
+fn kv_beside_cpu(kv_args: &str, timeout_s: u32) -> Scenario {
+    let pcpus = available_cores().len().min(2);
+    let text = format!(
+        "pcpus = {pcpus}\ntimeout_s = {timeout_s}\n[policy]\nname = \"credit\"\n\
+         [[vm]]\nname = \"kv\"\nvcpus = 2\nworkload = \"kv\"\nargs = {{ {kv_args} }}\n\
+         [[vm]]\nname = \"cpu\"\nvcpus = 2\nworkload = \"cpu\"\nargs = {{ tasks = 40 }}\n"
+    );
+    Scenario::parse(Path::new("kv-beside-cpu.toml"), &text).unwrap()
+}
+
+#[test]
+fn a_scenario_drives_kv_with_its_load_and_sets_it_against_its_reference() {
+    if !kvm_available() {
+        return;
+    }
+    let kvm = open_kvm().unwrap();
+    let scenario = kv_beside_cpu("requests = 3000, clients = 8, pipeline = 4", 60);
+    let mut references = References::default();
+    measure_references(&kvm, DEFAULT_GUEST, &scenario, &mut references, false).unwrap();
+    let result = run_scenario(&kvm, DEFAULT_GUEST, &scenario, Some(&references)).unwrap();
+    for vm in &result.vms {
+        assert!(vm.ok, "{}: {}", vm.name, vm.outcome);
+        assert!(vm.ratio.is_some_and(|ratio| ratio > 0.0), "{}: {:?}", vm.name, vm.ratio);
+    }
+    let kv = result.vms[0].record.as_ref().unwrap();
+    let load = scenario.vms[0].served().unwrap().unwrap().load;
+    assert_eq!((kv.ops, kv.unit.as_str(), kv.checksum), (3000, "requests", load.checksum()));
+    let latency = kv.latency.expect("a served VM's record has its latency");
+    assert!(0 < latency.p50_ns && latency.p50_ns <= latency.p99_ns, "{latency:?}");
+    assert!(latency.p99_ns <= latency.p999_ns && latency.p999_ns <= latency.max_ns, "{latency:?}");
+    // The guest's side: the control connection (after any PING tried while it booted) and
+    // the 8 clients', every request counted, each GET or SET under one shard's lock.
+    assert!(kv.per_thread.len() >= 9, "{:?}", kv.per_thread);
+    assert!(kv.per_thread.iter().sum::<u64>() >= 3000, "{:?}", kv.per_thread);
+    assert!(kv.lock_stats.unwrap().acquisitions >= 3000, "{:?}", kv.lock_stats);
+    assert!(result.vms[1].record.as_ref().unwrap().latency.is_none(), "cpu serves no one");
+}
+
+#[test]
+fn an_open_loop_sends_each_request_when_it_is_due() {
+    if !kvm_available() {
+        return;
+    }
+    let kvm = open_kvm().unwrap();
+    let scenario = kv_beside_cpu("requests = 600, clients = 4, rate = 2000", 60);
+    let result = run_scenario(&kvm, DEFAULT_GUEST, &scenario, None).unwrap();
+    let kv = &result.vms[0];
+    assert!(kv.ok, "{}", kv.outcome);
+    let record = kv.record.as_ref().unwrap();
+    // The last request is due 599 / 2000 s after the first: no load can finish sooner.
+    assert!(record.elapsed_ns >= 299_500_000, "{} requests in {} ns", record.ops, record.elapsed_ns);
+    assert!(record.rate() <= 2000.0 * 1.01, "{}", record.rate());
+}
+
+#[test]
+fn a_kv_vm_stopped_before_its_load_is_answered_fails_alone_in_its_row() {
+    if !kvm_available() {
+        return;
+    }
+    let kvm = open_kvm().unwrap();
+    let scenario = kv_beside_cpu("requests = 1000000000, clients = 4", 3);
+    let started = Instant::now();
+    let result = run_scenario(&kvm, DEFAULT_GUEST, &scenario, None).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let (kv, cpu) = (&result.vms[0], &result.vms[1]);
+    assert!(!kv.ok && kv.timed_out && kv.record.is_none(), "{kv:?}");
+    assert!(kv.outcome.contains("its load: the VM ended after"), "{}", kv.outcome);
+    assert!(cpu.ok, "{}", cpu.outcome);
 }

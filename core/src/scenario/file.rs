@@ -477,6 +477,22 @@ start_delay_ms = 10
     }
 
     #[test]
+    fn a_served_vm_gets_its_port_forwarded_and_its_load_checked() {
+        let kv = GOOD.replace("\"cpu\"", "\"kv\"\nargs = { port = 7000, clients = 4, rate = 900 }");
+        let scenario = parse(&kv).unwrap();
+        let served = scenario.vms[1].served().unwrap().unwrap();
+        assert_eq!((served.port, served.load.clients, served.load.rate), (7000, 4, Some(900)));
+        let config = scenario.vms[1].vm_config(1.0).unwrap();
+        let crate::net::NetBackend::User { forwards } = config.net.unwrap().backend else { panic!("not user") };
+        assert_eq!(forwards.len(), 1);
+        assert_eq!((forwards[0].host.to_string(), forwards[0].guest_port), ("127.0.0.1:0".to_owned(), 7000));
+        assert_eq!(scenario.vms[0].served().unwrap(), None, "nbody serves nothing");
+        let error = error(&kv.replace("clients = 4", "clients = 0"));
+        assert_eq!((error.line(), error.key()), (Some(21), Some("vm.args")), "{error}");
+        assert!(error.to_string().contains("clients=0: 1 to 1024 connections"), "{error}");
+    }
+
+    #[test]
     fn strict_co_scheduling_refuses_a_vm_wider_than_the_pcpus() {
         let wide = GOOD
             .replace("cosched-relaxed", "cosched-strict")

@@ -37,9 +37,11 @@ use std::time::Duration;
 use anyhow::bail;
 use sched::{Params, PolicyKind, Topology, VmSpec};
 
+use workloads::kv::load::Load;
+
 use crate::guest::{self, VmConfig};
 use crate::host::available_cores;
-use crate::net::NetConfig;
+use crate::net::{GuestInterface, HostForward, NetBackend, NetConfig};
 use crate::sim_config::SimConfig;
 
 /// Xen's default weight.
@@ -245,6 +247,14 @@ impl Scenario {
     }
 }
 
+/// How the monitor drives a VM's served workload: the guest port its server listens on,
+/// and the load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub port: u16,
+    pub load: Load,
+}
+
 impl VmPlan {
     /// A VM named `name` of `vcpus` VCPUs running `workload` with `args` on the spinlock
     /// family `locks`, at the defaults of a scenario file for everything else; checked as
@@ -271,9 +281,30 @@ impl VmPlan {
         if self.kernel.is_some() { guest::Kernel::User } else { guest::Kernel::Embedded }
     }
 
+    /// If its workload is served ([`workloads::WorkloadInfo::served`]), how the monitor
+    /// drives it, from its arguments.
+    pub fn served(&self) -> anyhow::Result<Option<Served>> {
+        let Some(info) = workloads::workload(&self.workload).filter(|info| info.served) else {
+            return Ok(None);
+        };
+        let (_, args) = workloads::split_guest_args(self.args.iter().map(String::as_str));
+        let bad = |error| anyhow::anyhow!("bad arguments for workload {}: {error}", self.workload);
+        let params = workloads::Params::parse(info.params, args).map_err(bad)?;
+        let port = params.u64_in("port", 1..=u64::from(u16::MAX), "not a TCP port").map_err(bad)? as u16;
+        Ok(Some(Served { port, load: Load::from_params(&params).map_err(bad)? }))
+    }
+
     /// The VM to boot, stopped after `timeout_s`: the same checks `tandem run` makes
-    /// (memory size, parameters and their values).
+    /// (memory size, parameters and their values). It has a NIC under user-mode networking;
+    /// a served workload's port is forwarded from an ephemeral port of the host's loopback.
     pub fn vm_config(&self, timeout_s: f64) -> anyhow::Result<VmConfig> {
+        let forwards = match self.served()? {
+            Some(served) => vec![HostForward {
+                host: std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+                guest_port: served.port,
+            }],
+            None => Vec::new(),
+        };
         let config = VmConfig {
             name: self.name.clone(),
             vcpus: self.vcpus,
@@ -281,7 +312,7 @@ impl VmPlan {
             cmdline: guest::cmdline(&self.workload, &self.args, self.guest_kernel())?,
             timeout: Duration::from_secs_f64(timeout_s),
             echo_console: false,
-            net: Some(NetConfig::user()),
+            net: Some(NetConfig { backend: NetBackend::User { forwards }, guest: GuestInterface::USER }),
         };
         config.check()?;
         Ok(config)

@@ -9,38 +9,57 @@ use plotters::prelude::*;
 use sched::PolicyKind;
 use tandem_core::experiment::{Cell, name};
 use tandem_core::results::ScenarioResult;
-use tandem_core::scenario::Scenario;
+use tandem_core::scenario::{Scenario, VmPlan};
 use tandem_core::stats::Summary;
 
-/// Each scenario VM's median ratio to its ideal under each policy, a column per policy.
+/// Each scenario VM's median ratio to its ideal under each policy, a column per policy; then,
+/// if any VM serves clients, their p99 latency the same way.
 pub fn table(scenarios: &[Scenario], policies: &[PolicyKind], cells: &[Cell]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "each VM's result as a fraction of its ideal (its work at its fair share of the pCPUs), median of runs:"
+    let mut out = String::from(
+        "each VM's result as a fraction of its ideal (its work at its fair share of the pCPUs), median of runs:\n",
     );
+    out += &grid(
+        scenarios,
+        policies,
+        cells,
+        |_| true,
+        |cell| match cell {
+            Some(cell) if cell.timeouts > 0 => format!("{:.3} ({} t/o)", cell.median, cell.timeouts),
+            Some(cell) if cell.median.is_finite() => format!("{:.3}", cell.median),
+            _ => "cannot run".to_owned(),
+        },
+    );
+    let served = |vm: &VmPlan| workloads::workload(&vm.workload).is_some_and(|info| info.served);
+    if scenarios.iter().any(|scenario| scenario.vms.iter().any(served)) {
+        out += "the p99 latency of each served VM's requests, as its clients saw it, in ms, median of runs:\n";
+        out += &grid(scenarios, policies, cells, served, |cell| {
+            cell.and_then(Cell::median_p99_us).map_or_else(|| "-".to_owned(), |p99| format!("{:.2}", p99 / 1e3))
+        });
+    }
+    out
+}
+
+/// A row per scenario VM that `shown` takes, a column per policy, each cell as `format` puts it.
+fn grid(
+    scenarios: &[Scenario],
+    policies: &[PolicyKind],
+    cells: &[Cell],
+    shown: impl Fn(&VmPlan) -> bool,
+    format: impl Fn(Option<&Cell>) -> String,
+) -> String {
+    let mut out = String::new();
     let _ = write!(out, "{:<24} {:<6} {:>5}", "scenario", "VM", "VCPUs");
     for policy in policies {
         let _ = write!(out, " {:>16}", policy.name());
     }
     let _ = writeln!(out);
     for scenario in scenarios {
-        for vm in &scenario.vms {
+        for vm in scenario.vms.iter().filter(|vm| shown(vm)) {
             let _ = write!(out, "{:<24} {:<6} {:>5}", name(scenario), vm.name, vm.vcpus);
             for policy in policies {
                 let cell =
                     cells.iter().find(|c| c.scenario == name(scenario) && c.vm == vm.name && c.policy == policy.name());
-                match cell {
-                    Some(cell) if cell.timeouts > 0 => {
-                        let _ = write!(out, " {:>16}", format!("{:.3} ({} t/o)", cell.median, cell.timeouts));
-                    }
-                    Some(cell) if cell.median.is_finite() => {
-                        let _ = write!(out, " {:>16.3}", cell.median);
-                    }
-                    _ => {
-                        let _ = write!(out, " {:>16}", "cannot run");
-                    }
-                }
+                let _ = write!(out, " {:>16}", format(cell));
             }
             let _ = writeln!(out);
         }

@@ -40,6 +40,19 @@ pub fn table(result: &ScenarioResult) -> String {
             vm.name, vm.workload, vm.vcpus, vm.weight, vm.fair_share, rate, ideal, ratio, vm.outcome
         );
     }
+    for vm in &result.vms {
+        if let Some(latency) = vm.record.as_ref().and_then(|record| record.latency) {
+            let _ = writeln!(
+                out,
+                "{:<10} latency, as its clients saw it: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+                vm.name,
+                micros(latency.p50_ns),
+                micros(latency.p99_ns),
+                micros(latency.p999_ns),
+                micros(latency.max_ns)
+            );
+        }
+    }
     let _ = writeln!(out, "{:<10} {:>5} {:>6} {:>6} {:>6} {:>6}", "VCPU", "", "%RUN", "%RDY", "%CSTP", "%WAIT");
     for vm in &result.vms {
         let whole = vm.elapsed_s * 1e9;

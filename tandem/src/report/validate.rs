@@ -132,6 +132,7 @@ mod tests {
             ratios: vec![median],
             timeouts,
             median,
+            p99_us: Vec::new(),
         };
         let pair = |scenario, vm, policy, real, sim, timeouts| Row {
             real: cell(scenario, vm, policy, real, timeouts),

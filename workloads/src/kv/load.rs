@@ -169,7 +169,8 @@ mod tests {
 
     #[test]
     fn the_load_is_checked() {
-        let error = |args: &[&str]| Load::from_params(&Params::parse(PARAMS, args.iter().copied()).unwrap()).unwrap_err();
+        let error =
+            |args: &[&str]| Load::from_params(&Params::parse(PARAMS, args.iter().copied()).unwrap()).unwrap_err();
         assert!(matches!(error(&["clients=0"]), ParamError::OutOfRange { .. }));
         assert!(matches!(error(&["pipeline=2000"]), ParamError::OutOfRange { .. }));
         assert!(matches!(error(&["reads=101"]), ParamError::OutOfRange { .. }));
