@@ -4,6 +4,9 @@
 //! The ideal comes from a reference run of the same VM alone at 1x: `min(vcpus, pcpus)`
 //! VCPUs on as many pCPUs under `credit` (see [`Scenario::reference_of`]). A VM whose fair
 //! share is `s` pCPUs should then do its work at `reference rate * s / min(vcpus, pcpus)`.
+//! A server driven by an open loop is the exception: its clients ask a fixed rate whatever
+//! its share, so its ideal is to keep up as it did alone (its reference rate), and how well
+//! it did shows in its latency.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -107,8 +110,8 @@ impl ScenarioResult {
             .zip(topology.fair_shares())
             .map(|((plan, vm), share)| {
                 let width = plan.vcpus.min(pcpus);
-                let ideal_rate =
-                    references.and_then(|r| r.rate(scenario, plan)).map(|rate| rate * share / f64::from(width));
+                let scale = if plan.open_loop() { 1.0 } else { share / f64::from(width) };
+                let ideal_rate = references.and_then(|r| r.rate(scenario, plan)).map(|rate| rate * scale);
                 let ratio = match (&vm.record, ideal_rate) {
                     (Some(record), Some(ideal)) => Some(record.rate() / ideal),
                     _ => None,
@@ -184,4 +187,50 @@ pub fn vcpu_name(scenario: &Scenario, vcpu: VcpuId) -> String {
     let topology = scenario.topology();
     let vm = topology.vm_of(vcpu);
     format!("{}/vcpu{}", scenario.vms[vm].name, vcpu.0 - topology.vcpu(vm, 0).0)
+}
+
+#[cfg(test)]
+mod tests {
+    use sched::PolicyKind;
+
+    use super::*;
+    use crate::scenario::Target;
+    use crate::sim_config::SimConfig;
+
+    fn record(ops: u64) -> Record {
+        let rt = workloads::native::NativeRuntime::new(Some(1));
+        Record { ops, elapsed_ns: 1_000_000_000, ..workloads::run(&rt, "cpu", &["tasks=1"]).unwrap() }
+    }
+
+    #[test]
+    fn an_ideal_scales_with_the_fair_share_but_an_open_loop_asks_its_rate() {
+        let vms = vec![
+            VmPlan::new("cpu", 2, "cpu", &[], "spin").unwrap(),
+            VmPlan::new("closed", 2, "kv", &[("requests", "100")], "spin").unwrap(),
+            VmPlan::new("open", 2, "kv", &[("requests", "100"), ("rate", "1000")], "spin").unwrap(),
+        ];
+        let scenario =
+            Scenario::build("t.toml", Target::Sim, 2, PolicyKind::Credit, 10.0, vms, SimConfig::default()).unwrap();
+        let mut references = References::default();
+        references.measure(&scenario, |vm, _| Ok(if vm.name == "open" { 1000.0 } else { 3000.0 })).unwrap();
+        let run = |ops| VmRun {
+            outcome: String::new(),
+            ok: true,
+            timed_out: false,
+            elapsed_s: 1.0,
+            record: Some(record(ops)),
+            vcpu_times: Vec::new(),
+        };
+        let run = ScenarioRun {
+            vms: vec![run(1000), run(1000), run(1000)],
+            elapsed_ns: 1,
+            simulated: true,
+            dispatch: DispatchReport::default(),
+        };
+        let result = ScenarioResult::of(&scenario, run, Some(&references));
+        let ideals: Vec<f64> = result.vms.iter().map(|vm| vm.ideal_rate.unwrap()).collect();
+        // A third of 2 pCPUs each: 3000 / s at 2 VCPUs scaled to 2/3 pCPU; the open loop asks 1000 / s.
+        assert_eq!(ideals, [1000.0, 1000.0, 1000.0]);
+        assert!(result.vms.iter().all(|vm| (vm.ratio.unwrap() - 1.0).abs() < 1e-12));
+    }
 }

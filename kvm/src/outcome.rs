@@ -19,6 +19,9 @@ pub enum Outcome {
     TimedOut(Duration),
     /// The guest broke the NIC's rules (see `pv_abi::net`), as its backend found.
     NicFaulted(NicFault),
+    /// The monitor got this signal (SIGINT or SIGTERM) and the guest, asked to end, had not
+    /// within the grace period.
+    Interrupted(i32),
 }
 
 /// Process status of a guest panic.
@@ -37,6 +40,7 @@ impl Outcome {
             Outcome::Panicked { .. } => STATUS_PANIC,
             Outcome::Faulted { .. } | Outcome::NicFaulted(_) => STATUS_FAULT,
             Outcome::TimedOut(_) => STATUS_TIMEOUT,
+            Outcome::Interrupted(signal) => interrupted_status(*signal),
         }
     }
 
@@ -48,7 +52,24 @@ impl Outcome {
             Outcome::Faulted { vcpu, fault } => format!("VM {vm}: VCPU {vcpu} faulted: {fault}"),
             Outcome::TimedOut(after) => format!("VM {vm} timed out after {:.1} s and was stopped", after.as_secs_f64()),
             Outcome::NicFaulted(fault) => format!("VM {vm}: the guest broke the NIC's rules: {fault}"),
+            Outcome::Interrupted(signal) => {
+                format!("VM {vm} was stopped on {}: asked to end, it had not", signal_name(*signal))
+            }
         }
+    }
+}
+
+/// The process status of a command ended by `signal`, as a shell reports it: 128 + signal.
+pub fn interrupted_status(signal: i32) -> u8 {
+    u8::try_from(128 + signal).unwrap_or(u8::MAX)
+}
+
+/// `SIGINT`, `SIGTERM`, or `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        other => format!("signal {other}"),
     }
 }
 

@@ -103,6 +103,11 @@ impl Vm {
         Ok(Vm { shared, vcpu_fds, kickers, entry: placement.entry, timeout: config.timeout, net, _vm_fd: vm_fd })
     }
 
+    /// What asks the VM to end, or stops it, from another thread while it runs.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.shared))
+    }
+
     /// The host addresses the NIC's forwards listen on (none without user-mode networking).
     pub fn forward_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.net.as_ref().map(NetDevice::forward_addrs).unwrap_or_default()
@@ -150,12 +155,39 @@ impl Vm {
     }
 }
 
+/// Asks a running VM to end, or stops it: what a monitor does on SIGINT or SIGTERM.
+#[derive(Clone, Debug)]
+pub struct Stopper(Arc<VmShared>);
+
+impl Stopper {
+    /// Asks the guest to end (the shared page's `stop_requested`) and kicks every VCPU so that
+    /// a blocked one sees it.
+    pub fn ask(&self) {
+        self.0.memory.shared_page().stop_requested.store(1, Ordering::Release);
+        (0..self.0.nr_vcpus).for_each(|vcpu| self.0.kick(vcpu));
+    }
+
+    /// Stops the VM as interrupted by `signal`, unless it has ended already.
+    pub fn force(&self, signal: i32) {
+        self.0.finish(Outcome::Interrupted(signal));
+    }
+}
+
 /// Boots `config` from `image` and runs it alone to its outcome, its VCPU threads scheduled
-/// by Linux on every host CPU (the `host` policy), as `tandem run` does.
-pub fn run_alone(kvm: &Kvm, config: &VmConfig, image: &[u8]) -> anyhow::Result<RunReport> {
+/// by Linux on every host CPU (the `host` policy), as `tandem run` does; `booted` gets what
+/// can stop it while it runs.
+pub fn run_alone(
+    kvm: &Kvm,
+    config: &VmConfig,
+    image: &[u8],
+    booted: impl FnOnce(Stopper),
+) -> anyhow::Result<RunReport> {
     let seat = Seat::alone(config.vcpus)?;
     let dispatcher = Arc::clone(&seat.dispatcher);
-    let report = Vm::new(kvm, config, image, seat).and_then(Vm::run);
+    let report = Vm::new(kvm, config, image, seat).and_then(|vm| {
+        booted(vm.stopper());
+        vm.run()
+    });
     dispatcher.finish();
     report
 }

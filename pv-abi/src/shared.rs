@@ -67,8 +67,12 @@ pub struct SharedPage {
     pub grant_seq: AtomicU32,
     /// Guest: the `grant_seq` it has finished following (its VCPUs are up or down to match).
     pub grant_ack: AtomicU32,
+    /// Monitor: nonzero once it asks the guest to end (its process got SIGINT or SIGTERM),
+    /// after which it kicks every VCPU. A guest ends when it can (a server prints what it
+    /// served); one still running a grace period later is stopped.
+    pub stop_requested: AtomicU32,
     /// Reserved, zero.
-    pub _reserved: [u32; 13],
+    pub _reserved: [u32; 12],
     /// Per-VCPU slots, indexed by VCPU id; only the first `nr_vcpus` are used.
     pub vcpus: [VcpuShared; MAX_VCPUS],
 }
@@ -96,6 +100,7 @@ mod tests {
         assert_eq!(offset_of!(SharedPage, grant_vcpus), 0);
         assert_eq!(offset_of!(SharedPage, grant_seq), 4);
         assert_eq!(offset_of!(SharedPage, grant_ack), 8);
+        assert_eq!(offset_of!(SharedPage, stop_requested), 12);
         assert_eq!(offset_of!(SharedPage, vcpus), 64);
         assert_eq!(SHARED_PAGE_SIZE, 2 * 4096);
         assert_eq!(SHARED_PAGE_SIZE % 4096, 0);

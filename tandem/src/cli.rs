@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,6 +19,7 @@ use workloads::Record;
 
 use crate::bench::{self, BenchCommand};
 use crate::compare::{self, CompareArgs};
+use crate::interrupt;
 use crate::report;
 use crate::scaffold;
 use crate::sweep::{self, SweepArgs};
@@ -238,8 +240,26 @@ fn run_vm(args: &RunArgs, echo_console: bool) -> anyhow::Result<RunReport> {
         Some(path) => Cow::Owned(image::read(path)?),
         None => Cow::Borrowed(image::DEFAULT_GUEST),
     };
-    vm::run_alone(&open_kvm()?, &config, &image)
+    // On SIGINT or SIGTERM the guest is asked to end (a server then says what it served),
+    // and stopped if it has not a grace period later.
+    let stopper: Arc<OnceLock<vm::Stopper>> = Arc::default();
+    let _watch = {
+        let stopper = Arc::clone(&stopper);
+        interrupt::watch(move |signal| match stopper.get() {
+            Some(stopper) => {
+                stopper.ask();
+                std::thread::sleep(STOP_GRACE);
+                stopper.force(signal);
+            }
+            // Still booting: nothing to end cleanly.
+            None => std::process::exit(i32::from(tandem_kvm::outcome::interrupted_status(signal))),
+        })?
+    };
+    vm::run_alone(&open_kvm()?, &config, &image, |booted| _ = stopper.set(booted))
 }
+
+/// How long a guest asked to end (SIGINT, SIGTERM) has before it is stopped.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// `text` cut to at most `max` characters, saying how long it was.
 fn abbreviate(text: &str, max: usize) -> Cow<'_, str> {
@@ -282,7 +302,10 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
             report.vcpus.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();
         eprintln!("tandem: when stopped: {}", states.join(", "));
     }
-    Ok(ExitCode::from(report.outcome.status()))
+    match interrupt::received() {
+        Some(signal) => Ok(ExitCode::from(tandem_kvm::outcome::interrupted_status(signal))),
+        None => Ok(ExitCode::from(report.outcome.status())),
+    }
 }
 
 fn scenario(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,7 @@
 //! KVM side (`tandem-kvm`) and the simulator (`tandem-sim`), both on `tandem-core`.
 //!
 //! - [`cli`]: the command line: parsing, calling the floors below, printing;
+//! - [`interrupt`]: SIGINT and SIGTERM handed to what runs, to end it cleanly;
 //! - [`report`]: results as tables, JSON and Chrome traces;
 //! - [`compare`]: scenarios under each policy on KVM, side by side, table and chart;
 //! - [`validate`]: the same scenarios on KVM and in the simulator;
@@ -12,6 +13,7 @@
 pub mod bench;
 pub mod cli;
 pub mod compare;
+pub mod interrupt;
 pub mod report;
 pub mod scaffold;
 pub mod sweep;

@@ -169,6 +169,21 @@ fn hangs_end_at_the_timeout() {
 }
 
 #[test]
+fn sigint_and_sigterm_stop_a_guest_that_does_not_end_when_asked_after_a_second() {
+    if !kvm_available() {
+        return;
+    }
+    for (signal, status, name) in [(libc::SIGINT, 130, "SIGINT"), (libc::SIGTERM, 143, "SIGTERM")] {
+        let hang = Tandem::start(&["run", "hang", "--vcpus", "2", "--timeout", "0", "--", "mode=block"]);
+        std::thread::sleep(Duration::from_millis(500));
+        hang.signal(signal);
+        let run = hang.finish(Duration::from_secs(10));
+        assert_eq!(run.status, Some(status), "{name}: {}", run.stderr);
+        assert!(run.stderr.contains(&format!("was stopped on {name}: asked to end, it had not")), "{}", run.stderr);
+    }
+}
+
+#[test]
 fn bad_hypercalls_are_refused_then_the_unanswerable_one_ends_the_vm() {
     if !kvm_available() {
         return;
@@ -191,7 +206,7 @@ fn guest_usage_errors_exit_64() {
     let run = tandem(&["run", "nosuch"], LIMIT);
     assert_eq!(run.status, Some(64));
     assert!(
-        run.stdout.contains("unknown program \"nosuch\"; the guest has: cpu nbody locks pipeline phases hello"),
+        run.stdout.contains("unknown program \"nosuch\"; the guest has: cpu nbody locks pipeline phases kv hello"),
         "{}",
         run.stdout
     );

@@ -115,6 +115,24 @@ impl Client {
     }
 }
 
+#[test]
+fn sigint_ends_kv_with_its_summary() {
+    if !kvm_available() {
+        return;
+    }
+    let kv = Kv::start();
+    let mut client = Client::connect(kv.addr).unwrap();
+    for _ in 0..100 {
+        assert_eq!(client.call(&["INCR", "n"]).unwrap().chars().next(), Some(':'));
+    }
+    kv.server.signal(libc::SIGINT);
+    let run = kv.server.finish(Duration::from_secs(10));
+    assert_eq!(run.status, Some(130), "{}", run.stderr);
+    assert!(run.stdout.contains("incr=100") && run.stdout.contains("kv: "), "{}", run.stdout);
+    assert!(run.stdout.contains("locks: 100 acquisitions"), "{}", run.stdout);
+    assert!(run.stderr.contains("VM kv exited with code 0"), "{}", run.stderr);
+}
+
 /// Runs the stock redis-benchmark against `addr`; it must complete every test without
 /// errors.
 fn redis_benchmark(addr: SocketAddr, pipeline: u32) {

@@ -294,6 +294,11 @@ impl VmPlan {
         Ok(Some(Served { port, load: Load::from_params(&params).map_err(bad)? }))
     }
 
+    /// Whether it is a served workload driven by an open loop, whose clients ask a fixed rate.
+    pub fn open_loop(&self) -> bool {
+        self.served().ok().flatten().is_some_and(|served| served.load.rate.is_some())
+    }
+
     /// The VM to boot, stopped after `timeout_s`: the same checks `tandem run` makes
     /// (memory size, parameters and their values). It has a NIC under user-mode networking;
     /// a served workload's port is forwarded from an ephemeral port of the host's loopback.

@@ -1,8 +1,9 @@
 //! `kv [port=6379] [shards=64] [max_value_mib=8] [max_memory_mib=64]`: a Redis-protocol
 //! key-value server (`workloads::kv`: RESP2 and inline requests, pipelining) on the VM's
 //! NIC, a thread per connection, over one table sharded under the VM's spinlock family
-//! (`locks=`). It serves until a client sends SHUTDOWN (or the VM is stopped), then prints
-//! the requests by command, reports its record (requests from the first to SHUTDOWN, per
+//! (`locks=`). It serves until a client sends SHUTDOWN or the monitor asks the VM to end
+//! (SIGINT or SIGTERM to `tandem run`), then prints
+//! the requests by command, reports its record (requests from the first to the last, per
 //! connection, and the table's lock counters) and exits 0. A client that sends a malformed
 //! request gets the protocol error and its connection is closed; the others are served on.
 //! The parameters of a scenario's load (`requests`, `clients`, ...) are the monitor's.
@@ -30,14 +31,22 @@ const READ_BYTES: usize = 16 * 1024;
 
 type FamilyStore = Store<<GuestRuntime as Runtime>::SpinLock<Shard>>;
 
+/// What one connection did.
+#[derive(Default)]
+struct Connection {
+    requests: AtomicU64,
+    /// When its last batch of requests was answered.
+    last_ns: AtomicU64,
+}
+
 /// What the connections share.
 struct Server {
     store: FamilyStore,
     limits: Limits,
     /// Requests by command, in [`Command::ALL`]'s order.
     requests: [AtomicU64; Command::ALL.len()],
-    /// Requests by connection, in the order they were accepted.
-    connections: <GuestRuntime as Runtime>::Mutex<Vec<Arc<AtomicU64>>>,
+    /// Each connection's figures, in the order they were accepted.
+    connections: <GuestRuntime as Runtime>::Mutex<Vec<Arc<Connection>>>,
     /// When the first request arrived (0: none yet).
     first_request_ns: AtomicU64,
     /// The record's skeleton: the parameters, every one.
@@ -66,12 +75,14 @@ pub fn run(params: &Params) -> Result<i64, ParamError> {
             first_request_ns: AtomicU64::new(0),
             params,
         });
+        let stopping = Arc::clone(&server);
+        sched::on_stop(move || shut_down(&stopping));
         println!("kv: listening on port {port} ({shards} shards, locks={})", GuestRuntime.lock_family());
         loop {
             match listener.accept() {
                 Ok(stream) => {
                     let server = Arc::clone(&server);
-                    let served = Arc::new(AtomicU64::new(0));
+                    let served = Arc::new(Connection::default());
                     server.connections.lock().push(Arc::clone(&served));
                     drop(sched::spawn(move || {
                         serve(stream, &server, &served);
@@ -89,7 +100,7 @@ pub fn run(params: &Params) -> Result<i64, ParamError> {
 
 /// Answers one connection's requests, pipelined ones in a batch, until it closes, quits,
 /// breaks the protocol, or shuts the server down.
-fn serve(mut stream: TcpStream, server: &Server, served: &AtomicU64) {
+fn serve(mut stream: TcpStream, server: &Server, served: &Connection) {
     let mut input: Vec<u8> = Vec::new();
     let mut output = Vec::new();
     let mut chunk = vec![0; READ_BYTES];
@@ -103,7 +114,7 @@ fn serve(mut stream: TcpStream, server: &Server, served: &AtomicU64) {
                     if words.is_empty() {
                         continue;
                     }
-                    if served.fetch_add(1, Ordering::Relaxed) == 0 {
+                    if served.requests.fetch_add(1, Ordering::Relaxed) == 0 {
                         _ = server.first_request_ns.compare_exchange(0, now_ns(), Ordering::Relaxed, Ordering::Relaxed);
                     }
                     let (command, after) = execute(&server.store, &words, now_ms(), &mut output);
@@ -126,6 +137,9 @@ fn serve(mut stream: TcpStream, server: &Server, served: &AtomicU64) {
             }
         }
         input.drain(..used);
+        if used > 0 {
+            served.last_ns.store(now_ns(), Ordering::Relaxed);
+        }
         if !output.is_empty() {
             if stream.write_all(&output).is_err() {
                 return;
@@ -155,7 +169,10 @@ fn shut_down(server: &Server) -> ! {
     for shard in server.store.shards() {
         locks.add(shard.stats());
     }
-    let per_thread: Vec<u64> = server.connections.lock().iter().map(|served| served.load(Ordering::Relaxed)).collect();
+    let connections = server.connections.lock();
+    let per_thread: Vec<u64> = connections.iter().map(|c| c.requests.load(Ordering::Relaxed)).collect();
+    let last = connections.iter().map(|c| c.last_ns.load(Ordering::Relaxed)).max().unwrap_or_default();
+    drop(connections);
     let first = server.first_request_ns.load(Ordering::Relaxed);
     let record = Record {
         workload: WORKLOAD.name.to_string(),
@@ -163,7 +180,7 @@ fn shut_down(server: &Server) -> ! {
         locks: GuestRuntime.lock_family().to_string(),
         cpus: GuestRuntime.cpus() as u32,
         params: server.params.values().clone(),
-        elapsed_ns: now_ns().saturating_sub(first),
+        elapsed_ns: last.saturating_sub(first),
         ops: per_thread.iter().sum(),
         unit: WORKLOAD.unit.to_string(),
         checksum: 0,

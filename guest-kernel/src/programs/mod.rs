@@ -1,6 +1,7 @@
 //! The programs a guest can run, chosen by the first word of the boot command line: the
-//! workloads of the `workloads` crate, a TCP echo server, a Redis-protocol key-value server, and the programs below that test
-//! the kernel and the monitor.
+//! workloads of the `workloads` crate (the served one, `kv`, the Redis-protocol key-value
+//! server, among the programs here), a TCP echo server, and the programs below that test the
+//! kernel and the monitor.
 
 mod echo;
 mod hello;
@@ -44,7 +45,9 @@ pub fn run(args: Args) -> i64 {
         None if workload::exists(args.program()) => return workload::run(&args),
         None => {
             print!("unknown program {:?}; the guest has:", args.program());
-            for name in tandem_rt::workloads::WORKLOADS.iter().map(|w| w.name).chain(PROGRAMS.iter().map(|p| p.name)) {
+            // Served workloads (kv) are programs of their own, listed once.
+            let programs = PROGRAMS.iter().map(|p| p.name).filter(|name| !workload::exists(name));
+            for name in tandem_rt::workloads::WORKLOADS.iter().map(|w| w.name).chain(programs) {
                 print!(" {name}");
             }
             println!();

@@ -99,7 +99,7 @@ fn guest_records(program: &str, vcpus: u32, args: &[&str]) -> anyhow::Result<Vec
         echo_console: false,
         net: None,
     };
-    let report = vm::run_alone(&open_kvm()?, &config, image::DEFAULT_GUEST)?;
+    let report = vm::run_alone(&open_kvm()?, &config, image::DEFAULT_GUEST, drop)?;
     if report.outcome != Outcome::Exited(0) {
         bail!("{}", report.outcome.describe(program));
     }
@@ -136,7 +136,8 @@ fn workloads(args: &WorkloadArgs) -> anyhow::Result<()> {
         bail!("--runs must be at least 1");
     }
     let names: Vec<&str> = if args.only.is_empty() {
-        workloads::WORKLOADS.iter().map(|w| w.name).collect()
+        // A served workload's baseline is another server's (`tandem bench kv`).
+        workloads::WORKLOADS.iter().filter(|w| !w.served).map(|w| w.name).collect()
     } else {
         args.only.iter().map(String::as_str).collect()
     };

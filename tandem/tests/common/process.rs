@@ -57,6 +57,12 @@ impl Tandem {
         Tandem { child, args: args.iter().map(|arg| arg.to_string()).collect(), started, stdout, stderr }
     }
 
+    /// Sends the process `signal` (as a terminal's Ctrl-C would SIGINT).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid, which it keeps until we wait for it.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0, "kill failed");
+    }
+
     /// Waits for the process to end, killing it after `limit` (which fails the test).
     pub fn finish(mut self, limit: Duration) -> Run {
         let status = loop {

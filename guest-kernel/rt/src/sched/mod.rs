@@ -12,6 +12,9 @@
 //! also watches for received frames, and one about to block declares itself to the NIC's
 //! backend, to be kicked when frames arrive, and wakes by the stack's next deadline.
 //!
+//! When the monitor asks the VM to end (`stop_requested` in the shared page, then a kick), the
+//! next scheduler pass starts the application's stop handler ([`on_stop`]) on a thread.
+//!
 //! The VCPUs online are the first `ONLINE` ones, and they follow the monitor's grant in the
 //! shared page (dynamic VCPU allocation): when it falls, `ONLINE` falls first, so no new
 //! work is queued for the surplus VCPUs; each of them, at its next scheduling point, hands
@@ -236,6 +239,29 @@ fn linger() {
     }
 }
 
+/// What the application does when the monitor asks the VM to end, if it said (see
+/// [`on_stop`]).
+static ON_STOP: Spinlock<Option<Box<dyn FnOnce() + Send>>> = Spinlock::new(None);
+
+/// Runs `handler` on a thread of its own when the monitor asks the VM to end (its process got
+/// SIGINT or SIGTERM): a server stops serving and says what it served, say. Without one, or
+/// if it takes too long, the monitor stops the VM itself.
+pub fn on_stop(handler: impl FnOnce() + Send + 'static) {
+    *ON_STOP.lock() = Some(Box::new(handler));
+}
+
+/// Starts the stop handler if the monitor asks the VM to end.
+fn answer_stop_request() {
+    if boot::shared_page().stop_requested.load(Ordering::Acquire) != 0
+        && let Some(handler) = ON_STOP.lock().take()
+    {
+        drop(spawn(move || {
+            handler();
+            0
+        }));
+    }
+}
+
 fn enter_scheduler(_vcpu: u32) {
     scheduler_loop()
 }
@@ -311,6 +337,7 @@ fn scheduler_loop() -> ! {
     cpu.down.store(false, Ordering::Relaxed);
     loop {
         follow_grant(id, cpu);
+        answer_stop_request();
         fire_timers(cpu);
         net::poll();
         match cpu.pop().or_else(|| steal(id)) {
