@@ -276,3 +276,93 @@ fn read_replies(
 fn shut_down(mut control: TcpStream) -> Result<(), String> {
     control.write_all(b"*1\r\n$8\r\nSHUTDOWN\r\n").map_err(|error| format!("cannot send SHUTDOWN: {error}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    use workloads::Params;
+    use workloads::kv::resp::{Limits, parse};
+
+    use super::*;
+
+    /// A stand-in server on the host's loopback: answers PONG to PING and `reply` to anything
+    /// else, connection by connection, until SHUTDOWN (counted in `shutdowns`); with
+    /// `close_after`, closes each client connection after that many requests.
+    fn server(reply: &'static [u8], close_after: Option<usize>, shutdowns: Arc<AtomicU64>) -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let (mut stream, shutdowns) = (stream.unwrap(), Arc::clone(&shutdowns));
+                std::thread::spawn(move || {
+                    let (mut input, mut chunk, mut served) = (Vec::new(), [0; 4096], 0);
+                    while let Ok(read @ 1..) = stream.read(&mut chunk) {
+                        input.extend_from_slice(&chunk[..read]);
+                        let mut out = Vec::new();
+                        while let Some((words, used)) = parse(&input, &Limits::default()).unwrap() {
+                            match words[0] {
+                                b"PING" => out.extend_from_slice(b"+PONG\r\n"),
+                                b"SHUTDOWN" => _ = shutdowns.fetch_add(1, Ordering::Relaxed),
+                                _ => out.extend_from_slice(reply),
+                            }
+                            input.drain(..used);
+                            served += 1;
+                        }
+                        if stream.write_all(&out).is_err() || close_after.is_some_and(|n| served >= n) {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn load(args: &[&str]) -> Load {
+        Load::from_params(&Params::parse(workloads::kv::PARAMS, args.iter().copied()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_closed_loop_gets_every_reply_then_shuts_the_server_down() {
+        let shutdowns = Arc::new(AtomicU64::new(0));
+        let addr = server(b"+OK\r\n", None, Arc::clone(&shutdowns));
+        let run = drive(addr, &load(&["requests=2000", "clients=4", "pipeline=8"]), &AtomicBool::new(false));
+        assert_eq!((run.answered, run.failure), (2000, None));
+        let latency = run.latency;
+        assert!(0 < latency.p50_ns && latency.p50_ns <= latency.p99_ns && latency.p999_ns <= latency.max_ns);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(shutdowns.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_open_loop_takes_as_long_as_its_rate_says() {
+        let addr = server(b"$-1\r\n", None, Arc::default());
+        let run = drive(addr, &load(&["requests=200", "clients=3", "rate=1000"]), &AtomicBool::new(false));
+        assert_eq!((run.answered, run.failure), (200, None));
+        // The last of 200 requests at 1000/s is due 199 ms after the first.
+        assert!(run.elapsed >= Duration::from_millis(199), "{:?}", run.elapsed);
+    }
+
+    #[test]
+    fn an_error_reply_or_a_closed_connection_stops_the_load_and_says_why() {
+        let addr = server(b"-ERR nope\r\n", None, Arc::default());
+        let run = drive(addr, &load(&["requests=100", "clients=2"]), &AtomicBool::new(false));
+        let failure = run.failure.unwrap();
+        assert!(failure.ends_with("the server replied \"-ERR nope\""), "{failure}");
+        let addr = server(b"+OK\r\n", Some(10), Arc::default());
+        let run = drive(addr, &load(&["requests=100", "clients=2"]), &AtomicBool::new(false));
+        assert!(run.answered < 100);
+        assert!(run.failure.unwrap().ends_with("the server closed the connection"));
+    }
+
+    #[test]
+    fn a_vm_that_ends_first_ends_the_load() {
+        // Nothing listens: every PING fails until the VM is seen to have ended.
+        let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap();
+        let run = drive(addr, &load(&["requests=10"]), &AtomicBool::new(true));
+        assert_eq!((run.answered, run.failure.as_deref()), (0, Some("the VM ended after 0 of 10 replies")));
+    }
+}
