@@ -110,8 +110,9 @@ impl ScenarioResult {
             .zip(topology.fair_shares())
             .map(|((plan, vm), share)| {
                 let width = plan.vcpus.min(pcpus);
-                let scale = if plan.open_loop() { 1.0 } else { share / f64::from(width) };
-                let ideal_rate = references.and_then(|r| r.rate(scenario, plan)).map(|rate| rate * scale);
+                let ideal_rate = references
+                    .and_then(|r| r.rate(scenario, plan))
+                    .map(|rate| if plan.open_loop() { rate } else { rate * share / f64::from(width) });
                 let ratio = match (&vm.record, ideal_rate) {
                     (Some(record), Some(ideal)) => Some(record.rate() / ideal),
                     _ => None,
