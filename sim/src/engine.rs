@@ -3,7 +3,9 @@
 //! preempted VCPU runs on for the preemption latency, a VCPU given a pCPU starts after the
 //! switch time. It alone owns the time, the event queue, the pCPUs, the VCPUs' states and
 //! time categories, and the policy; each VM's [`Guest`] runs on the VCPUs it is given and
-//! answers with what it asks of the monitor ([`Next`], [`Effect`]).
+//! answers with what it asks of the monitor ([`Next`], [`Effect`]). For a server, it also
+//! runs the monitor's load generator ([`Load`]): it delivers the requests to the guest's NIC
+//! as they arrive, and hands the guest's replies back.
 //!
 //! [`Costs`]: tandem_core::sim_config::Costs
 
@@ -17,8 +19,10 @@ use tandem_core::results::{ScenarioRun, VmRun};
 use tandem_core::scenario::Scenario;
 use tandem_core::sim_config::SimConfig;
 use tandem_core::stats::Percentiles;
+use workloads::Record;
 
 use crate::guest::{Effect, Guest, Monitor, Next};
+use crate::load::Load;
 use crate::queue::EventQueue;
 use crate::rng::Rng;
 
@@ -40,6 +44,8 @@ enum Ev {
     Switch(u32),
     /// The monitor reads the guests' demand and publishes grants.
     Poll,
+    /// VM `vm`'s load generator has something due (requests reach the NIC, or come due).
+    Load(u32),
 }
 
 /// Where a VCPU's time goes.
@@ -66,10 +72,11 @@ struct Vcpu {
     times: VcpuTimes,
 }
 
-/// A VM: its guest, and its VCPUs among all.
+/// A VM: its guest, its VCPUs among all, and the load on it if it is a server.
 struct Vm {
     vcpus: Range<usize>,
     guest: Guest,
+    load: Option<Load>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -95,6 +102,8 @@ pub struct Sim {
     vms: Vec<Vm>,
     /// What a guest sent on the side during its last call (a buffer kept between calls).
     effects: Vec<Effect>,
+    /// The requests a load delivers at once, as (connection, count) (likewise).
+    arrivals: Vec<(usize, u64)>,
     /// VMs booted or still to boot that have not ended.
     live: usize,
     /// The VCPU now in the monitor for a hypercall: its pCPU passes on without preemption.
@@ -133,7 +142,8 @@ impl Sim {
             }
             let guest = Guest::new(plan, config, policy.gates())
                 .with_context(|| format!("{}: VM {}", scenario.path.display(), plan.name))?;
-            vms.push(Vm { vcpus: first..vcpus.len(), guest });
+            let load = guest.served().map(Load::new);
+            vms.push(Vm { vcpus: first..vcpus.len(), guest, load });
         }
         let end = config.duration.unwrap_or((scenario.timeout_s * 1e9) as Ns);
         let mut sim = Sim {
@@ -150,6 +160,7 @@ impl Sim {
             live: vms.len(),
             vms,
             effects: Vec::new(),
+            arrivals: Vec::new(),
             exited: None,
             applied: vec![None; scenario.cores.len()],
             restated: Vec::new(),
@@ -218,6 +229,7 @@ impl Sim {
                     self.follow_grants();
                     self.queue.push(self.now + sched::DEMAND_POLL, Ev::Poll);
                 }
+                Ev::Load(vm) => self.load_due(vm as usize),
             }
         }
         self.finish(scenario)
@@ -236,7 +248,7 @@ impl Sim {
     /// Calls VM `vm`'s guest with its view of the monitor, then carries out the effects it
     /// sent, in order.
     fn with_guest<R>(&mut self, vm: usize, call: impl FnOnce(&mut Guest, &mut Monitor) -> R) -> R {
-        let Vm { vcpus, guest } = &mut self.vms[vm];
+        let Vm { vcpus, guest, .. } = &mut self.vms[vm];
         let first = vcpus.start;
         let states = &self.states[vcpus.clone()];
         let mut monitor = Monitor { now: self.now, states, rng: &mut self.rng, effects: &mut self.effects };
@@ -250,9 +262,35 @@ impl Sim {
                     self.vcpus[v].epoch = epoch;
                     self.queue.push(self.now + after, Ev::Vcpu { vcpu: v as u32, epoch });
                 }
+                Effect::Listening => {
+                    let load = self.vms[vm].load.as_mut().expect("a server has a load");
+                    load.start(self.now);
+                    call_back(&mut self.queue, vm, load);
+                }
+                Effect::Replied { conn, requests } => {
+                    let load = self.vms[vm].load.as_mut().expect("a server has a load");
+                    load.replied(conn, requests, self.now);
+                    call_back(&mut self.queue, vm, load);
+                }
             }
         }
         result
+    }
+
+    /// VM `vm`'s load generator has something due: the requests that reach the NIC now are
+    /// delivered to its guest, until the guest has ended.
+    fn load_due(&mut self, vm: usize) {
+        let Vm { guest, load: Some(load), .. } = &mut self.vms[vm] else { return };
+        if !guest.running() {
+            return;
+        }
+        let mut arrivals = std::mem::take(&mut self.arrivals);
+        load.due(self.now, &mut arrivals);
+        call_back(&mut self.queue, vm, load);
+        for (conn, requests) in arrivals.drain(..) {
+            self.with_guest(vm, |guest, monitor| guest.deliver(conn, requests, monitor));
+        }
+        self.arrivals = arrivals;
     }
 
     /// When the policy's next tick is delivered: up to a timer's lateness after it is due
@@ -566,12 +604,13 @@ impl Sim {
             } else {
                 format!("{} was still running at the end of simulated time", plan.name)
             };
+            let latency = self.vms[vm].load.as_ref().and_then(Load::latency);
             vms.push(VmRun {
                 outcome,
                 ok: true,
                 timed_out: ended.is_none(),
                 elapsed_s: elapsed as f64 / 1e9,
-                record: Some(guest.record(plan, elapsed)),
+                record: Some(Record { latency, ..guest.record(plan, elapsed) }),
                 vcpu_times: topology.vcpus_of(vm).map(|v| self.vcpus[v.index()].times).collect(),
             });
         }
@@ -589,5 +628,12 @@ impl Sim {
             p99: self.config.costs.preempt,
         };
         (ScenarioRun { vms, elapsed_ns: self.now, simulated: true, dispatch }, self.handled)
+    }
+}
+
+/// Has the engine call VM `vm`'s load generator when it next has something due.
+fn call_back(queue: &mut EventQueue<Ev>, vm: usize, load: &mut Load) {
+    if let Some(at) = load.next_call() {
+        queue.push(at, Ev::Load(vm as u32));
     }
 }

@@ -7,14 +7,17 @@
 //! model plays the unikernel in each VM: cooperative threads running [`model`] programs on
 //! the VCPUs, ticket spinlocks and barriers that spin or, with PV locks, yield to a
 //! preempted VCPU and block until kicked, pipeline queues, idle VCPUs that poll and then
-//! block, demand reported and the VCPU grant followed; it hands what it asks of the monitor
-//! to the engine as values. Nothing depends on the wall clock or on hashing order: the same
+//! block, demand reported and the VCPU grant followed, a server's threads waiting for
+//! requests from the NIC; it hands what it asks of the monitor to the engine as values. The
+//! [`load`] on a server is the monitor's load generator, closed or open loop, which measures
+//! each request's latency. Nothing depends on the wall clock or on hashing order: the same
 //! scenario and seed give the same result, byte for byte.
 //!
 //! [`Policy`]: sched::Policy
 
 mod engine;
 mod guest;
+mod load;
 mod model;
 mod queue;
 mod rng;

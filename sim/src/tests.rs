@@ -4,9 +4,10 @@
 use std::path::Path;
 
 use super::{References, simulate};
+use sched::PolicyKind;
 use tandem_core::results::{ScenarioResult, VmResult};
 use tandem_core::scenario::{Scenario, Target};
-use workloads::record::LockStats;
+use workloads::record::{Latency, LockStats};
 
 fn scenario(text: &str) -> Scenario {
     Scenario::parse_for(Path::new("test.toml"), text, Target::Sim).unwrap()
@@ -297,4 +298,124 @@ fn a_vm_booting_a_kernel_of_its_own_is_refused_by_name() {
     scenario.vms[0].kernel = Some("solver.elf".into());
     let error = simulate(&scenario, &mut References::default(), false).err().expect("refused");
     assert_eq!(error.to_string(), "test.toml: VM vm0 boots a kernel of its own, which the simulator has no model of");
+}
+
+/// The `kv` VM (the first) of a run: its record's rate and latency.
+fn kv_of(result: &ScenarioResult) -> (f64, Latency) {
+    let vm = &result.vms[0];
+    assert!(!vm.timed_out, "{}", vm.outcome);
+    let record = vm.record.as_ref().unwrap();
+    (record.rate(), record.latency.unwrap())
+}
+
+#[test]
+fn a_kv_vm_answers_exactly_its_requests_and_measures_their_latency() {
+    let result = run(&vms(2, "credit", 1, 2, "kv", "{ requests = 5003, clients = 7, pipeline = 3 }", "spin"));
+    let (_, latency) = kv_of(&result);
+    let record = result.vms[0].record.as_ref().unwrap();
+    assert_eq!((record.ops, record.unit.as_str()), (5003, "requests"));
+    assert_eq!((record.per_thread.len(), record.per_thread.iter().sum::<u64>()), (7, 5003));
+    let Latency { p50_ns, p99_ns, p999_ns, max_ns } = latency;
+    assert!(0 < p50_ns && p50_ns <= p99_ns && p99_ns <= p999_ns && p999_ns <= max_ns, "{latency:?}");
+    let cpu = run(&vms(2, "credit", 1, 2, "cpu", "{ tasks = 4 }", "spin"));
+    assert_eq!(cpu.vms[0].record.as_ref().unwrap().latency, None);
+}
+
+#[test]
+fn kv_runs_at_the_measured_rates_and_pipelining_multiplies_them() {
+    // redis-benchmark -c 50 against kv on 2 VCPUs: 50 k requests/s at -P 1, 470-545 k at
+    // -P 16.
+    let rate = |args: &str| kv_of(&run(&vms(2, "credit", 1, 2, "kv", args, "spin"))).0;
+    let single = rate("{ requests = 20000 }");
+    let pipelined = rate("{ requests = 200000, pipeline = 16 }");
+    assert!((45_000.0..55_000.0).contains(&single), "{single:.0} requests/s at pipeline 1");
+    assert!((450_000.0..550_000.0).contains(&pipelined), "{pipelined:.0} requests/s at pipeline 16");
+}
+
+#[test]
+fn a_closed_loop_its_vcpus_keep_up_with_runs_at_its_round_trip() {
+    // Two connections of 4 requests each on 2 VCPUs: each round trip is the host's 20 µs
+    // and a batch's 38 + 4 x 1.6 µs, with no wait, the VCPUs polling between batches.
+    let (rate, latency) =
+        kv_of(&run(&vms(2, "credit", 1, 2, "kv", "{ requests = 8000, clients = 2, pipeline = 4 }", "spin")));
+    let round_trip = 20_000.0 + 38_000.0 + 4.0 * 1_600.0;
+    let expected = 2.0 * 4.0 / round_trip * 1e9;
+    assert!((rate / expected - 1.0).abs() < 0.03, "{rate:.0} requests/s, expected {expected:.0}");
+    assert!((latency.p50_ns as f64 / round_trip - 1.0).abs() < 0.03, "{latency:?}");
+}
+
+#[test]
+fn an_open_loop_below_capacity_serves_its_rate_promptly_and_above_it_piles_up_latency() {
+    let open = |rate: u64| {
+        kv_of(&run(&vms(2, "credit", 1, 2, "kv", &format!("{{ requests = 100000, rate = {rate} }}"), "spin")))
+    };
+    let (below, prompt) = open(20_000);
+    assert!((below / 20_000.0 - 1.0).abs() < 0.03, "{below:.0} requests/s");
+    assert!(prompt.p99_ns < 100_000, "{prompt:?}");
+    // Requests that queue on their connections are taken a round at a time, which keeps up
+    // well past 50 k/s; at 2 M/s rounds of up to 2000 requests cannot.
+    let (above, late) = open(2_000_000);
+    assert!(above < 1_000_000.0, "{above:.0} requests/s");
+    assert!(late.p99_ns > 20_000_000, "{late:?}");
+}
+
+#[test]
+fn a_request_to_a_vm_whose_vcpus_blocked_waits_for_the_backend_s_kick() {
+    // A request a millisecond: the VCPUs poll out and block between requests, and each
+    // request's kick wakes one, which gets its pCPU after the switch time (20 µs) on top of
+    // the host's 20 µs and the 39.6 µs of service.
+    let result = run(&vms(2, "credit", 1, 2, "kv", "{ requests = 500, clients = 1, rate = 1000 }", "spin"));
+    let (rate, latency) = kv_of(&result);
+    assert!((rate / 1000.0 - 1.0).abs() < 0.1, "{rate:.0} requests/s");
+    let woken = 20_000.0 + 20_000.0 + 39_600.0;
+    assert!((latency.p50_ns as f64 / woken - 1.0).abs() < 0.03, "{latency:?}");
+    let times = &result.vms[0].vcpu_times;
+    let (wait, run) = (times.iter().map(|t| t.wait_ns).sum::<u64>(), times.iter().map(|t| t.run_ns).sum::<u64>());
+    assert!(wait > 5 * run, "{times:?}");
+}
+
+#[test]
+fn kv_latency_grows_when_a_busy_vm_shares_its_pcpus() {
+    let alone = vms(2, "credit", 1, 2, "kv", "{ requests = 10000, rate = 10000 }", "pv");
+    let busy = "[[vm]]\nname = \"busy\"\nvcpus = 2\nworkload = \"cpu\"\nargs = { tasks = 2000 }\n";
+    let (_, alone_latency) = kv_of(&run(&alone));
+    let (rate, shared_latency) = kv_of(&run(&(alone + busy)));
+    // The open loop's rate holds (the VMs' share is above it); requests that arrive while
+    // the busy VM has the pCPUs wait for its slice to end.
+    assert!((rate / 10_000.0 - 1.0).abs() < 0.03, "{rate:.0} requests/s");
+    assert!(shared_latency.p99_ns > 10 * alone_latency.p99_ns, "{shared_latency:?} against {alone_latency:?}");
+}
+
+#[test]
+fn a_kv_run_replays_for_its_seed() {
+    let text = vms(2, "credit", 2, 2, "kv", "{ requests = 5000, rate = 20000 }", "spin");
+    let json = |seed: u64| {
+        let mut scenario = scenario(&text);
+        scenario.sim.seed = seed;
+        serde_json::to_string(&simulate(&scenario, &mut References::default(), false).unwrap().result).unwrap()
+    };
+    assert_eq!(json(3), json(3), "same seed, different output");
+    assert_ne!(json(3), json(4), "the seed changes nothing");
+}
+
+#[test]
+fn kv_s_matrix_scenarios_end_under_every_policy_and_lock_family() {
+    let mut references = References::default();
+    for level in 1..=3 {
+        let matrix = tandem_core::experiment::matrix("kv", level).unwrap();
+        for locks in workloads::LOCK_FAMILIES {
+            for policy in PolicyKind::ALL {
+                // Strict co-scheduling cannot run the 4-VCPU VM on 2 pCPUs.
+                let Ok(scenario) = matrix.with_locks(locks).with_sim(Some(policy), None) else { continue };
+                let result = simulate(&scenario, &mut references, false).unwrap().result;
+                for vm in &result.vms {
+                    let label = format!("{} {locks} {} {}", scenario.path.display(), policy.name(), vm.name);
+                    assert!(!vm.timed_out, "{label}: {}", vm.outcome);
+                    let record = vm.record.as_ref().unwrap();
+                    assert_eq!(record.ops, 20000, "{label}");
+                    assert!(record.latency.is_some() && vm.ratio.is_some(), "{label}");
+                }
+            }
+        }
+    }
 }

@@ -60,12 +60,15 @@ impl Guest {
     }
 
     /// The guest is initialised: VCPU 0 brings up the other granted VCPUs one vcpu_up at a
-    /// time, and the workload starts.
+    /// time, and the workload starts (a server listens).
     pub(super) fn booted(&mut self, m: &mut Monitor) {
         self.started = Some(m.now);
         self.opened_at = m.now;
         for y in 1..self.grant as usize {
             m.effects.push(Effect::Wake { vcpu: y, after: y as Ns * self.costs.exit + self.costs.up });
+        }
+        if self.model.served.is_some() {
+            m.effects.push(Effect::Listening);
         }
     }
 }

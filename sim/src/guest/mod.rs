@@ -8,7 +8,9 @@
 //! and from `pv_block_us` on blocks its VCPU until the unlocker kicks it. A queued-lock
 //! waiter spins, or with `pvqspin` blocks its thread after its bound (see `lock::queued`),
 //! leaving the VCPU to another thread or idle. An idle VCPU polls
-//! for [`IDLE_POLL_NS`] and then blocks until kicked. A VCPU beyond the grant goes down at its
+//! for [`IDLE_POLL_NS`] and then blocks until kicked. A server's threads wait for requests
+//! from the NIC, which VCPUs poll at their scheduler passes and whose backend kicks a blocked
+//! VCPU (see [`serve`]). A VCPU beyond the grant goes down at its
 //! next scheduling point, handing its thread over; when the grant rises, a VCPU at a scheduling
 //! point brings the next one up by vcpu_up, which brings up the next, and so on (a thread
 //! that never yields holds that up on its VCPU).
@@ -27,6 +29,8 @@ mod family;
 mod fifo;
 mod grant;
 mod lock;
+mod nic;
+mod serve;
 #[cfg(test)]
 mod tests;
 
@@ -40,10 +44,11 @@ use workloads::Record;
 use workloads::record::LockStats;
 use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS};
 
-use crate::model::{LockOps, Model, Step};
+use crate::model::{LockOps, Model, Served, Step};
 use crate::rng::Rng;
 use family::Locks;
 use fifo::{Fifo, Passed};
+use nic::Nic;
 
 /// The monitor as the guest sees it during one call, and where the guest's effects go.
 pub struct Monitor<'a> {
@@ -64,6 +69,10 @@ pub enum Effect {
     /// VCPU `vcpu`, running, is to be looked at again after `after` (instead of when it
     /// asked before): something it spins on changed.
     Poke { vcpu: usize, after: Ns },
+    /// The guest's server listens: its load may start.
+    Listening,
+    /// The replies to `requests` requests of connection `conn` leave the guest.
+    Replied { conn: usize, requests: u64 },
 }
 
 /// Where a running VCPU stops at this instant, and what it asks of the monitor.
@@ -189,6 +198,8 @@ pub struct Guest {
     generation: u64,
     opened_at: Ns,
     queues: Vec<Fifo>,
+    /// A server's NIC and sockets.
+    nic: Nic,
     /// VCPUs the guest keeps online.
     grant: u32,
     /// When the grant last changed, until the VCPUs have followed.
@@ -251,6 +262,7 @@ impl Guest {
             generation: 0,
             opened_at: 0,
             queues,
+            nic: Nic::new(threads),
             grant: plan.vcpus,
             grant_changed: None,
             followed: Vec::new(),
@@ -276,6 +288,11 @@ impl Guest {
     /// Booted and not ended.
     pub fn running(&self) -> bool {
         self.started.is_some() && self.ended.is_none()
+    }
+
+    /// The load on it, if it is a server.
+    pub fn served(&self) -> Option<Served> {
+        self.model.served
     }
 
     /// Runnable threads (running, spinning or ready): what the guest reports as its demand.
@@ -310,6 +327,9 @@ impl Guest {
     /// A kick or vcpu_up reaches VCPU `x`, in policy state `state`. Returns whether it
     /// becomes runnable (it was blocked, or it comes up).
     pub fn wake(&mut self, x: usize, state: State) -> bool {
+        if self.nic.kicked == Some(x) {
+            self.nic.kicked = None;
+        }
         let cpu = &mut self.cpus[x];
         cpu.kicked = false;
         match state {
@@ -456,7 +476,8 @@ impl Guest {
     }
 
     /// `x` has no thread: it goes down if beyond the grant, brings up a VCPU if the grant
-    /// rose, takes a ready thread, or polls until `poll_until` and then blocks.
+    /// rose, polls the NIC and takes a ready thread, or polls until `poll_until` and then
+    /// blocks.
     fn idle_step(&mut self, x: usize, poll_until: Ns, m: &mut Monitor) -> Option<Next> {
         if self.surplus(x) && x > 0 {
             self.hypercall(x, Then::Down, Activity::Off);
@@ -466,6 +487,7 @@ impl Guest {
             self.grow(x, m);
             return None;
         }
+        self.poll_nic(x, m);
         if let Some(t) = self.pick() {
             self.threads[t].state = ThreadState::On(x);
             self.cpus[x].thread = Some(t);
@@ -513,6 +535,23 @@ impl Guest {
             Step::Barrier { ops } => self.arrive(x, t, ops, m),
             Step::Pop(q) => self.pop(x, t, q, m),
             Step::Push(q) => self.push(x, t, q, m),
+            Step::Receive => {
+                self.receive(x, t, m);
+                false
+            }
+            Step::Execute { ns, done } => {
+                let requests = self.nic.taken(t);
+                let left = m.rng.vary(ns * requests, self.jitter);
+                self.cpus[x].activity = Activity::Compute { left, ops: if done { requests } else { 0 } };
+                false
+            }
+            Step::Reply => {
+                if self.reply(x, t, m) {
+                    self.exit(m.now);
+                    return Some(Next::Exit);
+                }
+                false
+            }
             Step::Done => {
                 self.done += 1;
                 self.release_thread(x, ThreadState::Done, m);
@@ -552,7 +591,7 @@ impl Guest {
         }
         match self.cpus[x].activity {
             Activity::LockWait { .. } => self.holder != self.cpus[x].thread,
-            Activity::Idle { .. } => self.pool.is_empty() && !self.surplus(x),
+            Activity::Idle { .. } => self.pool.is_empty() && !self.surplus(x) && self.nic.quiet(),
             _ => true,
         }
     }

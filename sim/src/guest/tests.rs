@@ -8,8 +8,8 @@ use tandem_core::sim_config::SimConfig;
 use workloads::timing::{IDLE_POLL_NS, PV_CHECK_PERIOD_NS};
 
 use super::{Effect, Guest, Monitor, Next};
-use crate::model::LockOps;
 use crate::model::tests::plan;
+use crate::model::{LockOps, Step};
 use crate::rng::Rng;
 
 /// A guest, its VCPUs' policy states, the time, and what the guest sent on the side.
@@ -76,9 +76,14 @@ impl Alone {
         assert_eq!(self.step_after(0, 0), Next::After(boot));
         self.step_after(0, boot);
         for effect in self.sent() {
-            let Effect::Wake { vcpu, .. } = effect else { panic!("{effect:?} at boot") };
-            assert!(self.wake(vcpu));
-            self.step_after(vcpu, 0);
+            match effect {
+                Effect::Wake { vcpu, .. } => {
+                    assert!(self.wake(vcpu));
+                    self.step_after(vcpu, 0);
+                }
+                Effect::Listening => assert!(self.guest.served().is_some()),
+                _ => panic!("{effect:?} at boot"),
+            }
         }
     }
 }
@@ -304,4 +309,65 @@ fn the_last_thread_to_end_exits_the_guest() {
     assert_eq!(alone.guest.workload_time(alone.now + 1), 5_000_000);
     let record = alone.guest.record(&alone.plan, alone.now - started);
     assert_eq!((record.ops, record.per_thread), (2, vec![2]));
+}
+
+/// A `kv` guest's round: the wake-up's cost, a request's time under the lock and outside it.
+fn kv_round(alone: &Alone) -> (Ns, Ns, Ns) {
+    let Step::Compute { ns: round, .. } = alone.guest.model.step(0, 1, 0) else { panic!("a round's cost") };
+    let LockOps { cs, think, .. } = alone.guest.model.lock.unwrap();
+    (round, cs, think)
+}
+
+#[test]
+fn requests_end_an_idle_poll_and_kick_one_blocked_vcpu_at_a_time() {
+    let mut alone = Alone::new(2, "kv", &["clients=2"]);
+    alone.boot(None);
+    let (round, cs, think) = kv_round(&alone);
+    // Both threads wait for requests, both VCPUs poll: a request ends VCPU 0's poll, which
+    // takes it in and runs its thread.
+    alone.call(|guest, monitor| guest.deliver(0, 1, monitor));
+    assert_eq!(alone.sent(), [Effect::Poke { vcpu: 0, after: 0 }]);
+    assert_eq!(alone.step_after(0, 0), Next::After(round));
+    // VCPU 1 polls out and blocks. Requests for the other connection: the backend kicks it,
+    // once while its kick is on its way.
+    assert_eq!(alone.step_after(1, IDLE_POLL_NS), Next::After(alone.exit));
+    assert_eq!(alone.step_after(1, alone.exit), Next::Block);
+    alone.guest.stopped(1, alone.now);
+    alone.states[1] = State::Blocked;
+    alone.call(|guest, monitor| guest.deliver(1, 1, monitor));
+    alone.call(|guest, monitor| guest.deliver(1, 2, monitor));
+    let kick = SimConfig::default().costs.kick;
+    assert_eq!(alone.sent(), [Effect::Wake { vcpu: 1, after: kick }]);
+    // Woken, it takes both in, and the thread serves the three requests as one batch.
+    assert!(alone.wake(1));
+    assert_eq!(alone.step_after(1, kick), Next::After(round));
+    assert_eq!(alone.step_after(1, round), Next::After(3 * cs));
+    assert_eq!(alone.step_after(1, 3 * cs), Next::After(3 * think));
+    assert_eq!(alone.step_after(1, 3 * think), Next::After(IDLE_POLL_NS), "replied, it waits again");
+    assert_eq!(alone.sent(), [Effect::Replied { conn: 1, requests: 3 }]);
+    assert_eq!(alone.guest.ops, 3);
+}
+
+#[test]
+fn requests_wait_in_the_ring_for_a_scheduler_pass_and_the_last_reply_ends_the_server() {
+    let mut alone = Alone::new(1, "kv", &["clients=2", "requests=2"]);
+    alone.boot(None);
+    let (round, cs, think) = kv_round(&alone);
+    alone.call(|guest, monitor| guest.deliver(0, 1, monitor));
+    assert_eq!(alone.step_after(0, 0), Next::After(round));
+    alone.sent();
+    // The only VCPU runs a thread: the other connection's request waits, and nobody is told.
+    alone.call(|guest, monitor| guest.deliver(1, 1, monitor));
+    assert_eq!(alone.sent(), []);
+    // The reply's write polls: the other thread runs once the first waits again.
+    assert_eq!(alone.step_after(0, round), Next::After(cs));
+    assert_eq!(alone.step_after(0, cs), Next::After(think));
+    assert_eq!(alone.step_after(0, think), Next::After(round));
+    assert_eq!(alone.sent(), [Effect::Replied { conn: 0, requests: 1 }]);
+    // The run's last request answered, the server ends.
+    assert_eq!(alone.step_after(0, round), Next::After(cs));
+    assert_eq!(alone.step_after(0, cs), Next::After(think));
+    assert_eq!(alone.step_after(0, think), Next::Exit);
+    assert_eq!(alone.sent(), [Effect::Replied { conn: 1, requests: 1 }]);
+    assert_eq!(alone.guest.end_time(), Some(alone.now));
 }

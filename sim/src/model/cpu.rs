@@ -1,7 +1,7 @@
 //! `cpu`: independent tasks, split evenly over the threads.
 
 use sched::Ns;
-use workloads::share;
+use workloads::{ParamError, share};
 
 use super::{Args, Model, Program, Step};
 
@@ -15,9 +15,9 @@ pub(super) struct Cpu {
     threads: usize,
 }
 
-pub(super) fn model(args: &Args) -> Model {
+pub(super) fn model(args: &Args) -> Result<Model, ParamError> {
     let threads = args.per_vcpu("threads", 1);
-    Model::of(args, threads, Cpu { tasks: args.params.u64("tasks") as usize, threads })
+    Ok(Model::of(args, threads, Cpu { tasks: args.params.u64("tasks") as usize, threads }))
 }
 
 impl Program for Cpu {

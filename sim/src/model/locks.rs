@@ -2,6 +2,7 @@
 //! outside it, grouped in batches.
 
 use sched::Ns;
+use workloads::ParamError;
 
 use super::{Args, LockOps, Model, Program, Step};
 
@@ -17,13 +18,13 @@ pub(super) struct Locks {
     ops: u64,
 }
 
-pub(super) fn model(args: &Args) -> Model {
+pub(super) fn model(args: &Args) -> Result<Model, ParamError> {
     let (cs, think) = (args.work_ns("cs"), args.work_ns("think") + LOCK_OP);
     let critical = MAX_CRITICAL_BATCH.max(args.grain / 10);
     let batch = (args.grain / (cs + think).max(1)).min(critical / cs.max(1)).max(1);
     let ops = args.params.u64("ops");
     let lock = LockOps { ops, batch, cs, think };
-    Model { lock: Some(lock), ..Model::of(args, args.per_vcpu("threads", 1), Locks { ops }) }
+    Ok(Model { lock: Some(lock), ..Model::of(args, args.per_vcpu("threads", 1), Locks { ops }) })
 }
 
 impl Program for Locks {

@@ -5,7 +5,8 @@
 //! thread's state is one counter and a model can be as long as the simulation without being
 //! stored. The models keep each workload's structure: `cpu`'s independent tasks, `nbody`'s
 //! two barriers per timestep, `locks`' acquire / critical section / release / think cycle,
-//! `pipeline`'s bounded queues between stages, `phases`' busy phases joined at the end.
+//! `pipeline`'s bounded queues between stages, `phases`' busy phases joined at the end, `kv`'s
+//! thread per connection waiting for its requests and answering them.
 //! Fine-grained work is grouped: one simulated pipeline item stands for a batch of real ones
 //! of about [`SimConfig::grain`](tandem_core::sim_config::SimConfig), and so does a lock
 //! acquisition found free (the fraction of time spent in critical sections, which decides what
@@ -16,6 +17,7 @@
 //! workload's name in [`workloads::WORKLOADS`].
 
 mod cpu;
+mod kv;
 mod locks;
 mod nbody;
 mod phases;
@@ -25,12 +27,12 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use sched::Ns;
-use workloads::{BarrierKind, Params, WorkloadInfo};
+use workloads::{BarrierKind, ParamError, Params, WorkloadInfo};
 
 use tandem_core::scenario::VmPlan;
 
-/// Builds a workload's model from its arguments.
-type Build = fn(&Args) -> Model;
+/// Builds a workload's model from its arguments, or says which one is out of its range.
+type Build = fn(&Args) -> Result<Model, ParamError>;
 
 /// Declares the models: each workload's name, its module and the module's [`Program`]. It
 /// makes [`MODELS`] and [`Programs`], one variant per program, so that a thread's step is a
@@ -69,6 +71,7 @@ models! {
     "locks" => locks::Locks,
     "pipeline" => pipeline::Pipeline,
     "phases" => phases::Phases,
+    "kv" => kv::Kv,
 }
 
 /// One unit of `common::work` (1.95 ns: 500 units per `locks` operation take 0.98 µs).
@@ -96,6 +99,13 @@ pub enum Step {
     Pop(usize),
     /// Put a batch into queue `q`, blocking while it is full.
     Push(usize),
+    /// Wait for requests on the thread's connection (blocking while none has come in), and
+    /// take all that have: pipelined requests are served as one batch.
+    Receive,
+    /// Compute `ns` for each request taken; with `done`, they are done at its end.
+    Execute { ns: Ns, done: bool },
+    /// Write the replies to the requests taken: they leave for the client.
+    Reply,
     /// The thread ends.
     Done,
 }
@@ -119,6 +129,24 @@ pub struct LockOps {
     pub think: Ns,
 }
 
+/// The load on a served workload: what the monitor's load generator does, and the host's part
+/// of a request's round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// Requests over the run.
+    pub requests: u64,
+    /// Connections, a thread each.
+    pub clients: usize,
+    /// Requests a connection keeps in flight in a closed loop.
+    pub pipeline: usize,
+    /// Requests/s over all connections of an open loop; `None`: a closed loop.
+    pub rate: Option<u64>,
+    /// From the client's sending a request to its frame in the NIC's ring.
+    pub request_path: Ns,
+    /// From the guest's writing a reply to the client's having it.
+    pub reply_path: Ns,
+}
+
 /// The shape of one VM's workload.
 #[derive(Debug)]
 pub struct Model {
@@ -133,6 +161,8 @@ pub struct Model {
     pub queue_crossing: Ns,
     /// How it uses the ticket lock, if it takes it.
     pub lock: Option<LockOps>,
+    /// The load on it, if it is a server.
+    pub served: Option<Served>,
     /// The workload's parameters, all of them, as the real workload reports them.
     pub params: BTreeMap<String, String>,
     program: Programs,
@@ -172,6 +202,7 @@ impl Model {
             queues: Vec::new(),
             queue_crossing: 0,
             lock: None,
+            served: None,
             params: BTreeMap::new(),
             program: program.into(),
         }
@@ -183,10 +214,11 @@ impl Model {
         let no_model = || format!("no model for workload {}", plan.workload);
         let info = workloads::workload(&plan.workload).with_context(no_model)?;
         let (_, args) = workloads::split_guest_args(plan.args.iter().map(String::as_str));
-        let params = Params::parse(info.params, args)
-            .map_err(|error| anyhow::anyhow!("bad arguments for workload {}: {error}", plan.workload))?;
+        let bad = |error: ParamError| anyhow::anyhow!("bad arguments for workload {}: {error}", plan.workload);
+        let params = Params::parse(info.params, args).map_err(bad)?;
         let (_, build) = MODELS.iter().find(|(name, _)| *name == info.name).with_context(no_model)?;
-        let model = build(&Args { workload: info, params: &params, vcpus: plan.vcpus, grain: grain.max(1) });
+        let model =
+            build(&Args { workload: info, params: &params, vcpus: plan.vcpus, grain: grain.max(1) }).map_err(bad)?;
         Ok(Model { params: params.values().clone(), ..model })
     }
 

@@ -1,7 +1,7 @@
 //! `nbody`: per timestep, a force loop and an update loop, each followed by a barrier.
 
 use sched::Ns;
-use workloads::{BarrierKind, share};
+use workloads::{BarrierKind, ParamError, share};
 
 use super::{Args, Model, Program, Step};
 
@@ -17,11 +17,11 @@ pub(super) struct Nbody {
     threads: usize,
 }
 
-pub(super) fn model(args: &Args) -> Model {
+pub(super) fn model(args: &Args) -> Result<Model, ParamError> {
     let barrier = if args.params.str("barrier") == "spin" { BarrierKind::Spin } else { BarrierKind::SpinThenBlock };
     let threads = args.per_vcpu("threads", 1);
     let nbody = Nbody { bodies: args.params.u64("bodies") as usize, steps: args.params.u64("steps"), threads };
-    Model { barrier, ..Model::of(args, threads, nbody) }
+    Ok(Model { barrier, ..Model::of(args, threads, nbody) })
 }
 
 impl Program for Nbody {

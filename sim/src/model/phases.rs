@@ -1,7 +1,7 @@
 //! `phases`: rounds of a parallel phase and a serial one on the clock, joined by barriers.
 
 use sched::Ns;
-use workloads::BarrierKind;
+use workloads::{BarrierKind, ParamError};
 
 use super::{Args, Model, Program, Step};
 
@@ -16,13 +16,13 @@ pub(super) struct Phases {
     slice: Ns,
 }
 
-pub(super) fn model(args: &Args) -> Model {
+pub(super) fn model(args: &Args) -> Result<Model, ParamError> {
     let phases = Phases {
         rounds: args.params.u64("rounds"),
         phase: args.params.u64("phase_ms") * sched::MS,
         slice: args.grain.max(PHASES_CHUNK),
     };
-    Model { barrier: BarrierKind::SpinThenBlock, ..Model::of(args, args.per_vcpu("threads", 1), phases) }
+    Ok(Model { barrier: BarrierKind::SpinThenBlock, ..Model::of(args, args.per_vcpu("threads", 1), phases) })
 }
 
 impl Program for Phases {

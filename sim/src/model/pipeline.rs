@@ -1,6 +1,7 @@
 //! `pipeline`: stages passing batches of items through bounded queues.
 
 use sched::Ns;
+use workloads::ParamError;
 
 use super::{Args, Model, Program, Step};
 
@@ -19,17 +20,17 @@ pub(super) struct Pipeline {
     stages: usize,
 }
 
-pub(super) fn model(args: &Args) -> Model {
+pub(super) fn model(args: &Args) -> Result<Model, ParamError> {
     let stages = args.per_vcpu("stages", 2);
     let per_item = args.work_ns("work");
     let batch = (args.grain / per_item.max(1)).max(1);
     let capacity = (args.params.u64("capacity") / batch).max(1);
     let pipeline = Pipeline { items: args.params.u64("items"), batch, stage: per_item, stages };
-    Model {
+    Ok(Model {
         queues: vec![capacity; stages - 1],
         queue_crossing: QUEUE_SHARED * batch,
         ..Model::of(args, stages, pipeline)
-    }
+    })
 }
 
 impl Program for Pipeline {
