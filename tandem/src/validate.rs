@@ -23,8 +23,8 @@ pub struct ValidateArgs {
     /// Simulated runs per scenario and policy (seeds 1 to N); the table shows their median
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub seeds: u64,
-    /// Take the real results from FILE (written by an earlier `validate --json`) instead of
-    /// running the VMs
+    /// Take the real results from FILE (written by an earlier `validate --json` or `compare
+    /// --json`) instead of running the VMs
     #[arg(long, value_name = "FILE")]
     pub real: Option<PathBuf>,
     /// Largest relative error counted as agreement
@@ -65,16 +65,23 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The real cells of an earlier `validate --json`.
+/// The real cells of an earlier `validate --json` (its rows' real halves) or `compare --json`
+/// (its cells).
 fn load_real(path: &PathBuf) -> anyhow::Result<Vec<Cell>> {
     #[derive(Deserialize)]
-    struct File {
-        rows: Vec<Row>,
+    #[serde(untagged)]
+    enum File {
+        Validate { rows: Vec<Row> },
+        Compare { cells: Vec<Cell> },
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file: File = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not the JSON of `tandem validate --json`", path.display()))?;
-    Ok(file.rows.into_iter().map(|row| row.real).collect())
+    let file: File = serde_json::from_str(&text).with_context(|| {
+        format!("{} is not the JSON of `tandem validate --json` or `tandem compare --json`", path.display())
+    })?;
+    Ok(match file {
+        File::Validate { rows } => rows.into_iter().map(|row| row.real).collect(),
+        File::Compare { cells } => cells,
+    })
 }
 
 /// Simulates every scenario under every policy with seeds 1 to `seeds`.
