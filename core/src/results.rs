@@ -36,6 +36,9 @@ pub struct ScenarioResult {
     pub fairness: Option<f64>,
     pub vms: Vec<VmResult>,
     pub dispatch: DispatchReport,
+    /// The signal (SIGINT, SIGTERM) that stopped the run before its VMs ended, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_by: Option<String>,
 }
 
 /// One VM's part of a [`ScenarioResult`].
@@ -150,6 +153,7 @@ impl ScenarioResult {
             fairness,
             vms,
             dispatch: run.dispatch,
+            interrupted_by: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`runner`]: a scenario's VMs run together, and the reference runs behind the ideals;
 //! - [`load`]: the load generator that drives a served workload's VM over its NIC;
+//! - [`stop`]: every running VM asked to end, then stopped (SIGINT, SIGTERM);
 //! - [`vm`]: a VM (memory, image, boot structures, VCPU threads) run to its outcome;
 //! - [`vcpu`]: a VCPU thread's run loop: KVM exits, hypercalls decoded, executed, answered;
 //! - [`hypercall`]: decoding hypercalls (pure, typed) and carrying them out;
@@ -23,11 +24,12 @@
 //! caller and no two use each other):
 //!
 //! - `runner` uses `vm`, `load`, `dispatch`, `image`, `outcome`;
-//! - `vm` uses `vcpu`, `vm_shared`, `dispatch`, `net`, `memory`, `image`, `kick`, `x86`,
+//! - `vm` uses `vcpu`, `stop`, `vm_shared`, `dispatch`, `net`, `memory`, `image`, `kick`, `x86`,
 //!   `outcome`;
 //! - `vcpu` uses `hypercall`, `vm_shared`, `dispatch`, `accounting`, `kick`, `x86`, `outcome`;
 //! - `hypercall` uses `vm_shared`, `dispatch`, `memory`, `x86`, `outcome` (its `decode`
 //!   only `memory`, `x86` and `outcome`);
+//! - `stop` uses `vm_shared`, `outcome`;
 //! - `vm_shared` uses `dispatch`, `net`, `console`, `memory`, `x86`, `outcome`;
 //! - `dispatch` uses `kick`, `memory`, `x86` (its parts: `phase` only `x86`, `gate`,
 //!   `metrics` and `grants` none of the others);
@@ -46,6 +48,7 @@ pub mod memory;
 pub mod net;
 pub mod outcome;
 pub mod runner;
+pub mod stop;
 pub mod vcpu;
 pub mod vm;
 mod vm_shared;

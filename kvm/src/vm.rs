@@ -21,6 +21,7 @@ use crate::image;
 use crate::kick::Kicker;
 use crate::memory::{GuestMemory, GuestRead};
 use crate::net::{self, NetDevice, NicStats, VmLink};
+use crate::stop;
 use crate::vcpu::{self, VcpuStats};
 use crate::vm_shared::VmShared;
 use crate::x86::{self, Start};
@@ -103,11 +104,6 @@ impl Vm {
         Ok(Vm { shared, vcpu_fds, kickers, entry: placement.entry, timeout: config.timeout, net, _vm_fd: vm_fd })
     }
 
-    /// What asks the VM to end, or stops it, from another thread while it runs.
-    pub fn stopper(&self) -> Stopper {
-        Stopper(Arc::clone(&self.shared))
-    }
-
     /// The host addresses the NIC's forwards listen on (none without user-mode networking).
     pub fn forward_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.net.as_ref().map(NetDevice::forward_addrs).unwrap_or_default()
@@ -126,6 +122,7 @@ impl Vm {
             }
         };
         let started = Instant::now();
+        stop::started(&shared);
         let start = Start { entry, stack_top: shared.memory.size(), arg: 0 };
         assert!(shared.start_vcpu(0, start), "VCPU 0 is offline before the start");
         let mut threads = Vec::with_capacity(vcpu_fds.len());
@@ -136,6 +133,7 @@ impl Vm {
                     // Stop the backend and the VCPUs already started before giving up.
                     drop(backend);
                     shared.stop();
+                    stop::finished(&shared);
                     threads.into_iter().for_each(|thread| _ = thread.join());
                     shared.seat.dispatcher.detach(shared.seat.vm);
                     return Err(error).context(format!("cannot start the thread of VCPU {id}"));
@@ -147,6 +145,7 @@ impl Vm {
             shared.wait_outcome(Duration::ZERO).expect("finish records an outcome")
         });
         let elapsed = started.elapsed();
+        stop::finished(&shared);
         let net = backend.map(|backend| backend.stop());
         let vcpus = threads.into_iter().map(|t| t.join().unwrap_or_default()).collect();
         shared.seat.dispatcher.detach(shared.seat.vm);
@@ -155,39 +154,12 @@ impl Vm {
     }
 }
 
-/// Asks a running VM to end, or stops it: what a monitor does on SIGINT or SIGTERM.
-#[derive(Clone, Debug)]
-pub struct Stopper(Arc<VmShared>);
-
-impl Stopper {
-    /// Asks the guest to end (the shared page's `stop_requested`) and kicks every VCPU so that
-    /// a blocked one sees it.
-    pub fn ask(&self) {
-        self.0.memory.shared_page().stop_requested.store(1, Ordering::Release);
-        (0..self.0.nr_vcpus).for_each(|vcpu| self.0.kick(vcpu));
-    }
-
-    /// Stops the VM as interrupted by `signal`, unless it has ended already.
-    pub fn force(&self, signal: i32) {
-        self.0.finish(Outcome::Interrupted(signal));
-    }
-}
-
 /// Boots `config` from `image` and runs it alone to its outcome, its VCPU threads scheduled
-/// by Linux on every host CPU (the `host` policy), as `tandem run` does; `booted` gets what
-/// can stop it while it runs.
-pub fn run_alone(
-    kvm: &Kvm,
-    config: &VmConfig,
-    image: &[u8],
-    booted: impl FnOnce(Stopper),
-) -> anyhow::Result<RunReport> {
+/// by Linux on every host CPU (the `host` policy), as `tandem run` does.
+pub fn run_alone(kvm: &Kvm, config: &VmConfig, image: &[u8]) -> anyhow::Result<RunReport> {
     let seat = Seat::alone(config.vcpus)?;
     let dispatcher = Arc::clone(&seat.dispatcher);
-    let report = Vm::new(kvm, config, image, seat).and_then(|vm| {
-        booted(vm.stopper());
-        vm.run()
-    });
+    let report = Vm::new(kvm, config, image, seat).and_then(Vm::run);
     dispatcher.finish();
     report
 }

@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -13,8 +12,9 @@ use tandem_core::guest::{self, Kernel, VmConfig};
 use tandem_core::net::NetConfig;
 use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::{DEFAULT_MEM_MIB, Scenario, Target};
+use tandem_kvm::outcome::{interrupted_status, signal_name};
 use tandem_kvm::vm::{self, Outcome, RunReport};
-use tandem_kvm::{image, open_kvm, runner};
+use tandem_kvm::{image, open_kvm, runner, stop};
 use workloads::Record;
 
 use crate::bench::{self, BenchCommand};
@@ -240,26 +240,8 @@ fn run_vm(args: &RunArgs, echo_console: bool) -> anyhow::Result<RunReport> {
         Some(path) => Cow::Owned(image::read(path)?),
         None => Cow::Borrowed(image::DEFAULT_GUEST),
     };
-    // On SIGINT or SIGTERM the guest is asked to end (a server then says what it served),
-    // and stopped if it has not a grace period later.
-    let stopper: Arc<OnceLock<vm::Stopper>> = Arc::default();
-    let _watch = {
-        let stopper = Arc::clone(&stopper);
-        interrupt::watch(move |signal| match stopper.get() {
-            Some(stopper) => {
-                stopper.ask();
-                std::thread::sleep(STOP_GRACE);
-                stopper.force(signal);
-            }
-            // Still booting: nothing to end cleanly.
-            None => std::process::exit(i32::from(tandem_kvm::outcome::interrupted_status(signal))),
-        })?
-    };
-    vm::run_alone(&open_kvm()?, &config, &image, |booted| _ = stopper.set(booted))
+    vm::run_alone(&open_kvm()?, &config, &image)
 }
-
-/// How long a guest asked to end (SIGINT, SIGTERM) has before it is stopped.
-const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// `text` cut to at most `max` characters, saying how long it was.
 fn abbreviate(text: &str, max: usize) -> Cow<'_, str> {
@@ -302,10 +284,7 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
             report.vcpus.iter().enumerate().map(|(id, c)| format!("VCPU {id} {}", c.stopped)).collect();
         eprintln!("tandem: when stopped: {}", states.join(", "));
     }
-    match interrupt::received() {
-        Some(signal) => Ok(ExitCode::from(tandem_kvm::outcome::interrupted_status(signal))),
-        None => Ok(ExitCode::from(report.outcome.status())),
-    }
+    Ok(ExitCode::from(report.outcome.status()))
 }
 
 fn scenario(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
@@ -316,8 +295,9 @@ fn scenario(args: &ScenarioArgs) -> anyhow::Result<ExitCode> {
     if !args.no_reference {
         runner::measure_references(&kvm, image::DEFAULT_GUEST, &scenario, &mut references, true)?;
     }
-    let result =
+    let mut result =
         runner::run_scenario(&kvm, image::DEFAULT_GUEST, &scenario, (!args.no_reference).then_some(&references))?;
+    result.interrupted_by = stop::interrupted().map(signal_name);
     print!("{}", report::scenario::table(&result));
     write_outputs(options, &scenario, &result)?;
     let all_ok = result.vms.iter().all(|vm| vm.ok);
@@ -438,10 +418,30 @@ fn print_nic_stats(report: &RunReport) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // SIGINT and SIGTERM stop the VMs, and a command that runs them ends with what had
+    // finished; the others end at once, as without a handler.
+    let runs_vms = matches!(
+        cli.command,
+        None | Some(Command::Run(_) | Command::Scenario(_) | Command::Compare(_) | Command::Validate(_))
+    );
+    let watch = match runs_vms.then(interrupt::watch).transpose() {
+        Ok(watch) => watch,
+        Err(error) => {
+            eprintln!("tandem: error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match &cli.command {
         None => compare::compare(&CompareArgs::quick()).map(|()| ExitCode::SUCCESS),
         Some(command) => dispatch(command),
     };
+    drop(watch);
+    if let Some(signal) = stop::interrupted() {
+        // An error now is the interruption's doing (a reference run stopped, say).
+        let why = result.err().map(|error| format!(": {error:#}")).unwrap_or_default();
+        eprintln!("tandem: interrupted by {}{why}", signal_name(signal));
+        return ExitCode::from(interrupted_status(signal));
+    }
     result.unwrap_or_else(|error| {
         eprintln!("tandem: error: {error:#}");
         ExitCode::FAILURE

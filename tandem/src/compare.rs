@@ -15,7 +15,8 @@ use sched::PolicyKind;
 use tandem_core::experiment::{self, cells, name};
 use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::Scenario;
-use tandem_kvm::{image, open_kvm, runner};
+use tandem_kvm::outcome::signal_name;
+use tandem_kvm::{image, open_kvm, runner, stop};
 
 use crate::report;
 
@@ -87,12 +88,17 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         report::compare::chart(path, &selection.policies, &cells)?;
     }
     if let Some(path) = &args.json {
-        report::write_json(path, &serde_json::json!({ "cells": cells, "runs": results }))?;
+        let mut json = serde_json::json!({ "cells": cells, "runs": results });
+        if let Some(signal) = stop::interrupted() {
+            json["interrupted_by"] = signal_name(signal).into();
+        }
+        report::write_json(path, &json)?;
     }
     Ok(())
 }
 
-/// Runs every scenario under every policy of `selection`, `runs` times over, interleaved.
+/// Runs every scenario under every policy of `selection`, `runs` times over, interleaved;
+/// if SIGINT or SIGTERM interrupts it, the runs that had finished.
 pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<ScenarioResult>> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
@@ -113,13 +119,21 @@ pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<S
                         continue;
                     }
                 };
+                if stop::interrupted().is_some() {
+                    return Ok(results);
+                }
                 eprintln!("run {}/{}: {} under {policy}", run + 1, args.runs, name(&scenario));
                 // Each run gets its own references, measured just before it: the speed of these
                 // shared machines drifts by tens of percent within a minute, and a ratio is only
                 // as good as the reference taken next to it.
                 let mut references = References::default();
-                runner::measure_references(&kvm, image, &scenario, &mut references, false)?;
-                let result = runner::run_scenario(&kvm, image, &scenario, Some(&references))?;
+                let measured = runner::measure_references(&kvm, image, &scenario, &mut references, false)
+                    .and_then(|()| runner::run_scenario(&kvm, image, &scenario, Some(&references)));
+                if stop::interrupted().is_some() {
+                    // This run was cut short: only those before it count.
+                    return Ok(results);
+                }
+                let result = measured?;
                 if let Some(failed) = result.vms.iter().find(|vm| !vm.ok && !vm.timed_out) {
                     bail!("{} under {policy}: {}", name(&scenario), failed.outcome);
                 }

@@ -1,24 +1,22 @@
-//! SIGINT and SIGTERM while VMs run: the first is handed to what runs, to end it cleanly; a
-//! second ends the process at once. Either way the process exits as a shell expects of one
-//! ended by the signal: 128 + its number.
-
-use std::sync::atomic::{AtomicI32, Ordering};
+//! SIGINT and SIGTERM while VMs run: the first stops them (each asked to end, then stopped,
+//! see `tandem_kvm::stop`) and lets the command finish with what it has; a second ends the
+//! process at once. Either way the process exits as a shell expects of one ended by the
+//! signal: 128 + its number.
 
 use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
-
-/// The first signal received, 0 until one is.
-static RECEIVED: AtomicI32 = AtomicI32::new(0);
+use tandem_kvm::outcome::{interrupted_status, signal_name};
+use tandem_kvm::stop;
 
 /// Watches for SIGINT and SIGTERM while it lives.
 pub struct Watch {
     handle: Handle,
 }
 
-/// Calls `on_signal` with the first SIGINT or SIGTERM, on a thread of its own; a second ends
-/// the process with 128 + its number. Until the [`Watch`] is dropped.
-pub fn watch(on_signal: impl FnOnce(i32) + Send + 'static) -> anyhow::Result<Watch> {
+/// Stops every VM at the first SIGINT or SIGTERM, on a thread of its own; a second ends the
+/// process. Until the [`Watch`] is dropped.
+pub fn watch() -> anyhow::Result<Watch> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot watch for SIGINT and SIGTERM")?;
     let handle = signals.handle();
     std::thread::Builder::new()
@@ -26,11 +24,10 @@ pub fn watch(on_signal: impl FnOnce(i32) + Send + 'static) -> anyhow::Result<Wat
         .spawn(move || {
             let mut received = signals.forever();
             let Some(first) = received.next() else { return };
-            RECEIVED.store(first, Ordering::Release);
-            std::thread::spawn(move || on_signal(first));
+            std::thread::spawn(move || stop::interrupt(first));
             if let Some(second) = received.next() {
-                eprintln!("tandem: {} again: ending at once", tandem_kvm::outcome::signal_name(second));
-                std::process::exit(i32::from(tandem_kvm::outcome::interrupted_status(second)));
+                eprintln!("tandem: {} again: ending at once", signal_name(second));
+                std::process::exit(i32::from(interrupted_status(second)));
             }
         })
         .context("cannot start the thread that watches for signals")?;
@@ -41,9 +38,4 @@ impl Drop for Watch {
     fn drop(&mut self) {
         self.handle.close();
     }
-}
-
-/// The first SIGINT or SIGTERM received while a [`Watch`] lived, if any.
-pub fn received() -> Option<i32> {
-    Some(RECEIVED.load(Ordering::Acquire)).filter(|&signal| signal != 0)
 }

@@ -181,3 +181,43 @@ fn vms_of_a_scenario_may_boot_kernels_of_their_own() {
     assert_eq!(result.vms[0].record.as_ref().unwrap().locks, "pv", "the kernel got its arguments");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sigint_during_compare_stops_within_two_seconds_and_writes_the_runs_that_finished() {
+    if !common::kvm_available() {
+        return;
+    }
+    let json = std::env::temp_dir().join(format!("tandem-interrupted-{}.json", std::process::id()));
+    let compare = common::process::Tandem::start(&[
+        "compare",
+        "--workloads",
+        "cpu",
+        "--overcommit",
+        "1",
+        "--locks",
+        "spin",
+        "--policies",
+        "credit",
+        "--runs",
+        "100",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let signalled = std::time::Instant::now();
+    compare.signal(libc::SIGINT);
+    let run = compare.finish(std::time::Duration::from_secs(60));
+    let stopping = signalled.elapsed();
+    assert_eq!(run.status, Some(130), "{}", run.stderr);
+    assert!(stopping < std::time::Duration::from_secs(2), "stopping took {stopping:?}");
+    assert!(run.stderr.contains("tandem: interrupted by SIGINT"), "{}", run.stderr);
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    assert_eq!(written["interrupted_by"], "SIGINT");
+    let runs = written["runs"].as_array().unwrap();
+    assert!(!runs.is_empty() && runs.len() < 100, "{} runs", runs.len());
+    for run in runs {
+        assert!(run["vms"].as_array().unwrap().iter().all(|vm| vm["ok"] == true), "an unfinished run: {run}");
+    }
+    assert_eq!(written["cells"][0]["ratios"].as_array().unwrap().len(), runs.len());
+}

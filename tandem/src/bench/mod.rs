@@ -99,7 +99,7 @@ fn guest_records(program: &str, vcpus: u32, args: &[&str]) -> anyhow::Result<Vec
         echo_console: false,
         net: None,
     };
-    let report = vm::run_alone(&open_kvm()?, &config, image::DEFAULT_GUEST, drop)?;
+    let report = vm::run_alone(&open_kvm()?, &config, image::DEFAULT_GUEST)?;
     if report.outcome != Outcome::Exited(0) {
         bail!("{}", report.outcome.describe(program));
     }

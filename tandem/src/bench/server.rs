@@ -42,7 +42,7 @@ impl GuestServer {
             }),
         };
         let kvm = open_kvm()?;
-        let vm = std::thread::spawn(move || vm::run_alone(&kvm, &config, image::DEFAULT_GUEST, drop));
+        let vm = std::thread::spawn(move || vm::run_alone(&kvm, &config, image::DEFAULT_GUEST));
         Ok(GuestServer { addr: host.into(), program: program.to_owned(), vm })
     }
 
