@@ -59,6 +59,12 @@ impl VmConfig {
     }
 }
 
+/// The embedded guest's programs that misbehave on purpose (see `tandem run --list`'s test
+/// programs): a scenario may run them beside workloads, to show that a VM that faults,
+/// panics, hangs, makes bad calls or floods the monitor ends alone and takes no more than its
+/// share. They report no result, so they have no reference run and no ideal.
+pub const HOSTILE_PROGRAMS: &[&str] = &["fault", "panic", "hang", "badcall", "storm"];
+
 /// Which kernel a VM boots, for what the monitor can check of its command line. Every
 /// tandem guest takes the guest runtime's parameters (`locks=`, the PV bounds), which are
 /// always checked.

@@ -172,13 +172,13 @@ impl References {
     }
 
     /// Measures with `measure` (given a VM and its reference scenario) the reference rate of
-    /// every VM of `scenario` that is not known yet.
+    /// every VM of `scenario` that has one ([`VmPlan::has_reference`]) and is not known yet.
     pub fn measure(
         &mut self,
         scenario: &Scenario,
         mut measure: impl FnMut(&VmPlan, &Scenario) -> anyhow::Result<f64>,
     ) -> anyhow::Result<()> {
-        for vm in &scenario.vms {
+        for vm in scenario.vms.iter().filter(|vm| vm.has_reference()) {
             if let Entry::Vacant(entry) = self.rates.entry(scenario.reference_key(vm)) {
                 entry.insert(measure(vm, &scenario.reference_of(vm))?);
             }

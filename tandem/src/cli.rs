@@ -402,7 +402,7 @@ fn print_nic_stats(report: &RunReport) {
     let frames = nic.tx_packets + nic.rx_packets;
     println!(
         "nic    tx {} frames {} bytes ({} dropped; {} notifications to the backend), \
-         rx {} frames {} bytes ({} dropped; {} kicks to the guest), backend slept {} times, {:.3} exits per frame",
+         rx {} frames {} bytes ({} dropped; {} kicks to the guest), backend slept {} times{}",
         nic.tx_packets,
         nic.tx_bytes,
         nic.tx_dropped,
@@ -412,7 +412,7 @@ fn print_nic_stats(report: &RunReport) {
         nic.rx_dropped,
         nic.kicks,
         nic.sleeps,
-        exits as f64 / frames.max(1) as f64
+        if frames == 0 { String::new() } else { format!(", {:.3} exits per frame", exits as f64 / frames as f64) }
     );
 }
 

@@ -221,3 +221,93 @@ fn sigint_during_compare_stops_within_two_seconds_and_writes_the_runs_that_finis
     }
     assert_eq!(written["cells"][0]["ratios"].as_array().unwrap().len(), runs.len());
 }
+
+/// Two `nbody` VMs (blocking barriers, so that no spinning convoy muddles the figures) and a
+/// third 2-VCPU VM running `third` with `args`, on (at most) 2 pCPUs under `credit`.
+fn beside_two_nbody(third: &str, args: &str, timeout_s: u32) -> Scenario {
+    let pcpus = available_cores().len().min(2);
+    let nbody = |name: &str| {
+        format!(
+            "[[vm]]\nname = \"{name}\"\nvcpus = 2\nworkload = \"nbody\"\nargs = {{ steps = 1500, barrier = \"block\" }}\n"
+        )
+    };
+    let text = format!(
+        "pcpus = {pcpus}\ntimeout_s = {timeout_s}\n[policy]\nname = \"credit\"\n{}{}\
+         [[vm]]\nname = \"third\"\nvcpus = 2\nworkload = \"{third}\"\nargs = {{ {args} }}\n",
+        nbody("nbody1"),
+        nbody("nbody2")
+    );
+    Scenario::parse(Path::new(&format!("beside-{third}.toml")), &text).unwrap()
+}
+
+/// pCPUs' worth of time a VM's VCPUs ran over its life.
+fn pcpus_used(vm: &tandem_core::results::VmResult) -> f64 {
+    vm.vcpu_times.iter().map(|times| times.run_ns).sum::<u64>() as f64 / 1e9 / vm.elapsed_s
+}
+
+#[test]
+fn a_storm_vm_gets_no_more_than_its_share_and_the_good_vms_run_on() {
+    if !common::kvm_available() {
+        return;
+    }
+    let kvm = open_kvm().unwrap();
+    let good = beside_two_nbody("phases", "rounds = 10, phase_ms = 100", 120);
+    let storm = beside_two_nbody("storm", "ms = 2000", 120);
+    let mut references = References::default();
+    measure_references(&kvm, DEFAULT_GUEST, &good, &mut references, false).unwrap();
+    let beside_good = run_scenario(&kvm, DEFAULT_GUEST, &good, Some(&references)).unwrap();
+    let beside_storm = run_scenario(&kvm, DEFAULT_GUEST, &storm, Some(&references)).unwrap();
+    for result in [&beside_good, &beside_storm] {
+        assert!(result.vms.iter().all(|vm| vm.ok), "{:?}", result.vms.iter().map(|vm| &vm.outcome).collect::<Vec<_>>());
+        assert_eq!(result.dispatch.gate_violations, 0);
+    }
+    let (good_third, storm_vm) = (&beside_good.vms[2], &beside_storm.vms[2]);
+    assert!(storm_vm.ratio.is_none() && storm_vm.record.is_none(), "a storm has no result");
+    // Its fair share is a third of the pCPUs; credit lends it idle time, never another's.
+    let share = storm_vm.fair_share;
+    assert!(
+        pcpus_used(storm_vm) <= share * 1.15,
+        "storm used {:.2} pCPUs of a share of {share:.2}",
+        pcpus_used(storm_vm)
+    );
+    for (beside_good, beside_storm) in beside_good.vms[..2].iter().zip(&beside_storm.vms[..2]) {
+        let (good, stormy) = (beside_good.ratio.unwrap(), beside_storm.ratio.unwrap());
+        assert!(
+            stormy >= good * 0.6,
+            "{}: {good:.2} of its ideal beside phases, {stormy:.2} beside storm",
+            beside_good.name
+        );
+    }
+    eprintln!(
+        "nbody beside phases {:.2} {:.2}, beside storm {:.2} {:.2}; third VM used {:.2} / {:.2} pCPUs (share {share:.2})",
+        beside_good.vms[0].ratio.unwrap(),
+        beside_good.vms[1].ratio.unwrap(),
+        beside_storm.vms[0].ratio.unwrap(),
+        beside_storm.vms[1].ratio.unwrap(),
+        pcpus_used(good_third),
+        pcpus_used(storm_vm)
+    );
+}
+
+#[test]
+fn a_vm_that_faults_panics_or_hangs_ends_alone_in_its_row() {
+    if !common::kvm_available() {
+        return;
+    }
+    let kvm = open_kvm().unwrap();
+    for (program, args, says) in [
+        ("fault", "kind = \"page\"", "VCPU 0 faulted: page fault"),
+        ("panic", "vcpu = 1", "guest panicked on VCPU 1"),
+        ("badcall", "", "outside guest memory"),
+        ("hang", "mode = \"spin\"", "timed out after 15.0 s"),
+    ] {
+        let scenario = beside_two_nbody(program, args, 15);
+        let result = run_scenario(&kvm, DEFAULT_GUEST, &scenario, None).unwrap();
+        let third = &result.vms[2];
+        assert!(!third.ok && third.outcome.contains(says), "{program}: {}", third.outcome);
+        for vm in &result.vms[..2] {
+            assert!(vm.ok && vm.record.is_some(), "{program}: {}: {}", vm.name, vm.outcome);
+        }
+        assert_eq!(result.dispatch.gate_violations, 0, "{program}");
+    }
+}

@@ -343,13 +343,20 @@ fn parse_vm(source: &Source, table: &VmTable) -> Parsed<VmPlan> {
         (None, Some(kernel)) => kernel.file_stem().map_or_else(String::new, |stem| stem.to_string_lossy().into_owned()),
         (None, None) => return source.error(table.name.span(), "vm.workload", "a VM needs a workload or a kernel"),
     };
-    if kernel.is_none() && !workloads::WORKLOADS.iter().any(|w| w.name == workload) {
+    if kernel.is_none()
+        && !workloads::WORKLOADS.iter().any(|w| w.name == workload)
+        && !crate::guest::HOSTILE_PROGRAMS.contains(&workload.as_str())
+    {
         let names: Vec<&str> = workloads::WORKLOADS.iter().map(|w| w.name).collect();
         let span = table.workload.as_ref().map_or_else(|| table.name.span(), Spanned::span);
         return source.error(
             span,
             "vm.workload",
-            format!("unknown workload `{workload}`; the workloads are {}", names.join(", ")),
+            format!(
+                "unknown workload `{workload}`; the workloads are {}, and the programs that misbehave {}",
+                names.join(", "),
+                crate::guest::HOSTILE_PROGRAMS.join(", ")
+            ),
         );
     }
     let mut pairs = Vec::new();

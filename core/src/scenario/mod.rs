@@ -276,6 +276,12 @@ impl VmPlan {
         Ok(plan)
     }
 
+    /// Whether it reports a result whose rate a reference run can measure: a workload, or a
+    /// kernel of the user's (not a program that misbehaves on purpose).
+    pub fn has_reference(&self) -> bool {
+        self.kernel.is_some() || !guest::HOSTILE_PROGRAMS.contains(&self.workload.as_str())
+    }
+
     /// Which kernel it boots.
     pub fn guest_kernel(&self) -> guest::Kernel {
         if self.kernel.is_some() { guest::Kernel::User } else { guest::Kernel::Embedded }

@@ -1,7 +1,7 @@
 //! Programs that misbehave on purpose, so that tests can check that the monitor reports each
 //! failure clearly, ends the VM, and stays well itself.
 
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::{AtomicU64, Ordering, fence};
 
 use tandem_rt::pv_abi::boot::BOOT_INFO_ADDR;
 use tandem_rt::pv_abi::hypercall::{
@@ -20,6 +20,11 @@ pub const FAULT_PARAMS: &[ParamSpec] =
 pub const PANIC_PARAMS: &[ParamSpec] = &[VCPU];
 pub const HANG_PARAMS: &[ParamSpec] =
     &[ParamSpec::choice("mode", "spin", &["spin", "block"], "spin on the CPU, or block with no deadline")];
+pub const STORM_PARAMS: &[ParamSpec] =
+    &[ParamSpec::int("ms", "2000", "how long to flood the monitor, in ms (0: until the VM is stopped)")];
+
+/// When `storm`'s flood ends, as a TSC value.
+static STORM_END: AtomicU64 = AtomicU64::new(0);
 
 /// `fault kind=page|gp|ud|div [vcpu=N]`: raises a CPU exception, on VCPU N (default 0).
 pub fn fault(params: &Params) -> Result<i64, ParamError> {
@@ -56,6 +61,46 @@ pub fn hang(params: &Params) -> Result<i64, ParamError> {
     }
     loop {
         core::hint::spin_loop();
+    }
+}
+
+/// `storm [ms=2000]`: floods the monitor from every VCPU for `ms`, then exits 0: kicks to its
+/// siblings, yields (undirected and directed), blocks with a deadline already past, console
+/// lines, report records (refused once the VM's allowance is spent), NIC doorbells, and
+/// VCPUs that go down and are brought up again. Each is a call the monitor must answer
+/// without giving the VM more than its share of the pCPUs.
+pub fn storm(params: &Params) -> Result<i64, ParamError> {
+    let end = match params.u64("ms") {
+        0 => u64::MAX,
+        ms => clock::deadline_after_ns(ms.saturating_mul(1_000_000)),
+    };
+    STORM_END.store(end, Ordering::Release);
+    flood(0);
+    println!("storm: done");
+    Ok(0)
+}
+
+/// One VCPU's part of `storm`: VCPU 0 floods until the end, bringing the others up again
+/// whenever they have gone down; the others go down now and then.
+fn flood(vcpu: u32) {
+    let nr_vcpus = boot::nr_vcpus();
+    let mut round: u64 = 0;
+    while clock::tsc() < STORM_END.load(Ordering::Acquire) {
+        let sibling = (vcpu + 1 + (round % u64::from(nr_vcpus)) as u32) % nr_vcpus;
+        match round % 8 {
+            0 => _ = hypercall::kick(sibling),
+            1 => _ = hypercall::yield_to(None),
+            2 => _ = hypercall::yield_to(Some(sibling)),
+            3 => _ = hypercall::block(clock::tsc().saturating_sub(1)),
+            4 => _ = hypercall::console_write(b"storm\n"),
+            5 => _ = hypercall::report(b"{\"storm\":true}"),
+            6 => _ = hypercall::net_notify(),
+            _ if vcpu == 0 => (1..nr_vcpus).for_each(|other| _ = smp::start(other, flood)),
+            // Returning takes this VCPU down (see `smp::start`).
+            _ if round % 64 == 15 => return,
+            _ => {}
+        }
+        round += 1;
     }
 }
 

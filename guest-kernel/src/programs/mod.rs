@@ -34,6 +34,7 @@ const PROGRAMS: &[Program] = &[
     Program { name: "hang", params: misbehave::HANG_PARAMS, run: misbehave::hang },
     Program { name: "badcall", params: &[], run: misbehave::badcall },
     Program { name: "badnic", params: &[], run: misbehave::badnic },
+    Program { name: "storm", params: misbehave::STORM_PARAMS, run: misbehave::storm },
     Program { name: "echo", params: echo::PARAMS, run: echo::run },
     Program { name: "kv", params: kv::PARAMS, run: kv::run },
 ];
