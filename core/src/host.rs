@@ -1,5 +1,6 @@
-//! The host CPUs this process may use: what `pcpus` in a scenario to run here is checked
-//! against.
+//! What this host gives the process: the CPUs it may use (what `pcpus` in a scenario to run
+//! here is checked against), its memory and how many more threads it may start (what a
+//! scenario's VMs are checked against before any starts).
 
 /// The host CPUs this process may run on, in order.
 pub fn available_cores() -> Vec<usize> {
@@ -17,4 +18,25 @@ pub fn available_cores() -> Vec<usize> {
 /// How many host CPUs this process may run on.
 pub fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Bytes of memory the host has (`MemTotal`), if /proc/meminfo says.
+pub fn memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Threads this process may still start under its user's process limit (`RLIMIT_NPROC`,
+/// which counts threads), if it is limited: the limit less the threads running now.
+pub fn threads_left() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the rlimit passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let threads: u64 = status.lines().find_map(|line| line.strip_prefix("Threads:"))?.trim().parse().ok()?;
+    Some(limit.rlim_cur.saturating_sub(threads))
 }

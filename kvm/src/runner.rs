@@ -51,6 +51,7 @@ pub fn run_scenario(
     scenario: &Scenario,
     references: Option<&References>,
 ) -> anyhow::Result<ScenarioResult> {
+    scenario.check_resources(tandem_core::host::memory_bytes(), tandem_core::host::threads_left())?;
     let topology = scenario.topology();
     let policy = scenario.policy.build(&scenario.params, &topology);
     let dispatcher = Dispatcher::start(policy, scenario.cores.clone(), &topology)

@@ -311,3 +311,26 @@ fn a_vm_that_faults_panics_or_hangs_ends_alone_in_its_row() {
         assert_eq!(result.dispatch.gate_violations, 0, "{program}");
     }
 }
+
+#[test]
+fn a_scenario_past_the_hosts_memory_is_refused_before_any_vm_starts() {
+    if !common::kvm_available() {
+        return;
+    }
+    let host_mib = tandem_core::host::memory_bytes().unwrap() >> 20;
+    let vms = host_mib / 3072 + 1;
+    let mut text = String::from("pcpus = 1\n[policy]\nname = \"credit\"\n");
+    for vm in 0..vms {
+        text += &format!("[[vm]]\nname = \"vm{vm}\"\nvcpus = 1\nworkload = \"cpu\"\nmem_mib = 3072\n");
+    }
+    let file = std::env::temp_dir().join(format!("tandem-too-big-{}.toml", std::process::id()));
+    std::fs::write(&file, text).unwrap();
+    let run = common::process::Tandem::start(&["scenario", file.to_str().unwrap(), "--no-reference"])
+        .finish(std::time::Duration::from_secs(30));
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(run.status, Some(1), "{}", run.stderr);
+    let expected =
+        format!("its VMs have {} MiB of guest memory in all, more than this host's {host_mib} MiB", vms * 3072);
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(run.stdout.is_empty() && run.elapsed < std::time::Duration::from_secs(5), "{run:?}", run = run.stdout);
+}

@@ -500,6 +500,19 @@ start_delay_ms = 10
     }
 
     #[test]
+    fn a_scenario_past_the_hosts_memory_or_thread_limit_is_refused() {
+        let scenario = parse(GOOD).unwrap();
+        assert!(scenario.check_resources(Some(256 << 20), Some(8)).is_ok());
+        assert!(scenario.check_resources(None, None).is_ok());
+        let memory = scenario.check_resources(Some(200 << 20), None).unwrap_err().to_string();
+        assert_eq!(memory, "test.toml: its VMs have 256 MiB of guest memory in all, more than this host's 200 MiB");
+        // 2 VCPUs, 2 VMs, 2 NIC backends and the dispatcher.
+        assert!(scenario.check_resources(None, Some(7)).is_ok());
+        let threads = scenario.check_resources(None, Some(6)).unwrap_err().to_string();
+        assert_eq!(threads, "test.toml: its VMs need 7 threads, and this process may start 6 more (ulimit -u)");
+    }
+
+    #[test]
     fn strict_co_scheduling_refuses_a_vm_wider_than_the_pcpus() {
         let wide = GOOD
             .replace("cosched-relaxed", "cosched-strict")

@@ -240,6 +240,30 @@ impl Scenario {
         }
     }
 
+    /// Refuses a scenario this host cannot run, before any VM starts: guest memory past the
+    /// host's (`host_memory` bytes), or more threads than the process may start
+    /// (`threads_left`): a thread per VCPU, per VM, per NIC backend and per load generator,
+    /// and the dispatcher's.
+    pub fn check_resources(&self, host_memory: Option<u64>, threads_left: Option<u64>) -> anyhow::Result<()> {
+        let mem_mib: u64 = self.vms.iter().map(|vm| vm.mem_mib).sum();
+        if let Some(host) = host_memory.filter(|&host| mem_mib << 20 > host) {
+            bail!(
+                "{}: its VMs have {mem_mib} MiB of guest memory in all, more than this host's {} MiB",
+                self.path.display(),
+                host >> 20
+            );
+        }
+        let served = self.vms.iter().filter(|vm| vm.served().ok().flatten().is_some()).count() as u64;
+        let threads = self.vms.iter().map(|vm| u64::from(vm.vcpus) + 2).sum::<u64>() + served + 1;
+        if let Some(left) = threads_left.filter(|&left| threads > left) {
+            bail!(
+                "{}: its VMs need {threads} threads, and this process may start {left} more (ulimit -u)",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
     /// What the policy sees.
     pub fn topology(&self) -> Topology {
         let vms = self.vms.iter().map(|vm| VmSpec { vcpus: vm.vcpus, weight: vm.weight, cap: vm.cap }).collect();
