@@ -3,13 +3,15 @@
 //! - `boot`: process start to guest exit, and the round trip of an empty hypercall;
 //! - `workloads`: each workload in a guest against the same code on host threads;
 //! - [`net`]: the guest's TCP echo server against a native one;
-//! - [`kv`]: `redis-benchmark` against the guest's `kv` server and against `redis-server`.
+//! - [`kv`]: `redis-benchmark` against the guest's `kv` server and against `redis-server`;
+//! - [`soak`]: many VMs and a long run of grant changes in one process: what it keeps.
 //!
 //! [`server`] boots the guest servers of the last two.
 
 mod kv;
 mod net;
 mod server;
+mod soak;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +38,9 @@ pub enum BenchCommand {
     /// redis-benchmark against the guest's kv server and against redis-server on the same
     /// cores: requests/s, p50/p99, exits per request
     Kv(kv::KvArgs),
+    /// Many VMs booted and ended in one process, then a scenario whose grant changes every
+    /// few ms run for a while: open fds, resident memory and threads as it goes
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +72,7 @@ pub fn bench(command: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Workloads(args) => workloads(args),
         BenchCommand::Net(args) => net::net(args),
         BenchCommand::Kv(args) => kv::kv(args),
+        BenchCommand::Soak(args) => soak::soak(args),
     }
 }
 
