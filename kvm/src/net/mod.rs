@@ -1,8 +1,8 @@
 //! The paravirtual NIC's monitor side (see `pv_abi::net` for the contract): the device over
 //! guest memory, its backends, and the thread that runs them.
 //!
-//! - `nic`: the NIC area's rings, every index and descriptor read once and checked (`check`,
-//!   pure) before use; a breach is the NIC's fault, which ends the VM;
+//! - `nic`: the NIC area's rings, every index and descriptor read once and checked ([`check`],
+//!   pure, public for the fuzz targets) before use; a breach is the NIC's fault, which ends the VM;
 //! - `worker`: the backend thread (poll while traffic flows, then sleep in `poll(2)` with the
 //!   guest told to notify), its handle, and what it needs of its VM ([`VmLink`]);
 //! - `backend`: one enum over the two backends, `user` (user-mode networking: a host-side
@@ -17,7 +17,7 @@
 //! `check` and `stats`; `check`, `doorbell`, `wait` and `stats` none of the others.
 
 mod backend;
-mod check;
+pub mod check;
 mod doorbell;
 mod nic;
 mod stats;

@@ -87,7 +87,8 @@ pub fn reply_len(buf: &[u8]) -> Result<Option<(usize, bool)>, BadReply> {
     let Some(end) = buf.iter().position(|&byte| byte == b'\n') else {
         return Ok(None);
     };
-    if end == 0 || buf[end - 1] != b'\r' {
+    // A type byte, then the line's text, then CRLF.
+    if end < 2 || buf[end - 1] != b'\r' {
         return Err(BadReply);
     }
     let header = &buf[1..end - 1];
@@ -200,7 +201,8 @@ mod tests {
                 assert_eq!(reply_len(&reply[..cut]), Ok(None), "{reply:?} cut at {cut}");
             }
         }
-        for bad in [&b"?\r\n"[..], b"+OK\n", b"$x\r\n", b"$3\r\nabcd\r\n", b"$-5\r\n", b"$99999999999999\r\n"] {
+        // "\r\n" alone was found by the fuzzer (fuzz/fuzz_targets/resp.rs): it panicked.
+        for bad in [&b"?\r\n"[..], b"\r\n", b"\n", b"+OK\n", b"$x\r\n", b"$3\r\nabcd\r\n", b"$-5\r\n", b"$99999999999999\r\n"] {
             assert_eq!(reply_len(bad), Err(BadReply), "{bad:?}");
         }
     }
