@@ -4,8 +4,20 @@
 //! switch time. It alone owns the time, the event queue, the pCPUs, the VCPUs' states and
 //! time categories, and the policy; each VM's [`Guest`] runs on the VCPUs it is given and
 //! answers with what it asks of the monitor ([`Next`], [`Effect`]). For a server, it also
-//! runs the monitor's load generator ([`Load`]): it delivers the requests to the guest's NIC
-//! as they arrive, and hands the guest's replies back.
+//! runs the monitor's load generator ([`Load`]) and the host thread that carries the traffic
+//! between it and the guest's NIC ([`HostThread`]): a message reaches the host thread, which
+//! carries it on a pCPU when it has one, delivering a request to the guest's NIC or a reply to
+//! the client.
+//!
+//! The host thread is not the dispatcher's to schedule: as Linux runs the monitor's threads on
+//! the cores the VCPU threads hold, it takes a pCPU for each message, one where no VCPU runs
+//! if there is one, else one where a VCPU of its own VM runs (Linux wakes a thread on the
+//! core of the one that woke it, and the guest's traffic wakes the host side), else any; among
+//! those, the one a host thread left the longest ago, which spreads a busy host thread's time
+//! over the pCPUs, as Linux shares a core between a VCPU thread and a thread that wakes often.
+//! The VCPU there runs no guest code meanwhile. For the policy it still runs (the real
+//! dispatcher does not see the host's threads either); its time counts as ready, as its
+//! thread's CPU clock would say.
 //!
 //! [`Costs`]: tandem_core::sim_config::Costs
 
@@ -22,6 +34,7 @@ use tandem_core::stats::Percentiles;
 use workloads::Record;
 
 use crate::guest::{Effect, Guest, Monitor, Next};
+use crate::host::{HostThread, Message};
 use crate::load::Load;
 use crate::queue::EventQueue;
 use crate::rng::Rng;
@@ -44,8 +57,13 @@ enum Ev {
     Switch(u32),
     /// The monitor reads the guests' demand and publishes grants.
     Poll,
-    /// VM `vm`'s load generator has something due (requests reach the NIC, or come due).
+    /// VM `vm`'s load generator has something due (requests reach the host thread, or come
+    /// due).
     Load(u32),
+    /// Host threads with messages to carry look for pCPUs.
+    HostWake,
+    /// VM `vm`'s host thread has carried its message.
+    HostDone(u32),
 }
 
 /// Where a VCPU's time goes.
@@ -72,11 +90,13 @@ struct Vcpu {
     times: VcpuTimes,
 }
 
-/// A VM: its guest, its VCPUs among all, and the load on it if it is a server.
+/// A VM: its guest, its VCPUs among all, and if it is a server, the load on it and the host
+/// thread that carries its traffic (none if that takes no host CPU).
 struct Vm {
     vcpus: Range<usize>,
     guest: Guest,
     load: Option<Load>,
+    host: Option<HostThread>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -85,6 +105,10 @@ struct Pcpu {
     target: Option<usize>,
     preempt_pending: bool,
     switch_pending: bool,
+    /// The VM whose host thread has it: its VCPU, if any, runs no guest code meanwhile.
+    stolen_by: Option<usize>,
+    /// When a host thread last left it.
+    host_left: Ns,
 }
 
 /// A simulation of one scenario.
@@ -108,6 +132,8 @@ pub struct Sim {
     live: usize,
     /// The VCPU now in the monitor for a hypercall: its pCPU passes on without preemption.
     exited: Option<usize>,
+    /// A `HostWake` is due now.
+    host_wake: bool,
     /// The policy's assignment when `apply` last looked at it, and where each VCPU was in it.
     applied: Vec<Option<VcpuId>>,
     applied_at: Vec<Option<usize>>,
@@ -143,7 +169,8 @@ impl Sim {
             let guest = Guest::new(plan, config, policy.gates())
                 .with_context(|| format!("{}: VM {}", scenario.path.display(), plan.name))?;
             let load = guest.served().map(Load::new);
-            vms.push(Vm { vcpus: first..vcpus.len(), guest, load });
+            let host = guest.served().filter(|s| s.request_host + s.reply_host > 0).map(HostThread::new);
+            vms.push(Vm { vcpus: first..vcpus.len(), guest, load, host });
         }
         let end = config.duration.unwrap_or((scenario.timeout_s * 1e9) as Ns);
         let mut sim = Sim {
@@ -162,6 +189,7 @@ impl Sim {
             effects: Vec::new(),
             arrivals: Vec::new(),
             exited: None,
+            host_wake: false,
             applied: vec![None; scenario.cores.len()],
             restated: Vec::new(),
             dirty: Vec::new(),
@@ -230,6 +258,11 @@ impl Sim {
                     self.queue.push(self.now + sched::DEMAND_POLL, Ev::Poll);
                 }
                 Ev::Load(vm) => self.load_due(vm as usize),
+                Ev::HostWake => {
+                    self.host_wake = false;
+                    self.place_host_threads();
+                }
+                Ev::HostDone(vm) => self.host_done(vm as usize),
             }
         }
         self.finish(scenario)
@@ -253,7 +286,8 @@ impl Sim {
         let states = &self.states[vcpus.clone()];
         let mut monitor = Monitor { now: self.now, states, rng: &mut self.rng, effects: &mut self.effects };
         let result = call(guest, &mut monitor);
-        for effect in self.effects.drain(..) {
+        let mut effects = std::mem::take(&mut self.effects);
+        for effect in effects.drain(..) {
             match effect {
                 Effect::Wake { vcpu, after } => self.queue.push(self.now + after, Ev::Wake((first + vcpu) as u32)),
                 Effect::Poke { vcpu, after } => {
@@ -267,18 +301,15 @@ impl Sim {
                     load.start(self.now);
                     call_back(&mut self.queue, vm, load);
                 }
-                Effect::Replied { conn, requests } => {
-                    let load = self.vms[vm].load.as_mut().expect("a server has a load");
-                    load.replied(conn, requests, self.now);
-                    call_back(&mut self.queue, vm, load);
-                }
+                Effect::Replied { conn, requests } => self.hand_to_host(vm, Message::Reply { conn, requests }),
             }
         }
+        self.effects = effects;
         result
     }
 
-    /// VM `vm`'s load generator has something due: the requests that reach the NIC now are
-    /// delivered to its guest, until the guest has ended.
+    /// VM `vm`'s load generator has something due: the requests that reach the host side now
+    /// go to its host thread, until the guest has ended.
     fn load_due(&mut self, vm: usize) {
         let Vm { guest, load: Some(load), .. } = &mut self.vms[vm] else { return };
         if !guest.running() {
@@ -288,9 +319,88 @@ impl Sim {
         load.due(self.now, &mut arrivals);
         call_back(&mut self.queue, vm, load);
         for (conn, requests) in arrivals.drain(..) {
-            self.with_guest(vm, |guest, monitor| guest.deliver(conn, requests, monitor));
+            self.hand_to_host(vm, Message::Request { conn, requests });
         }
         self.arrivals = arrivals;
+    }
+
+    /// VM `vm`'s host thread has `message` to carry. If it is idle, it looks for a pCPU at this
+    /// instant, after what the engine is doing (a guest's step may have sent the message, and
+    /// the pCPU it takes may be that guest's). Without a host thread the message is carried
+    /// at once.
+    fn hand_to_host(&mut self, vm: usize, message: Message) {
+        let Some(host) = &mut self.vms[vm].host else {
+            self.carried(vm, message);
+            return;
+        };
+        host.push(message);
+        if host.wants_pcpu() && !self.host_wake {
+            self.host_wake = true;
+            self.queue.push(self.now, Ev::HostWake);
+        }
+    }
+
+    /// VM `vm`'s host thread has carried `message`: requests reach the guest's NIC (unless it
+    /// has ended), replies the client.
+    fn carried(&mut self, vm: usize, message: Message) {
+        match message {
+            Message::Request { conn, requests } => {
+                if self.vms[vm].guest.running() {
+                    self.with_guest(vm, |guest, monitor| guest.deliver(conn, requests, monitor));
+                }
+            }
+            Message::Reply { conn, requests } => {
+                let load = self.vms[vm].load.as_mut().expect("a server has a load");
+                load.replied(conn, requests, self.now);
+                call_back(&mut self.queue, vm, load);
+            }
+        }
+    }
+
+    /// Idle host threads with a message to carry, in the order of their VMs, each take a pCPU
+    /// no host thread has: one where no VCPU runs if there is one, else one where a VCPU of
+    /// its VM runs, else any, and among those the one a host thread left the longest ago. The
+    /// VCPU there runs no guest code until the message is carried. With every pCPU taken by
+    /// host threads, the others wait for one to be left.
+    fn place_host_threads(&mut self) {
+        for vm in 0..self.vms.len() {
+            if !self.vms[vm].host.as_ref().is_some_and(HostThread::wants_pcpu) {
+                continue;
+            }
+            let free = (0..self.pcpus.len()).filter(|&p| self.pcpus[p].stolen_by.is_none());
+            let other = |p: usize| self.pcpus[p].running.is_some_and(|v| self.vcpus[v].vm != vm);
+            let Some(p) = free.min_by_key(|&p| (self.pcpus[p].running.is_some(), other(p), self.pcpus[p].host_left, p))
+            else {
+                return;
+            };
+            let cost = self.vms[vm].host.as_mut().expect("a host thread").start(p);
+            self.pcpus[p].stolen_by = Some(vm);
+            self.queue.push(self.now + cost, Ev::HostDone(vm as u32));
+            if let Some(v) = self.pcpus[p].running {
+                self.close_span(v, p);
+                let vcpu = &mut self.vcpus[v];
+                vcpu.epoch = vcpu.epoch.wrapping_add(1);
+                self.vms[vcpu.vm].guest.stolen(vcpu.index, self.now);
+                self.recategorize(v);
+            }
+        }
+    }
+
+    /// VM `vm`'s host thread has carried its message, which does what it does; the thread
+    /// leaves its pCPU, whose VCPU runs guest code again, and idle host threads with messages
+    /// take pCPUs.
+    fn host_done(&mut self, vm: usize) {
+        let (message, p) = self.vms[vm].host.as_mut().expect("a host thread").finish();
+        self.carried(vm, message);
+        self.pcpus[p].stolen_by = None;
+        self.pcpus[p].host_left = self.now;
+        if let Some(v) = self.pcpus[p].running {
+            let vcpu = &self.vcpus[v];
+            self.vms[vcpu.vm].guest.started(vcpu.index, self.now);
+            self.recategorize(v);
+            self.step(v);
+        }
+        self.place_host_threads();
     }
 
     /// When the policy's next tick is delivered: up to a timer's lateness after it is due
@@ -419,12 +529,18 @@ impl Sim {
         }
     }
 
-    /// VCPU `v` starts running guest code on pCPU `p`.
+    /// VCPU `v` starts running guest code on pCPU `p` (once the host thread there, if any,
+    /// leaves it).
     fn start(&mut self, v: usize, p: usize) {
         self.pcpus[p].running = Some(v);
         let vcpu = &mut self.vcpus[v];
         vcpu.pcpu = Some(p);
         vcpu.epoch = vcpu.epoch.wrapping_add(1);
+        if self.pcpus[p].stolen_by.is_some() {
+            self.vms[vcpu.vm].guest.stolen(vcpu.index, self.now);
+            self.recategorize(v);
+            return;
+        }
         self.vms[vcpu.vm].guest.started(vcpu.index, self.now);
         self.recategorize(v);
         self.step(v);
@@ -438,11 +554,7 @@ impl Sim {
         vcpu.pcpu = None;
         vcpu.epoch = vcpu.epoch.wrapping_add(1);
         self.pcpus[p].running = None;
-        if let Some(trace) = &mut self.trace {
-            // Still in `Run` since it started: `since` is when it did.
-            let start_ns = self.vcpus[v].since;
-            trace.push(Span { vcpu: v as u32, pcpu: Some(p as u32), start_ns, end_ns: self.now });
-        }
+        self.close_span(v, p);
         self.recategorize(v);
         // A pCPU waiting for this VCPU to leave another one can have it now. (Its own pCPU
         // waits for the policy: a VCPU stops there to block, go down or yield.)
@@ -458,6 +570,17 @@ impl Sim {
         }
     }
 
+    /// With a trace, records that VCPU `v` ran guest code on pCPU `p` until now, if it did:
+    /// still in `Run` since it started or a host thread left its pCPU, `since` is when.
+    fn close_span(&mut self, v: usize, p: usize) {
+        if let Some(trace) = &mut self.trace
+            && self.vcpus[v].category == Category::Run
+        {
+            let start_ns = self.vcpus[v].since;
+            trace.push(Span { vcpu: v as u32, pcpu: Some(p as u32), start_ns, end_ns: self.now });
+        }
+    }
+
     /// Moves VCPU `v` to policy state `state`.
     fn set_state(&mut self, v: usize, state: State) {
         self.states[v] = state;
@@ -470,7 +593,8 @@ impl Sim {
         let category = match self.states[v] {
             State::Offline => Category::Off,
             State::Blocked => Category::Wait,
-            State::Runnable if self.vcpus[v].pcpu.is_some() => Category::Run,
+            // A VCPU whose pCPU a host thread has is ready, as its thread's CPU clock says.
+            State::Runnable if self.vcpus[v].pcpu.is_some_and(|p| self.pcpus[p].stolen_by.is_none()) => Category::Run,
             State::Runnable if self.policy.costopped(VcpuId(v as u32)) => Category::Costop,
             State::Runnable => Category::Ready,
         };

@@ -10,13 +10,15 @@
 //! block, demand reported and the VCPU grant followed, a server's threads waiting for
 //! requests from the NIC; it hands what it asks of the monitor to the engine as values. The
 //! [`load`] on a server is the monitor's load generator, closed or open loop, which measures
-//! each request's latency. Nothing depends on the wall clock or on hashing order: the same
-//! scenario and seed give the same result, byte for byte.
+//! each request's latency, and its [`host`] thread carries the traffic to and from the guest,
+//! taking pCPU time the dispatcher does not see. Nothing depends on the wall clock or on
+//! hashing order: the same scenario and seed give the same result, byte for byte.
 //!
 //! [`Policy`]: sched::Policy
 
 mod engine;
 mod guest;
+mod host;
 mod load;
 mod model;
 mod queue;

@@ -2,12 +2,13 @@
 //! `clients` connections that keep `pipeline` requests each in flight until `requests` have
 //! been sent (a closed loop), or requests due evenly at `rate` per second, dealt to the
 //! connections in turn and each sent when due, whatever came back (an open loop). A request
-//! reaches the guest's NIC `request_path` after it is sent; a reply reaches its client
-//! `reply_path` after the guest writes it, and a closed loop's client sends again at once. A
-//! request's latency runs from its sending (open loop: from when it was due, so that a
+//! reaches the host side (the VM's host thread, which carries it to the guest's NIC: see
+//! `host`) `request_path` after it is sent; a reply reaches its client `reply_path` after the
+//! host thread has carried it from the guest, and a closed loop's client sends again at once.
+//! A request's latency runs from its sending (open loop: from when it was due, so that a
 //! server that falls behind is charged for the wait) to its reply's arrival. The engine calls
-//! [`Load::due`] when [`Load::next_call`] asks and delivers what arrives; the guest's replies
-//! come back through [`Load::replied`].
+//! [`Load::due`] when [`Load::next_call`] asks and hands what arrives on; the replies come
+//! back through [`Load::replied`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -106,9 +107,9 @@ impl Load {
         Some(next)
     }
 
-    /// The guest wrote the replies to `requests` requests of connection `conn` (its oldest in
-    /// flight) at `now`: the client has them after the reply path, and in a closed loop sends
-    /// as many again.
+    /// The replies to `requests` requests of connection `conn` (its oldest in flight) left the
+    /// host side at `now`: the client has them after the reply path, and in a closed loop
+    /// sends as many again.
     pub fn replied(&mut self, conn: usize, requests: u64, now: Ns) {
         let received = now + self.served.reply_path;
         for _ in 0..requests {
@@ -197,7 +198,7 @@ mod tests {
     use super::*;
 
     fn served(requests: u64, clients: usize, pipeline: usize, rate: Option<u64>) -> Served {
-        Served { requests, clients, pipeline, rate, request_path: 10, reply_path: 20 }
+        Served { requests, clients, pipeline, rate, request_path: 10, reply_path: 20, request_host: 0, reply_host: 0 }
     }
 
     /// What arrives by `now`.

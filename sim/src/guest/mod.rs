@@ -186,6 +186,9 @@ pub struct Guest {
     cpus: Vec<PerCpu>,
     /// Which of its VCPUs run guest code now, bit by VCPU (a VM has at most 64).
     running: u64,
+    /// Which of its VCPUs hold a pCPU that a host thread has taken meanwhile: they run no
+    /// guest code, but the monitor does not know, and the shared page shows them running.
+    stolen: u64,
     threads: Vec<Thread>,
     /// Ready threads, oldest first.
     pool: VecDeque<usize>,
@@ -241,6 +244,7 @@ impl Guest {
             preemption_shown,
             cpus: vec![cpu; plan.vcpus as usize],
             running: 0,
+            stolen: 0,
             threads: vec![
                 Thread {
                     pc: 0,
@@ -359,9 +363,10 @@ impl Guest {
         }
     }
 
-    /// VCPU `x` starts running guest code.
+    /// VCPU `x` starts running guest code (again, after a host thread had its pCPU).
     pub fn started(&mut self, x: usize, now: Ns) {
         self.running |= 1 << x;
+        self.stolen &= !(1 << x);
         self.cpus[x].mark = now;
     }
 
@@ -369,6 +374,15 @@ impl Guest {
     pub fn stopped(&mut self, x: usize, now: Ns) {
         self.sync(x, now);
         self.running &= !(1 << x);
+        self.stolen &= !(1 << x);
+    }
+
+    /// VCPU `x` holds its pCPU but runs no guest code until [`Guest::started`]: a host thread
+    /// has the pCPU. Its siblings do not see it preempted.
+    pub fn stolen(&mut self, x: usize, now: Ns) {
+        self.sync(x, now);
+        self.running &= !(1 << x);
+        self.stolen |= 1 << x;
     }
 
     fn is_running(&self, x: usize) -> bool {
@@ -702,9 +716,10 @@ impl Guest {
         self.pool.remove(at)
     }
 
-    /// Whether VCPU `y` is preempted, as the shared page shows it.
+    /// Whether VCPU `y` is preempted, as the shared page shows it (not when a host thread
+    /// has its pCPU, which the monitor does not know).
     fn preempted_now(&self, y: usize, m: &Monitor) -> bool {
-        self.preemption_shown && m.states[y] == State::Runnable && !self.is_running(y)
+        self.preemption_shown && m.states[y] == State::Runnable && !self.is_running(y) && self.stolen & (1 << y) == 0
     }
 
     /// VCPU `y` was just preempted: its siblings' PV waiters notice within a check period.

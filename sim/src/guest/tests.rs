@@ -154,6 +154,25 @@ fn a_pv_lock_waiter_yields_to_a_preempted_holder_then_blocks() {
 }
 
 #[test]
+fn a_holder_whose_pcpu_a_host_thread_has_stalls_unseen_by_pv_waiters() {
+    let mut alone = Alone::new(2, "locks", &["ops=1000", "cs=10000", "locks=pv"]);
+    alone.boot(None);
+    let since = alone.now;
+    let Next::After(critical) = alone.step_after(0, 0) else { panic!("the holder computes") };
+    assert_eq!(alone.step_after(1, 0), Next::After(10_000));
+    // A host thread takes the holder's pCPU: the monitor does not know, so the shared page
+    // shows the holder running, and the waiter spins on to its blocking bound.
+    alone.now += 4_000;
+    alone.guest.stolen(0, alone.now);
+    assert_eq!(alone.step_after(1, 6_000), Next::After(since + 200_000 - alone.now));
+    assert_eq!(alone.sent(), []);
+    // Back on its pCPU 50 µs later, the holder has the rest of its critical section to do.
+    alone.now += 50_000;
+    alone.guest.started(0, alone.now);
+    assert_eq!(alone.step_after(0, 0), Next::After(critical - 4_000));
+}
+
+#[test]
 fn the_unlock_that_serves_a_blocked_waiter_kicks_it_and_pays_an_exit() {
     let mut alone = Alone::new(2, "locks", &["ops=1000", "cs=200000", "locks=pv"]);
     alone.boot(None);

@@ -130,7 +130,8 @@ pub struct LockOps {
 }
 
 /// The load on a served workload: what the monitor's load generator does, and the host's part
-/// of a request's round trip.
+/// of a request's round trip: the host thread's work on each message (see `host`), and the
+/// time a message takes beyond it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Served {
     /// Requests over the run.
@@ -141,10 +142,16 @@ pub struct Served {
     pub pipeline: usize,
     /// Requests/s over all connections of an open loop; `None`: a closed loop.
     pub rate: Option<u64>,
-    /// From the client's sending a request to its frame in the NIC's ring.
+    /// From the client's sending a request to the host thread's having it to carry.
     pub request_path: Ns,
-    /// From the guest's writing a reply to the client's having it.
+    /// From the host thread's having carried a reply to the client's having it.
     pub reply_path: Ns,
+    /// The host thread's CPU time for a connection's requests, from the client's socket to
+    /// their frame in the NIC's ring.
+    pub request_host: Ns,
+    /// The host thread's CPU time for a connection's replies, from the NIC's ring to the
+    /// client's having read them.
+    pub reply_host: Ns,
 }
 
 /// The shape of one VM's workload.
