@@ -418,13 +418,15 @@ fn print_nic_stats(report: &RunReport) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // SIGINT and SIGTERM stop the VMs, and a command that runs them ends with what had
-    // finished; the others end at once, as without a handler.
-    let runs_vms = matches!(
+    // SIGINT and SIGTERM stop the VMs, and a command that runs them (or a sweep's points)
+    // ends with what had finished; the others end at once, as without a handler.
+    let stoppable = matches!(
         cli.command,
-        None | Some(Command::Run(_) | Command::Scenario(_) | Command::Compare(_) | Command::Validate(_))
+        None | Some(
+            Command::Run(_) | Command::Scenario(_) | Command::Compare(_) | Command::Validate(_) | Command::Sweep(_)
+        )
     );
-    let watch = match runs_vms.then(interrupt::watch).transpose() {
+    let watch = match stoppable.then(interrupt::watch).transpose() {
         Ok(watch) => watch,
         Err(error) => {
             eprintln!("tandem: error: {error:#}");

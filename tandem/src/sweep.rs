@@ -13,6 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sched::PolicyKind;
 use tandem_core::experiment::{SweepGrid, SweepPoint, SweepResult};
 use tandem_core::results::References;
+use tandem_kvm::outcome::signal_name;
+use tandem_kvm::stop;
 
 use crate::report;
 
@@ -79,7 +81,8 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         for _ in 0..jobs {
             scope.spawn(|| {
                 let mut references = References::default();
-                loop {
+                // SIGINT or SIGTERM: no new point is started.
+                while stop::interrupted().is_none() {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     let Some((point, scenario)) = scenarios.get(index) else { break };
                     let SweepPoint { pcpus, overcommit, mix, locks, .. } = point;
@@ -95,12 +98,30 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         }
     });
     bar.finish_and_clear();
+    let interrupted = stop::interrupted();
     let points: Vec<SweepResult> = points
         .into_inner()
         .expect("sweep results")
         .into_iter()
-        .map(|point| point.expect("every point was simulated"))
+        .filter_map(|point| {
+            assert!(point.is_some() || interrupted.is_some(), "every point was simulated");
+            point
+        })
         .collect::<anyhow::Result<_>>()?;
+    if let Some(signal) = interrupted {
+        // What had finished, in files that say they are not the whole grid.
+        std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+        report::sweep::write_csv(&args.out.join("sweep-incomplete.csv"), &points)?;
+        report::write_json(&args.out.join("sweep-incomplete.json"), &points)?;
+        eprintln!(
+            "interrupted by {}: {} of {} points, in {}/sweep-incomplete.{{csv,json}}",
+            signal_name(signal),
+            points.len(),
+            scenarios.len(),
+            args.out.display()
+        );
+        return Ok(());
+    }
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     report::sweep::write_csv(&args.out.join("sweep.csv"), &points)?;

@@ -334,3 +334,32 @@ fn a_scenario_past_the_hosts_memory_is_refused_before_any_vm_starts() {
     assert!(run.stderr.contains(&expected), "{}", run.stderr);
     assert!(run.stdout.is_empty() && run.elapsed < std::time::Duration::from_secs(5), "{run:?}", run = run.stdout);
 }
+
+#[test]
+fn sigint_during_a_sweep_writes_the_points_that_finished_as_incomplete() {
+    let out = std::env::temp_dir().join(format!("tandem-sweep-interrupted-{}", std::process::id()));
+    let sweep = common::process::Tandem::start(&[
+        "sweep",
+        "--pcpus",
+        "2,8,32",
+        "--overcommit",
+        "1,2,3,4",
+        "--duration",
+        "2",
+        "--jobs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    sweep.signal(libc::SIGINT);
+    let run = sweep.finish(std::time::Duration::from_secs(60));
+    assert_eq!(run.status, Some(130), "{}", run.stderr);
+    assert!(run.stderr.contains("interrupted by SIGINT: "), "{}", run.stderr);
+    let points: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sweep-incomplete.json")).unwrap()).unwrap();
+    assert!(!out.join("sweep.json").exists(), "an interrupted sweep is not written as the whole grid");
+    std::fs::remove_dir_all(&out).unwrap();
+    let points = points.as_array().unwrap().len();
+    assert!(points < 480, "{points} points: the sweep was not interrupted");
+}

@@ -202,7 +202,9 @@ mod tests {
             }
         }
         // "\r\n" alone was found by the fuzzer (fuzz/fuzz_targets/resp.rs): it panicked.
-        for bad in [&b"?\r\n"[..], b"\r\n", b"\n", b"+OK\n", b"$x\r\n", b"$3\r\nabcd\r\n", b"$-5\r\n", b"$99999999999999\r\n"] {
+        for bad in
+            [&b"?\r\n"[..], b"\r\n", b"\n", b"+OK\n", b"$x\r\n", b"$3\r\nabcd\r\n", b"$-5\r\n", b"$99999999999999\r\n"]
+        {
             assert_eq!(reply_len(bad), Err(BadReply), "{bad:?}");
         }
     }
