@@ -19,7 +19,7 @@ use workloads::Record;
 
 use crate::bench::{self, BenchCommand};
 use crate::compare::{self, CompareArgs};
-use crate::interrupt;
+use crate::interrupt::{self, OnSignal};
 use crate::report;
 use crate::scaffold;
 use crate::sweep::{self, SweepArgs};
@@ -419,14 +419,17 @@ fn print_nic_stats(report: &RunReport) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // SIGINT and SIGTERM stop the VMs, and a command that runs them (or a sweep's points)
-    // ends with what had finished; the others end at once, as without a handler.
-    let stoppable = matches!(
-        cli.command,
-        None | Some(
-            Command::Run(_) | Command::Scenario(_) | Command::Compare(_) | Command::Validate(_) | Command::Sweep(_)
-        )
-    );
-    let watch = match stoppable.then(interrupt::watch).transpose() {
+    // ends with what had finished; a simulation ends at once with 130 or 143; the others
+    // are ended by the signal, as without a handler.
+    let on_signal = match &cli.command {
+        None
+        | Some(
+            Command::Run(_) | Command::Scenario(_) | Command::Compare(_) | Command::Validate(_) | Command::Sweep(_),
+        ) => Some(OnSignal::Stop),
+        Some(Command::Sim(_)) => Some(OnSignal::Exit),
+        Some(_) => None,
+    };
+    let watch = match on_signal.map(interrupt::watch).transpose() {
         Ok(watch) => watch,
         Err(error) => {
             eprintln!("tandem: error: {error:#}");

@@ -363,3 +363,20 @@ fn sigint_during_a_sweep_writes_the_points_that_finished_as_incomplete() {
     let points = points.as_array().unwrap().len();
     assert!(points < 480, "{points} points: the sweep was not interrupted");
 }
+
+#[test]
+fn sigterm_during_a_simulation_ends_it_at_once_with_143() {
+    let file = std::env::temp_dir().join(format!("tandem-long-sim-{}.toml", std::process::id()));
+    let endless = "pcpus = 2\n[policy]\nname = \"credit\"\n[[vm]]\nname = \"a\"\nvcpus = 2\nworkload = \"nbody\"\n\
+                   args = { steps = 1000000000 }\n[sim]\nduration_s = 86400\n";
+    std::fs::write(&file, endless).unwrap();
+    let sim = common::process::Tandem::start(&["sim", file.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let signalled = std::time::Instant::now();
+    sim.signal(libc::SIGTERM);
+    let run = sim.finish(std::time::Duration::from_secs(30));
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(run.status, Some(143), "{}", run.stderr);
+    assert!(signalled.elapsed() < std::time::Duration::from_secs(2));
+    assert!(run.stderr.contains("interrupted by SIGTERM: nothing had finished"), "{}", run.stderr);
+}
