@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use sched::PolicyKind;
 
 use tandem_core::experiment::{self, cells, name};
@@ -97,50 +98,60 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs every scenario under every policy of `selection`, `runs` times over, interleaved;
-/// if SIGINT or SIGTERM interrupts it, the runs that had finished.
+/// Runs every scenario under every policy of `selection`, `runs` times over, interleaved,
+/// with a progress bar and its estimate of the time left on stderr (hidden when stderr is
+/// not a terminal, where each run's line says how far it got); if SIGINT or SIGTERM
+/// interrupts it, the runs that had finished.
 pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<ScenarioResult>> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let kvm = open_kvm()?;
-    let image = image::DEFAULT_GUEST;
-    let mut results: Vec<ScenarioResult> = Vec::new();
-    for run in 0..args.runs {
-        for scenario in scenarios {
-            for &policy in &args.policies {
-                let scenario = match scenario.with(Some(policy), None) {
-                    Ok(scenario) => scenario,
-                    Err(error) => {
-                        // E.g. a VM wider than the pCPUs under strict co-scheduling.
-                        if run == 0 {
-                            eprintln!("skipped: {error:#}");
-                        }
-                        continue;
-                    }
-                };
-                if stop::interrupted().is_some() {
-                    return Ok(results);
-                }
-                eprintln!("run {}/{}: {} under {policy}", run + 1, args.runs, name(&scenario));
-                // Each run gets its own references, measured just before it: the speed of these
-                // shared machines drifts by tens of percent within a minute, and a ratio is only
-                // as good as the reference taken next to it.
-                let mut references = References::default();
-                let measured = runner::measure_references(&kvm, image, &scenario, &mut references, false)
-                    .and_then(|()| runner::run_scenario(&kvm, image, &scenario, Some(&references)));
-                if stop::interrupted().is_some() {
-                    // This run was cut short: only those before it count.
-                    return Ok(results);
-                }
-                let result = measured?;
-                if let Some(failed) = result.vms.iter().find(|vm| !vm.ok && !vm.timed_out) {
-                    bail!("{} under {policy}: {}", name(&scenario), failed.outcome);
-                }
-                results.push(result);
+    let mut variants = Vec::new();
+    for scenario in scenarios {
+        for &policy in &args.policies {
+            match scenario.with(Some(policy), None) {
+                Ok(variant) => variants.push(variant),
+                // E.g. a VM wider than the pCPUs under strict co-scheduling.
+                Err(error) => eprintln!("skipped: {error:#}"),
             }
         }
     }
+    let kvm = open_kvm()?;
+    let image = image::DEFAULT_GUEST;
+    let bar = ProgressBar::new((args.runs * variants.len()) as u64).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} runs, {eta} left {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let mut results: Vec<ScenarioResult> = Vec::new();
+    for run in 0..args.runs {
+        for scenario in &variants {
+            if stop::interrupted().is_some() {
+                break;
+            }
+            let what = format!("{} under {}", name(scenario), scenario.policy);
+            bar.suspend(|| eprintln!("run {}/{}: {what}", run + 1, args.runs));
+            bar.set_message(what);
+            // Each run gets its own references, measured just before it: the speed of these
+            // shared machines drifts by tens of percent within a minute, and a ratio is only
+            // as good as the reference taken next to it.
+            let mut references = References::default();
+            let measured = runner::measure_references(&kvm, image, scenario, &mut references, false)
+                .and_then(|()| runner::run_scenario(&kvm, image, scenario, Some(&references)));
+            if stop::interrupted().is_some() {
+                // This run was cut short: only those before it count.
+                break;
+            }
+            let result = measured?;
+            if let Some(failed) = result.vms.iter().find(|vm| !vm.ok && !vm.timed_out) {
+                bar.abandon();
+                bail!("{} under {}: {}", name(scenario), scenario.policy, failed.outcome);
+            }
+            results.push(result);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
     Ok(results)
 }
 
