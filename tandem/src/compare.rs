@@ -8,12 +8,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sched::PolicyKind;
 
-use tandem_core::experiment::{self, cells, name};
+use tandem_core::experiment::{self, Cell, cells, name};
 use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::Scenario;
 use tandem_kvm::outcome::signal_name;
@@ -51,12 +51,16 @@ pub struct Selection {
 pub struct CompareArgs {
     #[command(flatten)]
     pub selection: Selection,
-    /// Write a bar chart of the median ratios to FILE (SVG)
+    /// Write a heat map of the median ratios to FILE (SVG)
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     /// Write every run's full results to FILE (JSON)
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Take the results from FILE (written by an earlier `compare --json`) instead of running
+    /// the VMs: the table and the heat map again
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
+    pub from: Option<PathBuf>,
 }
 
 impl CompareArgs {
@@ -74,13 +78,24 @@ impl CompareArgs {
             },
             svg: None,
             json: None,
+            from: None,
         }
     }
 }
 
 pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     let selection = &args.selection;
-    let scenarios = load(selection)?;
+    let mut scenarios = load(selection)?;
+    if let Some(path) = &args.from {
+        let cells = load_cells(path)?;
+        scenarios.retain(|scenario| cells.iter().any(|cell| cell.scenario == name(scenario)));
+        anyhow::ensure!(!scenarios.is_empty(), "{} has no result for these scenarios", path.display());
+        print!("{}", report::compare::table(&scenarios, &selection.policies, &cells));
+        if let Some(svg) = &args.svg {
+            report::compare::chart(svg, &selection.policies, &cells)?;
+        }
+        return Ok(());
+    }
     let results = measure(selection, &scenarios)?;
     let cells = cells(&scenarios, &selection.policies, &results);
     print!("{}", report::compare::table(&scenarios, &selection.policies, &cells));
@@ -153,6 +168,18 @@ pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<S
     }
     bar.finish_and_clear();
     Ok(results)
+}
+
+/// The cells of an earlier `compare --json`.
+pub fn load_cells(path: &PathBuf) -> anyhow::Result<Vec<Cell>> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        cells: Vec<Cell>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: File = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not the JSON of `tandem compare --json`", path.display()))?;
+    Ok(file.cells)
 }
 
 /// The files' scenarios, or the matrix's; each under every family of `--locks`.

@@ -1,5 +1,5 @@
 //! `tandem compare`'s report: the table of median ratios, the dispatcher's figures, and the
-//! bar chart.
+//! heat map.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -101,56 +101,63 @@ pub fn dispatcher(results: &[ScenarioResult]) -> String {
     out
 }
 
-/// Grouped bars: one group per scenario VM, one bar per policy.
+/// A heat map: a row per scenario VM (in the cells' order), a column per policy, each cell
+/// its median ratio printed on a colour that diverges around 1.0 (red below, blue above, on a
+/// log scale saturating at 1/4 and 4); grey where the policy cannot run the scenario. About
+/// 600 pixels wide whatever the matrix, so it stays legible at README width.
 pub fn chart(path: &PathBuf, policies: &[PolicyKind], cells: &[Cell]) -> anyhow::Result<()> {
-    let groups: Vec<String> = {
-        let mut groups: Vec<String> = Vec::new();
-        for cell in cells {
-            let group = format!("{} {}", cell.scenario, cell.vm);
-            if !groups.contains(&group) {
-                groups.push(group);
-            }
+    const LABEL: i32 = 230;
+    const COLUMN: i32 = 74;
+    const ROW: i32 = 18;
+    const HEADER: i32 = 48;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for cell in cells {
+        let row = (cell.scenario.clone(), cell.vm.clone());
+        if !rows.contains(&row) {
+            rows.push(row);
         }
-        groups
-    };
-    let top = cells.iter().map(|c| c.median).filter(|m| m.is_finite()).fold(1.0, f64::max) * 1.1;
-    let width = 160 + 90 * groups.len() as u32;
-    let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
+    }
+    let width = (LABEL + COLUMN * policies.len() as i32 + 10) as u32;
+    let height = (HEADER + ROW * rows.len() as i32 + 10) as u32;
+    let root = SVGBackend::new(path, (width, height)).into_drawing_area();
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("result / ideal per VM (median of runs)", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(90)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.5f64..groups.len() as f64 - 0.5, 0.0..top)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(groups.len())
-            .x_label_formatter(&|x| groups.get(x.round() as usize).cloned().unwrap_or_default())
-            .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
-            .y_desc("result / ideal")
-            .draw()?;
-        let bar = 0.8 / policies.len() as f64;
+        let font = ("sans-serif", 12).into_font();
+        root.draw(&Text::new("result / ideal per VM, median of runs", (4, 4), font.clone().style(FontStyle::Bold)))?;
         for (k, policy) in policies.iter().enumerate() {
-            let color = Palette99::pick(k).to_rgba();
-            let bars = groups.iter().enumerate().filter_map(|(g, group)| {
-                let cell =
-                    cells.iter().find(|c| format!("{} {}", c.scenario, c.vm) == *group && c.policy == policy.name())?;
-                let x0 = g as f64 - 0.4 + k as f64 * bar;
-                cell.median
-                    .is_finite()
-                    .then(|| Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, cell.median)], color.filled()))
-            });
-            chart
-                .draw_series(bars)?
-                .label(policy.name())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+            let x = LABEL + COLUMN * k as i32;
+            root.draw(&Text::new(policy.name().to_owned(), (x + 2, HEADER - 16), font.clone()))?;
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        for (r, (scenario, vm)) in rows.iter().enumerate() {
+            let y = HEADER + ROW * r as i32;
+            root.draw(&Text::new(format!("{scenario} {vm}"), (4, y + 3), font.clone()))?;
+            for (k, policy) in policies.iter().enumerate() {
+                let x = LABEL + COLUMN * k as i32;
+                let cell = cells.iter().find(|c| c.scenario == *scenario && c.vm == *vm && c.policy == policy.name());
+                let (fill, text) = match cell {
+                    Some(cell) if cell.median.is_finite() => {
+                        let mark = if cell.timeouts > 0 { " t/o" } else { "" };
+                        (diverging(cell.median), format!("{:.2}{mark}", cell.median))
+                    }
+                    _ => (RGBColor(225, 225, 225), "-".to_owned()),
+                };
+                root.draw(&Rectangle::new([(x, y), (x + COLUMN - 2, y + ROW - 2)], fill.filled()))?;
+                root.draw(&Text::new(text, (x + 6, y + 3), font.clone()))?;
+            }
+        }
         root.present()?;
         Ok(())
     };
     draw().map_err(|error| anyhow::anyhow!("{error}")).with_context(|| format!("cannot draw {}", path.display()))
+}
+
+/// White at 1.0, towards red below and blue above, on a log scale saturating at 1/4 and 4.
+fn diverging(ratio: f64) -> RGBColor {
+    let t = (ratio.max(1e-6).log2() / 2.0).clamp(-1.0, 1.0);
+    let fade = |full: u8, t: f64| (255.0 - (255.0 - f64::from(full)) * t.abs()).round() as u8;
+    if t < 0.0 {
+        RGBColor(fade(214, t), fade(96, t), fade(77, t))
+    } else {
+        RGBColor(fade(67, t), fade(147, t), fade(195, t))
+    }
 }
