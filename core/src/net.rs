@@ -71,7 +71,12 @@ impl GuestInterface {
 impl NetConfig {
     /// User-mode networking with no forwards: what a VM gets unless told otherwise.
     pub fn user() -> NetConfig {
-        NetConfig { backend: NetBackend::User { forwards: Vec::new() }, guest: GuestInterface::USER }
+        Self::user_forwarding(Vec::new())
+    }
+
+    /// User-mode networking with `forwards`.
+    pub fn user_forwarding(forwards: Vec<HostForward>) -> NetConfig {
+        NetConfig { backend: NetBackend::User { forwards }, guest: GuestInterface::USER }
     }
 
     /// Parses a `--net` value; `None` for `none`.
@@ -96,7 +101,7 @@ impl NetConfig {
                 if let Some(twice) = forwards.iter().find(|forward| taken(forward)) {
                     bail!("host address {} is forwarded twice", twice.host);
                 }
-                Ok(Some(NetConfig { backend: NetBackend::User { forwards }, guest: GuestInterface::USER }))
+                Ok(Some(NetConfig::user_forwarding(forwards)))
             }
             "tap" => {
                 let mut ifname = None;

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use sched::PolicyKind;
 
 use tandem_core::experiment::{self, Cell, cells, name};
@@ -133,11 +132,7 @@ pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<S
     }
     let kvm = open_kvm()?;
     let image = image::DEFAULT_GUEST;
-    let bar = ProgressBar::new((args.runs * variants.len()) as u64).with_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} runs, {eta} left {msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
+    let bar = report::progress(args.runs * variants.len(), "runs");
     let mut results: Vec<ScenarioResult> = Vec::new();
     for run in 0..args.runs {
         for scenario in &variants {

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use sched::PolicyKind;
 use tandem_core::experiment::{SweepGrid, SweepPoint, SweepResult};
 use tandem_core::results::References;
@@ -69,11 +68,7 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     let scenarios = grid.scenarios()?;
 
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let bar = ProgressBar::new(scenarios.len() as u64).with_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} points, {eta} left {msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
+    let bar = report::progress(scenarios.len(), "points");
     let next = AtomicUsize::new(0);
     let points: Mutex<Vec<Option<anyhow::Result<SweepResult>>>> =
         Mutex::new((0..scenarios.len()).map(|_| None).collect());

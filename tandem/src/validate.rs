@@ -69,19 +69,19 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
 /// (its cells).
 fn load_real(path: &PathBuf) -> anyhow::Result<Vec<Cell>> {
     #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum File {
-        Validate { rows: Vec<Row> },
-        Compare { cells: Vec<Cell> },
+    struct File {
+        rows: Vec<Row>,
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file: File = serde_json::from_str(&text).with_context(|| {
-        format!("{} is not the JSON of `tandem validate --json` or `tandem compare --json`", path.display())
-    })?;
-    Ok(match file {
-        File::Validate { rows } => rows.into_iter().map(|row| row.real).collect(),
-        File::Compare { cells } => cells,
-    })
+    match serde_json::from_str::<File>(&text) {
+        Ok(file) => Ok(file.rows.into_iter().map(|row| row.real).collect()),
+        Err(_) => compare::load_cells(path).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is the JSON of neither `tandem validate --json` nor `tandem compare --json`",
+                path.display()
+            )
+        }),
+    }
 }
 
 /// Simulates every scenario under every policy with seeds 1 to `seeds`.

@@ -41,7 +41,7 @@ use workloads::kv::load::Load;
 
 use crate::guest::{self, VmConfig};
 use crate::host::available_cores;
-use crate::net::{GuestInterface, HostForward, NetBackend, NetConfig};
+use crate::net::{HostForward, NetConfig};
 use crate::sim_config::SimConfig;
 
 /// Xen's default weight.
@@ -347,7 +347,7 @@ impl VmPlan {
             cmdline: guest::cmdline(&self.workload, &self.args, self.guest_kernel())?,
             timeout: Duration::from_secs_f64(timeout_s),
             echo_console: false,
-            net: Some(NetConfig { backend: NetBackend::User { forwards }, guest: GuestInterface::USER }),
+            net: Some(NetConfig::user_forwarding(forwards)),
         };
         config.check()?;
         Ok(config)

@@ -281,7 +281,7 @@ fn user_nic(guest_ports: &[u16]) -> (GuestMemory, NetDevice) {
         .iter()
         .map(|&guest_port| HostForward { host: SocketAddrV4::new([127, 0, 0, 1].into(), 0), guest_port })
         .collect();
-    let config = NetConfig { backend: NetBackend::User { forwards }, guest: GuestInterface::USER };
+    let config = NetConfig::user_forwarding(forwards);
     let memory = GuestMemory::new(MEM).unwrap();
     let device = NetDevice::open(&config, &memory, 2).unwrap();
     (memory, device)

@@ -14,11 +14,20 @@ pub mod validate;
 use std::path::Path;
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Writes `value` as pretty JSON to `path`.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("encoding results")?;
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A progress bar over `len` `things` (runs, points) with the time left, on stderr: hidden
+/// when stderr is not a terminal.
+pub fn progress(len: usize, things: &str) -> ProgressBar {
+    let template = format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {things}, {{eta}} left {{msg}}");
+    ProgressBar::new(len as u64)
+        .with_style(ProgressStyle::with_template(&template).expect("a valid template").progress_chars("=> "))
 }
 
 /// Nanoseconds in microseconds.
