@@ -12,11 +12,14 @@
 //! - [`stats`]: medians, percentiles, Jain's index;
 //! - [`validation`]: real against simulated results, and how far they agree;
 //! - [`sim_config`]: what a simulation is told beyond the scenario (its costs);
-//! - [`host`]: the host CPUs a scenario may use.
+//! - [`host`]: the host CPUs a scenario may use;
+//! - [`live`]: what a running monitor serves on its live socket, and the rates between two
+//!   snapshots (`tandem top`).
 
 pub mod experiment;
 pub mod guest;
 pub mod host;
+pub mod live;
 pub mod metrics;
 pub mod net;
 pub mod results;
