@@ -1,58 +1,165 @@
-//! Where each VCPU's time goes, in esxtop's terms: RUN (its thread on a host CPU, in the
-//! guest or in the monitor), RDY (online and not blocked, but waiting for a pCPU: at the
-//! dispatcher's gate or in Linux's run queue), CSTP (ready, but held back by a co-scheduler
-//! for its siblings' sake), WAIT (blocked in the monitor). RUN comes from the thread's CPU
-//! clock, RDY is the rest of the time it was runnable; the dispatcher tells CSTP apart.
+//! What a VCPU's thread counts, readable by others while it runs (the live view): where the
+//! VCPU's time goes, and its exits by kind.
+//!
+//! Time, in esxtop's terms: RUN (its thread on a host CPU, in the guest or in the monitor),
+//! RDY (online and not blocked, but waiting for a pCPU: at the dispatcher's gate or in Linux's
+//! run queue), WAIT (blocked in the monitor), and offline. RUN comes from the thread's CPU
+//! clock, RDY is the rest of the time it was runnable; the dispatcher tells CSTP apart, within
+//! RDY.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use pv_abi::hypercall::Hypercall;
 use tandem_core::metrics::VcpuTimes;
 
-/// Accumulates [`VcpuTimes`] from the VCPU thread's own phase changes.
-#[derive(Debug, Default)]
-pub(crate) struct Accounting {
-    pub times: VcpuTimes,
-    /// Wall clock and thread CPU clock when the VCPU last became runnable.
-    runnable_since: Option<(Instant, u64)>,
+/// One VCPU's counters: its time (written by its thread at each change of phase) and its exits
+/// (counted by its thread at each).
+#[derive(Debug)]
+pub(crate) struct VcpuCounters {
+    time: Mutex<Accounting>,
+    /// Per hypercall (`Hypercall as usize`), then one for every other exit.
+    exits: [AtomicU64; EXIT_KINDS],
 }
 
-/// CPU time of the calling thread, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `now` is a valid timespec to write; the clock id is a constant Linux supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    if rc != 0 {
-        return 0;
+/// Every hypercall, and `other`.
+const EXIT_KINDS: usize = Hypercall::ALL.len() + 1;
+const OTHER: usize = Hypercall::ALL.len();
+
+/// A VCPU's time so far, offline included, up to the instant it was read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LiveTimes {
+    pub run_ns: u64,
+    pub ready_ns: u64,
+    pub wait_ns: u64,
+    pub offline_ns: u64,
+}
+
+impl VcpuCounters {
+    /// A VCPU offline since `since` (its VM's start).
+    pub fn new(since: Instant) -> VcpuCounters {
+        VcpuCounters { time: Mutex::new(Accounting::new(since)), exits: Default::default() }
     }
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+
+    pub fn time(&self) -> std::sync::MutexGuard<'_, Accounting> {
+        self.time.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts an exit for `call`, or another kind of exit for `None`.
+    pub fn exit(&self, call: Option<Hypercall>) {
+        let kind = call.map_or(OTHER, |call| call as usize);
+        // One writer: a load and a store, no locked instruction on the VCPU's path.
+        self.exits[kind].store(self.exits[kind].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Exits per hypercall (`Hypercall as usize`) and other exits.
+    pub fn exits(&self) -> ([u64; Hypercall::ALL.len()], u64) {
+        let calls = std::array::from_fn(|kind| self.exits[kind].load(Ordering::Relaxed));
+        (calls, self.exits[OTHER].load(Ordering::Relaxed))
+    }
+}
+
+/// Where the VCPU's time is going now.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Offline {
+        since: Instant,
+    },
+    Blocked {
+        since: Instant,
+    },
+    /// Runnable since `since`, when its thread's CPU clock read `cpu_ns`.
+    Runnable {
+        since: Instant,
+        cpu_ns: u64,
+    },
+}
+
+/// Accumulates a VCPU's time from its thread's changes of phase.
+#[derive(Debug)]
+pub(crate) struct Accounting {
+    times: LiveTimes,
+    phase: Phase,
+    /// The CPU clock of the VCPU's thread, once it runs.
+    clock: Option<libc::clockid_t>,
+}
+
+/// The CPU time of the thread whose clock is `clock`, in nanoseconds; `None` once the thread
+/// has ended.
+fn cpu_ns(clock: libc::clockid_t) -> Option<u64> {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write; a bad clock id is an error, not UB.
+    let rc = unsafe { libc::clock_gettime(clock, &mut now) };
+    (rc == 0).then(|| now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+}
+
+fn ns(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_nanos() as u64
 }
 
 impl Accounting {
-    /// The VCPU starts: it is runnable from now on.
-    pub fn runnable(&mut self) {
-        self.runnable_from(Instant::now());
+    fn new(since: Instant) -> Accounting {
+        Accounting { times: LiveTimes::default(), phase: Phase::Offline { since }, clock: None }
     }
 
-    /// The VCPU left a block at `at`, while its thread slept (it is runnable since, and its
-    /// thread has used no CPU time since).
-    pub fn runnable_from(&mut self, at: Instant) {
-        self.runnable_since = Some((at, thread_cpu_ns()));
-    }
-
-    /// The VCPU stops being runnable (it blocks, goes offline, or the VM ends): its runnable
-    /// time since [`runnable`](Self::runnable) splits into RUN and RDY.
-    pub fn not_runnable(&mut self) {
-        if let Some((wall, cpu)) = self.runnable_since.take() {
-            let wall_ns = wall.elapsed().as_nanos() as u64;
-            let run_ns = thread_cpu_ns().saturating_sub(cpu).min(wall_ns);
-            self.times.run_ns += run_ns;
-            self.times.ready_ns += wall_ns - run_ns;
+    /// Called by the VCPU's own thread before it first runs: its CPU clock is the one read.
+    pub fn thread_started(&mut self) {
+        let mut clock = 0;
+        // SAFETY: `clock` is a valid place to write; the calling thread is alive.
+        if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+            self.clock = Some(clock);
         }
     }
 
-    /// Adds time spent blocked, from `blocked` to `woken`.
-    pub fn waited(&mut self, blocked: Instant, woken: Instant) {
-        self.times.wait_ns += woken.saturating_duration_since(blocked).as_nanos() as u64;
+    fn cpu_now(&self) -> u64 {
+        self.clock.and_then(cpu_ns).unwrap_or(0)
+    }
+
+    /// The VCPU is runnable from `at` (its start, or the end of a block while its thread
+    /// slept, so that the thread has used no CPU time since).
+    pub fn runnable(&mut self, at: Instant) {
+        match self.phase {
+            Phase::Offline { since } => self.times.offline_ns += ns(since, at),
+            Phase::Blocked { since } => self.times.wait_ns += ns(since, at),
+            Phase::Runnable { .. } => return,
+        }
+        self.phase = Phase::Runnable { since: at, cpu_ns: self.cpu_now() };
+    }
+
+    /// The VCPU stops being runnable: it blocks, or goes offline (taken down, or its VM
+    /// ended). Its runnable time splits into RUN and RDY.
+    pub fn not_runnable(&mut self, blocked: bool) {
+        let now = Instant::now();
+        self.times = self.at(now);
+        self.phase = if blocked { Phase::Blocked { since: now } } else { Phase::Offline { since: now } };
+    }
+
+    /// The times up to `now`, the open phase included.
+    pub fn at(&self, now: Instant) -> LiveTimes {
+        let mut times = self.times;
+        match self.phase {
+            Phase::Offline { since } => times.offline_ns += ns(since, now),
+            Phase::Blocked { since } => times.wait_ns += ns(since, now),
+            Phase::Runnable { since, cpu_ns } => {
+                let wall_ns = ns(since, now);
+                let run_ns = self.cpu_now().saturating_sub(cpu_ns).min(wall_ns);
+                times.run_ns += run_ns;
+                times.ready_ns += wall_ns - run_ns;
+            }
+        }
+        times
+    }
+
+    /// RUN, RDY and WAIT up to the last change of phase, as runs report them: CSTP is the
+    /// dispatcher's to tell apart.
+    pub fn times(&self) -> VcpuTimes {
+        VcpuTimes {
+            run_ns: self.times.run_ns,
+            ready_ns: self.times.ready_ns,
+            costop_ns: 0,
+            wait_ns: self.times.wait_ns,
+        }
     }
 }
 
@@ -62,24 +169,47 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn busy_time_is_run_and_sleep_is_not() {
-        let mut accounting = Accounting::default();
-        accounting.runnable();
+    fn spin(duration: Duration) {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(30) {
+        while start.elapsed() < duration {
             std::hint::spin_loop();
         }
-        accounting.not_runnable();
-        let blocked = Instant::now();
+    }
+
+    #[test]
+    fn busy_time_is_run_sleep_is_wait_and_all_of_it_is_accounted() {
+        let start = Instant::now();
+        let counters = VcpuCounters::new(start);
+        let mut accounting = counters.time();
+        accounting.thread_started();
+        std::thread::sleep(Duration::from_millis(10));
+        accounting.runnable(Instant::now());
+        spin(Duration::from_millis(30));
+        let live = accounting.at(Instant::now());
+        assert!(live.run_ns > 0 && live.run_ns + live.ready_ns >= 30_000_000, "{live:?}");
+        accounting.not_runnable(true);
         std::thread::sleep(Duration::from_millis(20));
-        accounting.waited(blocked, Instant::now());
-        let times = accounting.times;
+        accounting.runnable(Instant::now());
+        accounting.not_runnable(false);
+        let times = accounting.times();
         assert!(times.run_ns + times.ready_ns >= 30_000_000, "{times:?}");
-        assert!(times.run_ns > 0, "{times:?}");
         assert!(times.wait_ns >= 20_000_000, "{times:?}");
-        // Not runnable: nothing more accrues.
-        accounting.not_runnable();
-        assert_eq!(accounting.times, times);
+        let end = Instant::now();
+        let live = accounting.at(end);
+        assert!(live.offline_ns >= 10_000_000, "{live:?}");
+        let total = live.run_ns + live.ready_ns + live.wait_ns + live.offline_ns;
+        assert_eq!(total, ns(start, end), "every nanosecond in one phase: {live:?}");
+        // Offline: nothing more accrues but offline time.
+        assert_eq!(accounting.times(), times);
+    }
+
+    #[test]
+    fn exits_are_counted_by_kind() {
+        let counters = VcpuCounters::new(Instant::now());
+        counters.exit(Some(Hypercall::Block));
+        counters.exit(Some(Hypercall::Block));
+        counters.exit(None);
+        let (calls, other) = counters.exits();
+        assert_eq!((calls[Hypercall::Block as usize], calls.iter().sum::<u64>(), other), (2, 2, 1));
     }
 }

@@ -53,8 +53,7 @@ pub fn run_scenario(
 ) -> anyhow::Result<ScenarioResult> {
     scenario.check_resources(tandem_core::host::memory_bytes(), tandem_core::host::threads_left())?;
     let topology = scenario.topology();
-    let policy = scenario.policy.build(&scenario.params, &topology);
-    let dispatcher = Dispatcher::start(policy, scenario.cores.clone(), &topology)
+    let dispatcher = Dispatcher::start(scenario.policy, &scenario.params, scenario.cores.clone(), &topology)
         .context("cannot start the dispatcher's timer thread")?;
     let reports = run_vms(kvm, image, scenario, &dispatcher);
     let dispatch = dispatcher.finish();

@@ -14,7 +14,7 @@ use pv_abi::hypercall::{BLOCK_KICKED, BLOCK_TIMED_OUT, Hypercall, NO_DEADLINE, e
 use sched::VcpuId;
 use tandem_core::metrics::VcpuTimes;
 
-use crate::accounting::Accounting;
+use crate::accounting::VcpuCounters;
 use crate::dispatch::{Dispatcher, VmStopped};
 use crate::hypercall::{Caller, Leave, decode, execute};
 use crate::kick::Kicker;
@@ -80,13 +80,12 @@ pub(crate) fn spawn(
             id,
             fd,
             kicker,
-            counters: VcpuStats::default(),
+            stopped: Stopped::default(),
             tsc_offset: 0,
             trap_table_generation: 0,
-            accounting: Accounting::default(),
         };
         thread.main();
-        thread.counters
+        thread.stats()
     })
 }
 
@@ -97,12 +96,12 @@ struct VcpuThread {
     seat: VcpuId,
     fd: VcpuFd,
     kicker: Arc<Kicker>,
-    counters: VcpuStats,
+    /// Where the VCPU was when it last went offline.
+    stopped: Stopped,
     /// Guest TSC minus host TSC.
     tsc_offset: i64,
     /// The trap table generation loaded into this VCPU.
     trap_table_generation: u64,
-    accounting: Accounting,
 }
 
 impl VcpuThread {
@@ -110,15 +109,21 @@ impl VcpuThread {
         &self.vm.seat.dispatcher
     }
 
+    /// Its time and exits, as counted so far.
+    fn counters(&self) -> &VcpuCounters {
+        &self.vm.counters[self.id as usize]
+    }
+
     fn main(&mut self) {
         self.kicker.publish(&mut self.fd);
+        self.counters().time().thread_started();
         self.dispatcher().register_thread(self.seat);
         self.tsc_offset = self.measure_tsc_offset();
         while let Ok(start) = self.dispatcher().wait_for_start(self.seat) {
             let leave = match self.load_start_state(start) {
                 Err(error) => self.fault(VcpuFault::Setup(error)),
                 Ok(()) => {
-                    self.accounting.runnable();
+                    self.counters().time().runnable(Instant::now());
                     match self.dispatcher().started(self.seat) {
                         Ok(()) => self.run_loop(),
                         Err(VmStopped) => Leave::Stopped,
@@ -126,9 +131,9 @@ impl VcpuThread {
                 }
             };
             self.dispatcher().down(self.seat);
-            self.accounting.not_runnable();
+            self.counters().time().not_runnable(false);
             self.publish_times();
-            self.counters.stopped = match leave {
+            self.stopped = match leave {
                 Leave::Ended => Stopped::Ending,
                 Leave::Stopped => self.fd.get_regs().map_or(Stopped::Ending, |regs| Stopped::Running(regs.rip)),
                 Leave::StoppedBlocked => Stopped::Blocked,
@@ -139,13 +144,18 @@ impl VcpuThread {
             }
         }
         self.kicker.withdraw();
-        self.counters.times = self.times();
+    }
+
+    /// What the VCPU did, once its thread is done.
+    fn stats(&self) -> VcpuStats {
+        let (hypercalls, other) = self.counters().exits();
+        VcpuStats { times: self.times(), hypercalls, other, stopped: self.stopped }
     }
 
     /// RUN, RDY, CSTP and WAIT so far: co-stopped time is ready time the dispatcher knows
     /// was spent held back for siblings.
     fn times(&self) -> VcpuTimes {
-        let mut times = self.accounting.times;
+        let mut times = self.counters().time().times();
         times.costop_ns = self.dispatcher().costop_ns(self.seat).min(times.ready_ns);
         times.ready_ns -= times.costop_ns;
         times
@@ -192,15 +202,12 @@ impl VcpuThread {
             }
             let decoded = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    match Hypercall::from_port(port) {
-                        Some(call) => self.counters.hypercalls[call as usize] += 1,
-                        None => self.counters.other += 1,
-                    }
+                    self.vm.counters[self.id as usize].exit(Hypercall::from_port(port));
                     decode(&self.vm.memory, self.vm.nr_vcpus, port, data)
                 }
                 Ok(VcpuExit::IoIn(_, data)) => {
                     // No device reads: an unclaimed port reads as all ones, as on hardware.
-                    self.counters.other += 1;
+                    self.vm.counters[self.id as usize].exit(None);
                     data.fill(0xff);
                     continue;
                 }
@@ -218,7 +225,7 @@ impl VcpuThread {
                     return self.fault(VcpuFault::UnexpectedExit(exit));
                 }
                 Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
-                    self.counters.other += 1;
+                    self.counters().exit(None);
                     self.fd.set_kvm_immediate_exit(0);
                     continue;
                 }
@@ -283,12 +290,10 @@ impl Caller for VcpuThread {
         if !self.dispatcher().block(self.seat) {
             return Ok(BLOCK_KICKED);
         }
-        self.accounting.not_runnable();
-        let blocked = Instant::now();
+        self.counters().time().not_runnable(true);
         let woken = self.dispatcher().sleep_blocked(self.seat, deadline);
         let at = woken.map_or_else(|_| Instant::now(), |woken| woken.at);
-        self.accounting.waited(blocked, at);
-        self.accounting.runnable_from(at);
+        self.counters().time().runnable(at);
         self.publish_times();
         woken.map(|woken| if woken.kicked { BLOCK_KICKED } else { BLOCK_TIMED_OUT })
     }

@@ -21,6 +21,7 @@ use crate::image;
 use crate::kick::Kicker;
 use crate::memory::{GuestMemory, GuestRead};
 use crate::net::{self, NetDevice, NicStats, VmLink};
+use crate::running;
 use crate::stop;
 use crate::vcpu::{self, VcpuStats};
 use crate::vm_shared::VmShared;
@@ -122,7 +123,8 @@ impl Vm {
             }
         };
         let started = Instant::now();
-        stop::started(&shared);
+        running::add(&shared);
+        stop::unless_interrupted(&shared);
         let start = Start { entry, stack_top: shared.memory.size(), arg: 0 };
         assert!(shared.start_vcpu(0, start), "VCPU 0 is offline before the start");
         let mut threads = Vec::with_capacity(vcpu_fds.len());
@@ -133,7 +135,7 @@ impl Vm {
                     // Stop the backend and the VCPUs already started before giving up.
                     drop(backend);
                     shared.stop();
-                    stop::finished(&shared);
+                    running::remove(&shared);
                     threads.into_iter().for_each(|thread| _ = thread.join());
                     shared.seat.dispatcher.detach(shared.seat.vm);
                     return Err(error).context(format!("cannot start the thread of VCPU {id}"));
@@ -145,7 +147,7 @@ impl Vm {
             shared.wait_outcome(Duration::ZERO).expect("finish records an outcome")
         });
         let elapsed = started.elapsed();
-        stop::finished(&shared);
+        running::remove(&shared);
         let net = backend.map(|backend| backend.stop());
         let vcpus = threads.into_iter().map(|t| t.join().unwrap_or_default()).collect();
         shared.seat.dispatcher.detach(shared.seat.vm);

@@ -1,16 +1,18 @@
 //! What a VM's VCPU threads share: its memory, console, report records, trap table and
-//! outcome, its seat at the dispatcher, which owns the VCPUs' states, and its NIC's doorbell.
+//! outcome, its VCPUs' counters, its seat at the dispatcher, which owns the VCPUs' states, and
+//! its NIC's doorbell.
 //! It is also what the NIC's backend thread reaches its VM through ([`VmLink`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pv_abi::hypercall::HcError;
 use sched::VcpuId;
 use tandem_core::guest::VmConfig;
 use tandem_core::metrics::VcpuTimes;
 
+use crate::accounting::VcpuCounters;
 use crate::console::Console;
 use crate::dispatch::Seat;
 use crate::memory::GuestMemory;
@@ -18,15 +20,24 @@ use crate::net::{NetHandle, VmLink};
 use crate::outcome::{NicFault, Outcome};
 use crate::x86::Start;
 
+/// The id of the next VM created.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// The state VCPU threads share.
 #[derive(Debug)]
 pub(crate) struct VmShared {
+    /// Which it is in the process.
+    pub id: u64,
     pub name: String,
     pub memory: GuestMemory,
     pub nr_vcpus: u32,
     pub console: Console,
     pub tsc_khz: u64,
     pub seat: Seat,
+    /// When it was created: its VCPUs are offline from then until they start.
+    pub created: Instant,
+    /// Per VCPU: its time and exits, as its thread counts them.
+    pub counters: Box<[VcpuCounters]>,
     /// Wakes the NIC's backend; `None` if the VM has no NIC.
     net: Option<NetHandle>,
     reports: Mutex<Vec<String>>,
@@ -42,13 +53,17 @@ impl VmShared {
     /// The shared state of a VM before any VCPU runs; `memory` holds `config.mem_mib` MiB,
     /// `net` reaches its NIC's backend if it has one.
     pub fn new(config: &VmConfig, memory: GuestMemory, tsc_khz: u64, seat: Seat, net: Option<NetHandle>) -> VmShared {
+        let created = Instant::now();
         VmShared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: config.name.clone(),
             memory,
             nr_vcpus: config.vcpus,
             console: Console::new(&config.name, config.vcpus, config.echo_console),
             tsc_khz,
             seat,
+            created,
+            counters: (0..config.vcpus).map(|_| VcpuCounters::new(created)).collect(),
             net,
             reports: Mutex::default(),
             trap_table: Mutex::default(),

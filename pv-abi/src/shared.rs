@@ -43,8 +43,9 @@ pub struct VcpuShared {
     pub demand: AtomicU32,
     /// Monitor: times this VCPU was descheduled while runnable.
     pub preemptions: AtomicU32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// Guest: times a lock waiter on this VCPU left its spin for a paravirtual lock's slow
+    /// path (to yield or block), for the monitor's live view. Wraps.
+    pub lock_slow_paths: AtomicU32,
     /// Monitor: nanoseconds spent running.
     pub run_ns: AtomicU64,
     /// Monitor: nanoseconds spent runnable but waiting for a physical CPU (steal time).

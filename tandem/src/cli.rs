@@ -14,7 +14,7 @@ use tandem_core::results::{References, ScenarioResult};
 use tandem_core::scenario::{DEFAULT_MEM_MIB, Scenario, Target};
 use tandem_kvm::outcome::{interrupted_status, signal_name};
 use tandem_kvm::vm::{self, Outcome, RunReport};
-use tandem_kvm::{image, open_kvm, runner, stop};
+use tandem_kvm::{image, live, open_kvm, runner, stop};
 use workloads::Record;
 
 use crate::bench::{self, BenchCommand};
@@ -436,6 +436,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let _live = live_socket(cli.command.as_ref());
     let result = match &cli.command {
         None => compare::compare(&CompareArgs::quick()).map(|()| ExitCode::SUCCESS),
         Some(command) => dispatch(command),
@@ -451,6 +452,19 @@ pub fn main() -> ExitCode {
         eprintln!("tandem: error: {error:#}");
         ExitCode::FAILURE
     })
+}
+
+/// The live socket `tandem top` reads, served by the commands that run VMs; one that cannot be
+/// served is said on stderr and the command runs without it.
+fn live_socket(command: Option<&Command>) -> Option<live::LiveSocket> {
+    let name = match command {
+        None | Some(Command::Compare(_)) => "compare",
+        Some(Command::Run(_)) => "run",
+        Some(Command::Scenario(_)) => "scenario",
+        Some(Command::Validate(_)) => "validate",
+        Some(_) => return None,
+    };
+    live::serve(name).inspect_err(|error| eprintln!("tandem: no live view: {error:#}")).ok()
 }
 
 fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {

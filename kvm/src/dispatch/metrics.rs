@@ -43,12 +43,29 @@ struct VcpuMetrics {
     costop_ns: u64,
 }
 
+/// A running count and total of latencies, for the live view (the samples stop at
+/// `SAMPLES_MAX`; these do not).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Total {
+    pub count: u64,
+    pub ns: u64,
+}
+
+impl Total {
+    fn add(&mut self, latency: Duration) {
+        self.count += 1;
+        self.ns += latency.as_nanos() as u64;
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Metrics {
     /// Time 0 of the trace.
     origin: Instant,
     events: u64,
     preemptions: u64,
+    pub decisions: Total,
+    pub preempted: Total,
     decision: Samples,
     preemption: Samples,
     resume: Samples,
@@ -63,6 +80,8 @@ impl Metrics {
             origin,
             events: 0,
             preemptions: 0,
+            decisions: Total::default(),
+            preempted: Total::default(),
             decision: Samples::default(),
             preemption: Samples::default(),
             resume: Samples::default(),
@@ -74,8 +93,10 @@ impl Metrics {
 
     /// An event was handled, its decision begun at `started`.
     pub fn decided(&mut self, started: Instant) {
+        let took = started.elapsed();
         self.events += 1;
-        self.decision.push(started.elapsed());
+        self.decisions.add(took);
+        self.decision.push(took);
     }
 
     /// `vcpu` is told to leave its pCPU.
@@ -92,7 +113,9 @@ impl Metrics {
     /// `vcpu` left KVM_RUN to give its pCPU back: the preemption latency, if it was told to.
     pub fn left(&mut self, vcpu: VcpuId) {
         if let Some(at) = self.vcpus[vcpu.index()].revoked_at.take() {
-            self.preemption.push(at.elapsed());
+            let took = at.elapsed();
+            self.preempted.add(took);
+            self.preemption.push(took);
         }
     }
 
@@ -142,6 +165,16 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// VCPUs told to leave their pCPU so far.
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
+    }
+
+    /// Whether `vcpu` is co-stopped now.
+    pub fn is_costopped(&self, vcpu: VcpuId) -> bool {
+        self.vcpus[vcpu.index()].costopped_since.is_some()
     }
 
     /// Co-stopped time of `vcpu` so far, in nanoseconds.

@@ -22,14 +22,16 @@
 //!
 //! `phase`: the phases and what the guest sees of each; `gate`: the gate as VCPU threads
 //! pass it; `metrics`: what is measured; `grants`: demands and grants under a policy that
-//! grants VCPUs (`dynamic`), which the timer thread polls and publishes.
+//! grants VCPUs (`dynamic`), which the timer thread polls and publishes; `live`: the figures
+//! the live view reads while VMs run.
 
 mod gate;
 mod grants;
+mod live;
 mod metrics;
 mod phase;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -60,8 +62,7 @@ impl Seat {
     /// host CPU (the `host` policy), as for a single `tandem run`.
     pub fn alone(vcpus: u32) -> anyhow::Result<Seat> {
         let topology = Topology::new(host_cpus() as u32, vec![VmSpec { vcpus, weight: 256, cap: None }]);
-        let policy = PolicyKind::Host.build(&Params::default(), &topology);
-        let dispatcher = Dispatcher::start(policy, (0..host_cpus()).collect(), &topology)
+        let dispatcher = Dispatcher::start(PolicyKind::Host, &Params::default(), (0..host_cpus()).collect(), &topology)
             .context("cannot start the dispatcher's timer thread")?;
         Ok(Seat { dispatcher, vm: 0, first_vcpu: 0 })
     }
@@ -144,7 +145,13 @@ pub struct Dispatcher {
     gate: Gate,
     topology: Topology,
     origin: Instant,
+    /// Which it is in the process, and its policy, for the live view.
+    id: u64,
+    policy: PolicyKind,
 }
+
+/// The id of the next dispatcher to start.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,9 +160,15 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher for `policy` over the host cores `cores` (one pCPU each) and the VCPUs of
-    /// `topology`, with its timer thread started.
-    pub fn start(policy: Box<dyn Policy>, cores: Vec<usize>, topology: &Topology) -> std::io::Result<Arc<Dispatcher>> {
+    /// A dispatcher for policy `kind` (with `params`) over the host cores `cores` (one pCPU
+    /// each) and the VCPUs of `topology`, with its timer thread started.
+    pub fn start(
+        kind: PolicyKind,
+        params: &Params,
+        cores: Vec<usize>,
+        topology: &Topology,
+    ) -> std::io::Result<Arc<Dispatcher>> {
+        let policy: Box<dyn Policy> = kind.build(params, topology);
         let (nr_vcpus, nr_vms) = (topology.nr_vcpus(), topology.vms.len());
         let (origin, pcpus) = (Instant::now(), cores.len());
         let vcpus = (0..nr_vcpus)
@@ -181,6 +194,8 @@ impl Dispatcher {
             timer: Condvar::new(),
             topology: topology.clone(),
             origin,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            policy: kind,
         });
         let timer = Arc::clone(&dispatcher);
         let thread = std::thread::Builder::new().name("dispatch-timer".to_owned()).spawn(move || timer.run_timer())?;
@@ -575,8 +590,7 @@ mod tests {
     /// a shared page in `memory`.
     fn dispatcher(memory: &GuestMemory) -> Arc<Dispatcher> {
         let topology = Topology::new(1, vec![VmSpec { vcpus: 2, weight: 256, cap: None }]);
-        let dispatcher =
-            Dispatcher::start(PolicyKind::Credit.build(&Params::default(), &topology), vec![0], &topology).unwrap();
+        let dispatcher = Dispatcher::start(PolicyKind::Credit, &Params::default(), vec![0], &topology).unwrap();
         dispatcher.attach(0, memory.shared_page_ref(), Vec::new());
         dispatcher
     }

@@ -2,6 +2,7 @@
 //! sees of it in the shared page.
 
 use pv_abi::shared::VcpuState;
+use tandem_core::live;
 
 use crate::x86::Start;
 
@@ -33,6 +34,18 @@ impl Phase {
         match self {
             Phase::Granted(pcpu) | Phase::Running(Some(pcpu)) => Some(pcpu),
             _ => None,
+        }
+    }
+
+    /// The state the live view shows, `costopped` if the dispatcher holds it back for its
+    /// siblings.
+    pub fn live(self, costopped: bool) -> live::VcpuState {
+        match self {
+            Phase::Offline | Phase::Starting(_) => live::VcpuState::Off,
+            Phase::Blocked => live::VcpuState::Wait,
+            Phase::Waiting | Phase::Granted(_) if costopped => live::VcpuState::Cstp,
+            Phase::Waiting | Phase::Granted(_) => live::VcpuState::Rdy,
+            Phase::Running(_) => live::VcpuState::Run,
         }
     }
 

@@ -68,6 +68,11 @@ pub(crate) fn state_of(vcpu: u32) -> Option<VcpuState> {
     VcpuState::from_u32(slot.state.load(Ordering::Relaxed))
 }
 
+/// Counts a lock waiter of this VCPU gone to the slow path, where the monitor sees it live.
+pub(crate) fn count_slow_path() {
+    boot::shared_page().vcpus[percpu::vcpu_id() as usize].lock_slow_paths.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The ticket lock's waiting strategy in the guest: plain spinning, or paravirtual.
 pub struct GuestWait {
     paravirt: bool,
@@ -137,7 +142,10 @@ impl TicketWait for GuestWait {
                 core::hint::spin_loop();
                 continue;
             }
-            stats.slow_paths += u64::from(!slow);
+            if !slow {
+                stats.slow_paths += 1;
+                count_slow_path();
+            }
             slow = true;
             let owner = self.owners[served as usize % OWNER_SLOTS].load(Ordering::Relaxed);
             if now >= block_at {

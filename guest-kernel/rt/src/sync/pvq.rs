@@ -91,4 +91,8 @@ impl Paravirt for GuestThreads {
     fn head_spin(&self) -> u64 {
         HEAD_SPIN.load(Ordering::Relaxed)
     }
+
+    fn went_slow(&self) {
+        super::pv::count_slow_path();
+    }
 }

@@ -68,6 +68,9 @@ pub trait Paravirt: Send + Sync {
 
     /// How long the queue's head spins for the lock before it blocks.
     fn head_spin(&self) -> u64;
+
+    /// A wait went to the slow path (once per wait), for a system that counts them live.
+    fn went_slow(&self) {}
 }
 
 /// Paravirtual waiting on the system `P`.
@@ -87,6 +90,14 @@ impl<P: Paravirt> Pv<P> {
         node.wake.swap(IDLE, Ordering::SeqCst);
         node.cpu.store(self.0.cpu(), Ordering::Relaxed);
         slept.get()
+    }
+
+    /// This wait went slow: counted once.
+    fn went_slow(&self, stats: &mut LockStats) {
+        if stats.slow_paths == 0 {
+            stats.slow_paths = 1;
+            self.0.went_slow();
+        }
     }
 
     /// Wakes `node`'s thread if it sleeps, or makes its next sleep return at once.
@@ -135,7 +146,7 @@ impl<P: Paravirt> QueueWait for Pv<P> {
                 return;
             }
             // These counters are this wait's own: it went slow, once.
-            stats.slow_paths = 1;
+            self.went_slow(stats);
             // Halted only if not made head yet; a holder that makes it head after this sees
             // it halted and hashes it for its unlock to wake.
             if node.state.compare_exchange(RUNNING, HALTED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
@@ -177,7 +188,7 @@ impl<P: Paravirt> QueueWait for Pv<P> {
                 return;
             }
             word.fetch_and(!PENDING, Ordering::AcqRel);
-            stats.slow_paths = 1;
+            self.went_slow(stats);
             if !hashed {
                 // Hash ourselves, then mark the lock slow; if it is free meanwhile, take it.
                 hashed = true;
