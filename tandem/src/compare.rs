@@ -117,19 +117,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
 /// not a terminal, where each run's line says how far it got); if SIGINT or SIGTERM
 /// interrupts it, the runs that had finished.
 pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<ScenarioResult>> {
-    if args.runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    let mut variants = Vec::new();
-    for scenario in scenarios {
-        for &policy in &args.policies {
-            match scenario.with(Some(policy), None) {
-                Ok(variant) => variants.push(variant),
-                // E.g. a VM wider than the pCPUs under strict co-scheduling.
-                Err(error) => eprintln!("skipped: {error:#}"),
-            }
-        }
-    }
+    let variants = variants(args, scenarios)?;
     let kvm = open_kvm()?;
     let image = image::DEFAULT_GUEST;
     let bar = report::progress(args.runs * variants.len(), "runs");
@@ -163,6 +151,24 @@ pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<S
     }
     bar.finish_and_clear();
     Ok(results)
+}
+
+/// Every scenario under every policy of `args` that can run it (a VM wider than the pCPUs
+/// cannot under strict co-scheduling, say: skipped, with a line on stderr).
+pub fn variants(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<Scenario>> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut variants = Vec::new();
+    for scenario in scenarios {
+        for &policy in &args.policies {
+            match scenario.with(Some(policy), None) {
+                Ok(variant) => variants.push(variant),
+                Err(error) => eprintln!("skipped: {error:#}"),
+            }
+        }
+    }
+    Ok(variants)
 }
 
 /// The cells of an earlier `compare --json`.

@@ -4,11 +4,13 @@
 //! - `workloads`: each workload in a guest against the same code on host threads;
 //! - [`net`]: the guest's TCP echo server against a native one;
 //! - [`kv`]: `redis-benchmark` against the guest's `kv` server and against `redis-server`;
-//! - [`soak`]: many VMs and a long run of grant changes in one process: what it keeps.
+//! - [`soak`]: many VMs and a long run of grant changes in one process: what it keeps;
+//! - [`live`]: what the live socket costs the VMs, read and unread, side by side.
 //!
 //! [`server`] boots the guest servers of the last two.
 
 mod kv;
+mod live;
 mod net;
 mod server;
 mod soak;
@@ -41,6 +43,9 @@ pub enum BenchCommand {
     /// Many VMs booted and ended in one process, then a scenario whose grant changes every
     /// few ms run for a while: open fds, resident memory and threads as it goes
     Soak(soak::SoakArgs),
+    /// The scenarios run with a reader of the live socket and without, interleaved against
+    /// the same references: each VM's median ratio to its ideal both ways
+    Live(live::LiveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +78,7 @@ pub fn bench(command: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Net(args) => net::net(args),
         BenchCommand::Kv(args) => kv::kv(args),
         BenchCommand::Soak(args) => soak::soak(args),
+        BenchCommand::Live(args) => live::live(args),
     }
 }
 
