@@ -88,7 +88,9 @@ fn answer(mut stream: UnixStream, command: &str, origin: Instant) {
 
 /// The running VMs and their dispatchers now, counted from `origin`.
 pub fn snapshot(command: &str, origin: Instant) -> Snapshot {
-    let vms = running::all();
+    let mut vms = running::all();
+    // In the order they were created: a scenario's order.
+    vms.sort_by_key(|vm| vm.id);
     let mut dispatchers = BTreeMap::new();
     for vm in &vms {
         let dispatcher = &vm.seat.dispatcher;

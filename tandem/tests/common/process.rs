@@ -57,6 +57,10 @@ impl Tandem {
         Tandem { child, args: args.iter().map(|arg| arg.to_string()).collect(), started, stdout, stderr }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends the process `signal` (as a terminal's Ctrl-C would SIGINT).
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid, which it keeps until we wait for it.
