@@ -140,25 +140,37 @@ fn dispatcher_line(dispatcher: &DispatcherRates) -> String {
 }
 
 /// The table with its titles, the sort column's underlined and marked `v` (largest first)
-/// or `^`.
+/// or `^`; figures right-aligned, as esxtop's.
 fn table_widget<'a>(table: &Table, lines: &'a [Line]) -> TableWidget<'a> {
     let (sorted, largest_first) = table.sort();
     let titles = Column::ALL.map(|column| {
         if column == sorted {
             let mark = if largest_first { 'v' } else { '^' };
-            Cell::from(format!("{}{mark}", column.title())).style(Style::new().add_modifier(Modifier::UNDERLINED))
+            let title = aligned(column, format!("{}{mark}", column.title()));
+            Cell::from(title).style(Style::new().add_modifier(Modifier::UNDERLINED))
         } else {
-            Cell::from(column.title())
+            Cell::from(aligned(column, column.title().to_owned()))
         }
     });
-    let widths = Column::ALL.map(|column| match column {
-        Column::Name => Constraint::Min(12),
-        column => Constraint::Length(column.title().len().max(5) as u16 + 1),
+    let widest_name = lines.iter().map(|line| line.cells[1].chars().count()).max().unwrap_or(0);
+    let widths = Column::ALL.map(|column| {
+        let width = if column == Column::Name { widest_name.max(6) } else { column.title().len().max(5) + 1 };
+        Constraint::Length(width as u16)
     });
-    let rows = lines.iter().map(|line| Row::new(line.cells.iter().map(String::as_str)));
+    let rows = lines
+        .iter()
+        .map(|line| Row::new(Column::ALL.iter().zip(&line.cells).map(|(column, cell)| aligned(*column, cell.clone()))));
     TableWidget::new(rows, widths)
         .header(Row::new(titles).style(Style::new().add_modifier(Modifier::BOLD)))
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+}
+
+/// A cell's text: figures right-aligned, names and states left.
+fn aligned(column: Column, text: String) -> TextLine<'static> {
+    match column {
+        Column::Name | Column::State => TextLine::from(text),
+        _ => TextLine::from(text).right_aligned(),
+    }
 }
 
 #[cfg(test)]
