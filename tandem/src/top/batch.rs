@@ -17,14 +17,8 @@ pub const HEADER: &str = "sample,time_s,pid,policy,vm_id,vm,vcpu,state,%RUN,%RDY
 /// `every` apart. A reader that goes away (a closed pipe) ends it as the process ending does.
 pub fn run(source: &Source, every: Duration, samples: Option<u64>, out: &mut impl Write) -> anyhow::Result<()> {
     let mut before = source.fetch()?;
-    let mut write = |rows: &[String]| -> std::io::Result<()> {
-        rows.iter().try_for_each(|row| writeln!(out, "{row}"))?;
-        out.flush()
-    };
-    let closed = |error: &std::io::Error| error.kind() == ErrorKind::BrokenPipe;
-    match write(&[HEADER.to_owned()]) {
-        Err(error) if closed(&error) => return Ok(()),
-        written => written?,
+    if !write(out, &[HEADER.to_owned()])? {
+        return Ok(());
     }
     for sample in (1..).take_while(|sample| samples.is_none_or(|count| *sample <= count)) {
         std::thread::sleep(every);
@@ -35,13 +29,21 @@ pub fn run(source: &Source, every: Duration, samples: Option<u64>, out: &mut imp
                 return Ok(());
             }
         };
-        match write(&rows(sample, &Interval::between(Some(&before), &now))) {
-            Err(error) if closed(&error) => return Ok(()),
-            written => written?,
+        if !write(out, &rows(sample, &Interval::between(Some(&before), &now)))? {
+            return Ok(());
         }
         before = now;
     }
     Ok(())
+}
+
+/// Writes `lines` and flushes them; false if the reader has gone (a closed pipe).
+fn write(out: &mut impl Write, lines: &[String]) -> std::io::Result<bool> {
+    let written = lines.iter().try_for_each(|line| writeln!(out, "{line}")).and_then(|()| out.flush());
+    match written {
+        Err(error) if error.kind() == ErrorKind::BrokenPipe => Ok(false),
+        written => written.map(|()| true),
+    }
 }
 
 /// Sample number `sample`'s rows: one per VCPU, VM by VM.

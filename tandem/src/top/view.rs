@@ -56,7 +56,9 @@ fn watch(terminal: &mut DefaultTerminal, source: &Source, every: Duration, first
     loop {
         let lines = table.lines(&interval);
         terminal.draw(|frame| draw(frame, &interval, every, &table, &lines))?;
-        if event::poll(next_sample.saturating_duration_since(Instant::now()))? {
+        // A sample when due, even if keys keep coming; until then, keys.
+        let until_sample = next_sample.saturating_duration_since(Instant::now());
+        if !until_sample.is_zero() && event::poll(until_sample)? {
             if let Event::Key(key) = event::read()? {
                 match command(key) {
                     Some(Command::Quit) => return Ok(Exit::Quit),
