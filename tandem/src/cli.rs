@@ -23,6 +23,7 @@ use crate::interrupt::{self, OnSignal};
 use crate::report;
 use crate::scaffold;
 use crate::sweep::{self, SweepArgs};
+use crate::top::{self, TopArgs};
 use crate::validate::{self, ValidateArgs};
 
 #[derive(Debug, Parser)]
@@ -54,6 +55,9 @@ enum Command {
     Sim(SimArgs),
     /// Run scenarios on KVM and in the simulator, and compare each VM's results
     Validate(ValidateArgs),
+    /// Watch a running tandem's VMs and VCPUs live (%RUN, %RDY, %CSTP, %WAIT), or write them as
+    /// CSV with -b
+    Top(TopArgs),
     /// Simulate a grid of pCPU counts, overcommit ratios, workload mixes, lock families and
     /// policies; write CSV, JSON and SVG plots
     Sweep(SweepArgs),
@@ -420,7 +424,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // SIGINT and SIGTERM stop the VMs, and a command that runs them (or a sweep's points)
     // ends with what had finished; a simulation ends at once with 130 or 143; the others
-    // are ended by the signal, as without a handler.
+    // are ended by the signal, as without a handler (`top` among them: it stops nothing, and
+    // its CSV is flushed after each sample).
     let on_signal = match &cli.command {
         None
         | Some(
@@ -476,6 +481,7 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Sim(args) => sim(args),
         Command::Validate(args) => validate::validate(args).map(|()| ExitCode::SUCCESS),
         Command::Sweep(args) => sweep::sweep(args).map(|()| ExitCode::SUCCESS),
+        Command::Top(args) => top::top(args).map(|()| ExitCode::SUCCESS),
         Command::Workloads => {
             list_workloads();
             Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@
 //! - [`compare`]: scenarios under each policy on KVM, side by side, table and chart;
 //! - [`validate`]: the same scenarios on KVM and in the simulator;
 //! - [`sweep`]: the simulator over a grid, as CSV, JSON and plots;
+//! - [`top`]: a running tandem's VMs and VCPUs, live, in a terminal or as CSV;
 //! - [`bench`]: boot time, hypercalls, workloads and the network in the guest against native;
 //! - [`scaffold`]: guest applications of one's own, laid out and built.
 
@@ -17,4 +18,5 @@ pub mod interrupt;
 pub mod report;
 pub mod scaffold;
 pub mod sweep;
+pub mod top;
 pub mod validate;

@@ -1,5 +1,7 @@
 //! What the end-to-end test files share: whether KVM tests run, and `tandem` as a child
 //! process ([`process`]).
+// Each test file uses the part it needs (`top`'s boots no guest).
+#![allow(dead_code)]
 
 /// Whether KVM tests should run: true with a usable /dev/kvm; without one, false if
 /// TANDEM_SKIP_KVM=1 asks to skip (and says so), else a loud failure.
