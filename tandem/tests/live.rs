@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::process::Tandem;
+use common::tmux::Tmux;
 use tandem_core::live::{Interval, Snapshot, VcpuState};
 
 /// A lock-heavy VM under paravirtual ticket locks beside a barrier-synchronized one, at 2x
@@ -123,4 +124,48 @@ fn the_socket_serves_each_vcpus_time_exits_and_lock_slow_paths_while_the_scenari
     let run = running.tandem.finish(Duration::from_secs(20));
     assert_eq!(run.status, Some(130), "{}", run.stderr);
     assert!(!socket.exists(), "the socket is removed when the process ends");
+}
+
+#[test]
+fn tandem_top_follows_a_running_scenario_in_batch_mode_and_in_its_view() {
+    if !common::kvm_available() {
+        return;
+    }
+    let running = Running::start("top");
+    running.snapshot();
+    let pid = running.tandem.pid().to_string();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+    command.env("XDG_RUNTIME_DIR", &running.runtime_dir);
+    let batch = Tandem::start_with(command, &["top", "-b", "-d", "0.5", "-n", "3"]).finish_ok(Duration::from_secs(30));
+    let mut lines = batch.stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|title| *title == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|line| line.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3 * 4, "a row per VCPU per sample:\n{}", batch.stdout);
+    for (index, row) in rows.iter().enumerate() {
+        assert_eq!(row[column("sample")], (index / 4 + 1).to_string());
+        assert_eq!(row[column("vm")], ["alpha", "beta"][index % 4 / 2]);
+        assert_eq!(
+            (row[column("vcpu")], row[column("policy")], row[column("pid")]),
+            ((index % 2).to_string().as_str(), "credit", pid.as_str())
+        );
+        let share: f64 =
+            ["%RUN", "%RDY", "%CSTP", "%WAIT"].iter().map(|name| row[column(name)].parse::<f64>().unwrap()).sum();
+        assert!((share - 100.0).abs() < 2.0, "row {index} adds up to {share}:\n{}", batch.stdout);
+    }
+
+    let command = format!(
+        "env XDG_RUNTIME_DIR={} {} top; echo tandem top exited with $?; sleep 600",
+        running.runtime_dir.display(),
+        env!("CARGO_BIN_EXE_tandem")
+    );
+    let tmux = Tmux::start(&running.runtime_dir, &command);
+    let lines = |screen: &str| {
+        ["%RUN", "%RDY", "%CSTP", "%WAIT", "alpha", "beta", "credit"].iter().all(|text| screen.contains(text))
+    };
+    let screen = tmux.wait_for(lines, "a line per VM");
+    println!("{screen}");
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    let screen = tmux.wait_for(|screen| screen.contains("tandem top exited with"), "tandem top to quit on q");
+    assert!(screen.contains("tandem top exited with 0"), "{screen}");
 }

@@ -10,9 +10,10 @@ use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::process::{Run, Tandem};
+use common::tmux::Tmux;
 use tandem_core::live::{DispatcherLive, Snapshot, VcpuLive, VcpuState, VmLive};
 
 /// How long anything here may take: far more than it does, so that a slow machine does not
@@ -196,57 +197,6 @@ fn errors_say_what_is_running_and_what_to_do() {
     failed(&dir.top(&["-p", &pid.to_string()]).finish(LIMIT), 1, "use -b");
 }
 
-/// A tmux server of the test's own (its socket in the test's directory), killed when
-/// dropped.
-struct Tmux {
-    socket: PathBuf,
-}
-
-impl Tmux {
-    /// Starts `command` (a shell's) in a detached 160x40 session.
-    fn start(dir: &RuntimeDir, command: &str) -> Tmux {
-        let version = Command::new("tmux").arg("-V").output();
-        assert!(
-            version.is_ok_and(|output| output.status.success()),
-            "tmux is missing: the interactive view's test needs it (apt-get install tmux)"
-        );
-        let tmux = Tmux { socket: dir.0.join("tmux.sock") };
-        let session =
-            "-f /dev/null start-server ; set-option -g remain-on-exit on ; new-session -d -s top -x 160 -y 40";
-        let started = tmux.run(&[session.split(' ').collect(), vec![command]].concat());
-        assert!(started.status.success(), "tmux new-session failed: {}", String::from_utf8_lossy(&started.stderr));
-        tmux
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux").env_remove("TMUX").arg("-S").arg(&self.socket).args(args).output().unwrap()
-    }
-
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
-    }
-
-    /// Waits until the screen shows what `done` looks for, failing the test past [`LIMIT`]
-    /// with what it showed last.
-    fn wait_for(&self, done: impl Fn(&str) -> bool, waiting_for: &str) -> String {
-        let started = Instant::now();
-        loop {
-            let screen = self.screen();
-            if done(&screen) {
-                return screen;
-            }
-            assert!(started.elapsed() < LIMIT, "waited {LIMIT:?} for {waiting_for}; the pane shows:\n{screen}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-    }
-}
-
 #[test]
 fn the_interactive_view_shows_vms_expands_them_and_quits_on_q() {
     let dir = RuntimeDir::new("view");
@@ -257,7 +207,7 @@ fn the_interactive_view_shows_vms_expands_them_and_quits_on_q() {
         dir.0.display(),
         env!("CARGO_BIN_EXE_tandem")
     );
-    let tmux = Tmux::start(&dir, &command);
+    let tmux = Tmux::start(&dir.0, &command);
     let titles = ["ID", "NAME", "NVCPU", "STATE", "%RUN", "%RDY", "%CSTP", "%WAIT", "EXIT/s", "GRANT", "DEMAND"];
     let shown = |screen: &str| titles.iter().chain(VMS.iter().map(|(name, _)| name)).all(|text| screen.contains(text));
     let screen = tmux.wait_for(shown, "the table of VMs");

@@ -17,3 +17,4 @@ pub fn kvm_available() -> bool {
 }
 
 pub mod process;
+pub mod tmux;
