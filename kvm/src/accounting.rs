@@ -117,13 +117,22 @@ impl Accounting {
     }
 
     /// The VCPU is runnable from `at` (its start, or the end of a block while its thread
-    /// slept, so that the thread has used no CPU time since).
+    /// slept, so that the thread has used no CPU time since); not before it stopped being
+    /// runnable (a kick may have woken it before its thread said it blocked).
     pub fn runnable(&mut self, at: Instant) {
-        match self.phase {
-            Phase::Offline { since } => self.times.offline_ns += ns(since, at),
-            Phase::Blocked { since } => self.times.wait_ns += ns(since, at),
+        let at = match self.phase {
+            Phase::Offline { since } => {
+                let at = at.max(since);
+                self.times.offline_ns += ns(since, at);
+                at
+            }
+            Phase::Blocked { since } => {
+                let at = at.max(since);
+                self.times.wait_ns += ns(since, at);
+                at
+            }
             Phase::Runnable { .. } => return,
-        }
+        };
         self.phase = Phase::Runnable { since: at, cpu_ns: self.cpu_now() };
     }
 
@@ -131,16 +140,23 @@ impl Accounting {
     /// ended). Its runnable time splits into RUN and RDY.
     pub fn not_runnable(&mut self, blocked: bool) {
         let now = Instant::now();
-        self.times = self.at(now);
+        self.times = self.at(now, None);
         self.phase = if blocked { Phase::Blocked { since: now } } else { Phase::Offline { since: now } };
     }
 
-    /// The times up to `now`, the open phase included.
-    pub fn at(&self, now: Instant) -> LiveTimes {
+    /// The times up to `now`, the open phase included. A VCPU still blocked for its thread
+    /// but `woken` already by the dispatcher is ready from then: its thread will say so once
+    /// it has a pCPU, dating it back, and the times read now must not have counted that
+    /// stretch as blocked.
+    pub fn at(&self, now: Instant, woken: Option<Instant>) -> LiveTimes {
         let mut times = self.times;
         match self.phase {
             Phase::Offline { since } => times.offline_ns += ns(since, now),
-            Phase::Blocked { since } => times.wait_ns += ns(since, now),
+            Phase::Blocked { since } => {
+                let woken = woken.map_or(now, |woken| woken.clamp(since, now));
+                times.wait_ns += ns(since, woken);
+                times.ready_ns += ns(woken, now);
+            }
             Phase::Runnable { since, cpu_ns } => {
                 let wall_ns = ns(since, now);
                 let run_ns = self.cpu_now().saturating_sub(cpu_ns).min(wall_ns);
@@ -185,7 +201,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(10));
         accounting.runnable(Instant::now());
         spin(Duration::from_millis(30));
-        let live = accounting.at(Instant::now());
+        let live = accounting.at(Instant::now(), None);
         assert!(live.run_ns > 0 && live.run_ns + live.ready_ns >= 30_000_000, "{live:?}");
         accounting.not_runnable(true);
         std::thread::sleep(Duration::from_millis(20));
@@ -195,12 +211,41 @@ mod tests {
         assert!(times.run_ns + times.ready_ns >= 30_000_000, "{times:?}");
         assert!(times.wait_ns >= 20_000_000, "{times:?}");
         let end = Instant::now();
-        let live = accounting.at(end);
+        let live = accounting.at(end, None);
         assert!(live.offline_ns >= 10_000_000, "{live:?}");
         let total = live.run_ns + live.ready_ns + live.wait_ns + live.offline_ns;
         assert_eq!(total, ns(start, end), "every nanosecond in one phase: {live:?}");
         // Offline: nothing more accrues but offline time.
         assert_eq!(accounting.times(), times);
+    }
+
+    #[test]
+    fn a_vcpu_woken_while_its_thread_waits_for_a_pcpu_is_ready_from_its_wake_and_no_counter_goes_back() {
+        let start = Instant::now();
+        let counters = VcpuCounters::new(start);
+        let mut accounting = counters.time();
+        let total = |times: LiveTimes| times.run_ns + times.ready_ns + times.wait_ns + times.offline_ns;
+        accounting.runnable(start);
+        accounting.not_runnable(true);
+        let blocked = accounting.at(Instant::now(), None);
+        std::thread::sleep(Duration::from_millis(10));
+        let woken = Instant::now();
+        std::thread::sleep(Duration::from_millis(10));
+        let read = Instant::now();
+        let before = accounting.at(read, Some(woken));
+        assert_eq!(before.ready_ns, blocked.ready_ns + ns(woken, read), "ready from the wake: {before:?}");
+        assert_eq!(total(before), ns(start, read));
+        // Its thread, on a pCPU at last, dates the wake back: nothing read before shrinks.
+        accounting.runnable(woken);
+        let after = accounting.at(Instant::now(), None);
+        assert_eq!(after.wait_ns, before.wait_ns);
+        assert!(after.run_ns + after.ready_ns >= before.run_ns + before.ready_ns, "{before:?} then {after:?}");
+        // A wake dated before the block (a kick that came before its thread blocked) counts
+        // from the block: no stretch is counted twice.
+        accounting.not_runnable(true);
+        accounting.runnable(start);
+        let end = Instant::now();
+        assert_eq!(total(accounting.at(end, None)), ns(start, end));
     }
 
     #[test]

@@ -119,9 +119,9 @@ fn vm_live(vm: &Arc<VmShared>, origin: Instant) -> VmLive {
         .iter()
         .zip(vm.counters.iter())
         .enumerate()
-        .map(|(id, (&(state, costop_ns), counters))| {
-            let times = counters.time().at(now);
-            let costop_ns = costop_ns.min(times.ready_ns);
+        .map(|(id, (view, counters))| {
+            let times = counters.time().at(now, view.woken_at);
+            let costop_ns = view.costop_ns.min(times.ready_ns);
             let (calls, other) = counters.exits();
             let exits = Hypercall::ALL
                 .iter()
@@ -130,7 +130,7 @@ fn vm_live(vm: &Arc<VmShared>, origin: Instant) -> VmLive {
                 .collect();
             VcpuLive {
                 id: id as u32,
-                state,
+                state: view.state,
                 run_ns: times.run_ns,
                 ready_ns: times.ready_ns - costop_ns,
                 costop_ns,

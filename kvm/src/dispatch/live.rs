@@ -13,8 +13,17 @@ use super::{Dispatcher, grants};
 pub struct VmView {
     pub grant: Option<u32>,
     pub demand: u32,
-    /// Per VCPU of the VM: its state and co-stopped time so far.
-    pub vcpus: Vec<(VcpuState, u64)>,
+    pub vcpus: Vec<VcpuView>,
+}
+
+/// A VCPU as its dispatcher sees it now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VcpuView {
+    pub state: VcpuState,
+    /// Co-stopped time so far.
+    pub costop_ns: u64,
+    /// When a kick or its deadline woke it from a block, while its thread has no pCPU yet.
+    pub woken_at: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -48,9 +57,10 @@ impl Dispatcher {
         let vcpus = self
             .topology
             .vcpus_of(vm)
-            .map(|vcpu| {
-                let costopped = state.metrics.is_costopped(vcpu);
-                (state.phase(vcpu).live(costopped), state.metrics.costop_ns(vcpu))
+            .map(|vcpu| VcpuView {
+                state: state.phase(vcpu).live(state.metrics.is_costopped(vcpu)),
+                costop_ns: state.metrics.costop_ns(vcpu),
+                woken_at: state.vcpus[vcpu.index()].woken_at,
             })
             .collect();
         VmView { grant: state.policy.grant(vm), demand, vcpus }
