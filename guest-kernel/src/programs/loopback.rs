@@ -5,8 +5,15 @@
 //! (`backend_asleep` stays 0: a `NetNotify` would reach the monitor, which has no NIC), and
 //! it checks the driver more strictly than the monitor: each descriptor must name its own
 //! slot's buffer. The indices start near the top of `u32`, so that they wrap during a test.
+//!
+//! As the monitor's backend does, it takes the guest's TX frames even while no RX buffer is
+//! free, holding its replies in order until the guest posts buffers: the guest takes RX
+//! frames in only while it has a TX slot for a reply, so a backend that also waited for room
+//! on the other ring would deadlock with it once both rings were full.
 
 use alloc::alloc::{Layout, alloc_zeroed};
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};
 
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -46,6 +53,8 @@ pub struct Loopback {
     area: Area,
     /// Whether RX buffers were filled since the waiting VCPU was last looked for.
     filled: bool,
+    /// Frames for the guest that found no RX buffer free, oldest first.
+    held: VecDeque<Vec<u8>>,
 }
 
 impl Loopback {
@@ -61,7 +70,7 @@ impl Loopback {
         for index in [&area.tx_posted, &area.tx_done, &area.rx_posted, &area.rx_filled] {
             index.value.store(FIRST_INDEX, Ordering::Relaxed);
         }
-        Loopback { area: Area(area), filled: false }
+        Loopback { area: Area(area), filled: false, held: VecDeque::new() }
     }
 
     /// The NIC as the boot info would describe it, for `tandem_rt::net::attach`.
@@ -72,6 +81,15 @@ impl Loopback {
     /// After frames were filled in: kicks the VCPU declared waiting for them, if any. The
     /// SeqCst fence between the fills and the swap pairs with the guest's between its
     /// declaration and its last look at `rx_filled`.
+    /// Moves held frames into the RX buffers the guest has posted since.
+    fn deliver_held(&mut self) {
+        while self.area.rx_room()
+            && let Some(frame) = self.held.pop_front()
+        {
+            fill(self.area, &mut self.filled, frame.len(), |buffer| buffer.copy_from_slice(&frame));
+        }
+    }
+
     pub fn kick_waiter(&mut self) {
         if !core::mem::take(&mut self.filled) {
             return;
@@ -88,21 +106,28 @@ impl phy::Device for Loopback {
     type RxToken<'a> = TakeTx;
     type TxToken<'a> = FillRx<'a>;
 
-    /// The next frame the guest posted, with an RX buffer for a reply.
+    /// The next frame the guest posted, with a way to reply: an RX buffer, or a place among
+    /// the held frames.
     fn receive(&mut self, _: Instant) -> Option<(TakeTx, FillRx<'_>)> {
+        self.deliver_held();
         let area = self.area;
         let done = area.0.tx_done.value.load(Ordering::Relaxed);
         let posted = area.0.tx_posted.value.load(Ordering::Acquire);
         assert!(posted.wrapping_sub(done) <= SLOTS, "the guest posted more TX frames than there are slots");
-        if posted == done || !area.rx_room() {
+        if posted == done {
             return None;
         }
-        Some((TakeTx { area, done }, FillRx { area, filled: &mut self.filled }))
+        Some((TakeTx { area, done }, FillRx { area, filled: &mut self.filled, held: &mut self.held }))
     }
 
-    /// An RX buffer the guest posted, if any.
+    /// An RX buffer the guest posted, if any (and no frame is held before it).
     fn transmit(&mut self, _: Instant) -> Option<FillRx<'_>> {
-        self.area.rx_room().then_some(FillRx { area: self.area, filled: &mut self.filled })
+        self.deliver_held();
+        (self.held.is_empty() && self.area.rx_room()).then_some(FillRx {
+            area: self.area,
+            filled: &mut self.filled,
+            held: &mut self.held,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -135,27 +160,39 @@ impl phy::RxToken for TakeTx {
     }
 }
 
-/// The next RX buffer the guest posted.
+/// A frame for the guest: into the next RX buffer it posted, or held until it posts one.
 pub struct FillRx<'a> {
     area: Area,
     filled: &'a mut bool,
+    held: &'a mut VecDeque<Vec<u8>>,
 }
 
 impl phy::TxToken for FillRx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let rx_filled = &self.area.0.rx_filled.value;
-        let index = rx_filled.load(Ordering::Relaxed);
-        let slot = index as usize % NET_SLOTS;
-        let desc = &self.area.0.rx[slot];
-        assert!(desc.len.load(Ordering::Relaxed) >= NET_FRAME_MAX, "the guest posted a buffer too small for a frame");
-        let addr = self.area.checked_buffer(true, slot, desc.addr.load(Ordering::Relaxed));
-        // SAFETY: the slot's own buffer in the area, posted (rx_posted, read with Acquire,
-        // is past it) and not filled: the guest reads it only after rx_filled passes it.
-        let frame = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) };
-        let result = f(frame);
-        desc.len.store(len as u32, Ordering::Relaxed);
-        rx_filled.store(index.wrapping_add(1), Ordering::Release);
-        *self.filled = true;
+        if self.held.is_empty() && self.area.rx_room() {
+            return fill(self.area, self.filled, len, f);
+        }
+        let mut frame = alloc::vec![0; len];
+        let result = f(&mut frame);
+        self.held.push_back(frame);
         result
     }
+}
+
+/// Writes a `len`-byte frame with `f` into the next RX buffer the guest posted (there is one).
+fn fill<R>(area: Area, filled: &mut bool, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let rx_filled = &area.0.rx_filled.value;
+    let index = rx_filled.load(Ordering::Relaxed);
+    let slot = index as usize % NET_SLOTS;
+    let desc = &area.0.rx[slot];
+    assert!(desc.len.load(Ordering::Relaxed) >= NET_FRAME_MAX, "the guest posted a buffer too small for a frame");
+    let addr = area.checked_buffer(true, slot, desc.addr.load(Ordering::Relaxed));
+    // SAFETY: the slot's own buffer in the area, posted (rx_posted, read with Acquire, is
+    // past it) and not filled: the guest reads it only after rx_filled passes it.
+    let frame = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) };
+    let result = f(frame);
+    desc.len.store(len as u32, Ordering::Relaxed);
+    rx_filled.store(index.wrapping_add(1), Ordering::Release);
+    *filled = true;
+    result
 }

@@ -97,7 +97,7 @@ struct Host {
     sockets: SocketSet<'static>,
     device: Loopback,
     clients: Vec<Client>,
-    /// Sockets to remove after the next poll, which sends their last segment.
+    /// Sockets of connections that are over, removed once their last segment has left.
     closing: Vec<SocketHandle>,
     /// Connections made so far; number 0 is the one reset.
     started: u64,
@@ -141,9 +141,7 @@ impl Host {
         loop {
             let polled = self.iface.poll(now(), &mut self.device, &mut self.sockets) == PollResult::SocketStateChanged;
             self.device.kick_waiter();
-            for handle in self.closing.drain(..) {
-                self.sockets.remove(handle);
-            }
+            self.remove_closed();
             self.start_clients();
             let moved = self.step_clients();
             if self.clients.is_empty() && self.started > self.connections && net::sockets() == 0 {
@@ -180,6 +178,22 @@ impl Host {
     }
 
     /// Moves every connection on; returns whether any moved.
+    /// Removes the sockets of the connections that are over, but for an aborted one whose RST
+    /// has not left yet (a poll that found the guest's RX ring full keeps it for the next):
+    /// removed before, the guest would never hear of the reset, and its server would wait
+    /// on that connection for good.
+    fn remove_closed(&mut self) {
+        let sockets = &mut self.sockets;
+        self.closing.retain(|&handle| {
+            let socket = sockets.get::<tcp::Socket>(handle);
+            let reset_pending = socket.state() == tcp::State::Closed && socket.remote_endpoint().is_some();
+            if !reset_pending {
+                sockets.remove(handle);
+            }
+            reset_pending
+        });
+    }
+
     fn step_clients(&mut self) -> bool {
         let mut moved = false;
         let mut at = 0;
