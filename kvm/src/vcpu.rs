@@ -202,6 +202,7 @@ impl VcpuThread {
             }
             let decoded = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    // The field, not `counters()`: `data` borrows `self.fd`.
                     self.vm.counters[self.id as usize].exit(Hypercall::from_port(port));
                     decode(&self.vm.memory, self.vm.nr_vcpus, port, data)
                 }
