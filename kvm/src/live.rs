@@ -28,12 +28,6 @@ pub struct LiveSocket {
     path: PathBuf,
 }
 
-impl LiveSocket {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 impl Drop for LiveSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -467,6 +467,7 @@ fn live_socket(command: Option<&Command>) -> Option<live::LiveSocket> {
         Some(Command::Run(_)) => "run",
         Some(Command::Scenario(_)) => "scenario",
         Some(Command::Validate(_)) => "validate",
+        Some(Command::Bench(_)) => "bench",
         Some(_) => return None,
     };
     live::serve(name).inspect_err(|error| eprintln!("tandem: no live view: {error:#}")).ok()

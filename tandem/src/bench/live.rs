@@ -16,7 +16,7 @@ use tandem_core::experiment::{Cell, cells, name};
 use tandem_core::live::Snapshot;
 use tandem_core::results::{References, ScenarioResult};
 use tandem_core::stats::{Percentiles, Summary, median};
-use tandem_kvm::{image, live, open_kvm, runner, stop};
+use tandem_kvm::{image, open_kvm, runner, stop};
 
 use crate::compare::{self, Selection};
 use crate::report;
@@ -69,7 +69,9 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
     let selection = &args.selection;
     let scenarios = compare::load(selection)?;
     let variants = compare::variants(selection, &scenarios)?;
-    let socket = live::serve("bench live")?;
+    // The process's own socket, which `tandem bench` serves as every command that runs VMs.
+    let socket = tandem_core::live::socket_path(std::process::id());
+    anyhow::ensure!(socket.exists(), "this process serves no live socket (see the line above) to measure");
     let period = Duration::from_millis(args.period_ms);
     let kvm = open_kvm()?;
     let bar = report::progress(selection.runs * variants.len(), "pairs of runs");
@@ -86,7 +88,7 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
                     anyhow::bail!("interrupted");
                 }
                 let result = if read {
-                    let reader = Reader::start(socket.path().to_owned(), period);
+                    let reader = Reader::start(socket.clone(), period);
                     let result = run();
                     snapshots_ns.extend(reader.finish()?);
                     result?
@@ -118,32 +120,30 @@ fn check(result: &ScenarioResult) -> anyhow::Result<()> {
 /// quotients' median and spread over the VMs, against the runs' own spread without the
 /// reader (the noise).
 fn table(without: &[Cell], with: &[Cell], snapshots: &Percentiles) -> String {
-    let mut out = format!("{:<34} {:<4} {:<16} {:>8} {:>8} {:>8}\n", "scenario", "VM", "policy", "off", "on", "on/off");
+    let mut out = format!("{:<34} {:<8} {:<16} {:>8} {:>8} {:>8}\n", "scenario", "VM", "policy", "off", "on", "on/off");
     let (mut quotients, mut spreads) = (Vec::new(), Vec::new());
     for (off, on) in without.iter().zip(with).filter(|(off, on)| off.median > 0.0 && on.median > 0.0) {
         let quotient = on.median / off.median;
         quotients.push(quotient);
-        if let (Some(max), Some(min)) =
-            (off.ratios.iter().copied().reduce(f64::max), off.ratios.iter().copied().reduce(f64::min))
-        {
+        if off.ratios.len() > 1 {
+            let (max, min) = off.ratios.iter().fold((f64::MIN, f64::MAX), |(max, min), &r| (max.max(r), min.min(r)));
             spreads.push((max - min) / off.median);
         }
         let line = format!(
-            "{:<34} {:<4} {:<16} {:>8.3} {:>8.3} {:>8.3}\n",
+            "{:<34} {:<8} {:<16} {:>8.3} {:>8.3} {:>8.3}\n",
             off.scenario, off.vm, off.policy, off.median, on.median, quotient
         );
         out.push_str(&line);
     }
     if !quotients.is_empty() {
+        let count = quotients.len();
         let summary = Summary::of(quotients);
+        let noise = median(&spreads)
+            .map_or_else(|| "needs more than one run".to_owned(), |spread| format!("median {:.1}%", 100.0 * spread));
         out.push_str(&format!(
-            "on/off over {} VMs: median {:.3}, p10 {:.3}, p90 {:.3}; the runs' own spread without the reader \
-             ((max - min) / median per VM): median {:.1}%\n",
-            without.len(),
-            summary.median,
-            summary.p10,
-            summary.p90,
-            100.0 * median(&spreads).unwrap_or(f64::NAN),
+            "on/off over {count} VMs: median {:.3}, p10 {:.3}, p90 {:.3}; the runs' own spread without the reader \
+             ((max - min) / median per VM): {noise}\n",
+            summary.median, summary.p10, summary.p90,
         ));
     }
     out.push_str(&format!(
