@@ -119,6 +119,11 @@ pub fn socket_path(pid: u32) -> PathBuf {
     socket_dir().join(format!("{pid}.sock"))
 }
 
+/// Whether process `pid` exists: a socket of one that does not is stale.
+pub fn process_alive(pid: u32) -> bool {
+    std::path::Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// The process a socket in [`socket_dir`] belongs to, from its name.
 pub fn socket_pid(path: &std::path::Path) -> Option<u32> {
     let name = path.file_name()?.to_str()?;

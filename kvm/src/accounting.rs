@@ -94,8 +94,16 @@ fn cpu_ns(clock: libc::clockid_t) -> Option<u64> {
     (rc == 0).then(|| now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
 }
 
-fn ns(from: Instant, to: Instant) -> u64 {
+/// Nanoseconds from `from` to `to`, 0 if `to` is earlier.
+pub(crate) fn ns(from: Instant, to: Instant) -> u64 {
     to.saturating_duration_since(from).as_nanos() as u64
+}
+
+/// Ready time without the part the dispatcher says was co-stopped (held back for siblings),
+/// and that part: `(ready, costop)`.
+pub(crate) fn split_costop(ready_ns: u64, costop_ns: u64) -> (u64, u64) {
+    let costop_ns = costop_ns.min(ready_ns);
+    (ready_ns - costop_ns, costop_ns)
 }
 
 impl Accounting {

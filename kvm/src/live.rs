@@ -16,6 +16,7 @@ use anyhow::Context;
 use pv_abi::hypercall::Hypercall;
 use tandem_core::live::{self, Snapshot, VcpuLive, VmLive};
 
+use crate::accounting::{ns, split_costop};
 use crate::running;
 use crate::vm_shared::VmShared;
 
@@ -66,7 +67,7 @@ fn remove_stale(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for path in entries.flatten().map(|entry| entry.path()) {
         if let Some(pid) = live::socket_pid(&path)
-            && !Path::new(&format!("/proc/{pid}")).exists()
+            && !live::process_alive(pid)
         {
             let _ = std::fs::remove_file(path);
         }
@@ -81,7 +82,7 @@ fn answer(mut stream: UnixStream, command: &str, origin: Instant) {
 }
 
 /// The running VMs and their dispatchers now, counted from `origin`.
-pub fn snapshot(command: &str, origin: Instant) -> Snapshot {
+fn snapshot(command: &str, origin: Instant) -> Snapshot {
     let mut vms = running::all();
     // In the order they were created: a scenario's order.
     vms.sort_by_key(|vm| vm.id);
@@ -94,14 +95,10 @@ pub fn snapshot(command: &str, origin: Instant) -> Snapshot {
     Snapshot {
         pid: std::process::id(),
         command: command.to_owned(),
-        at_ns: ns_since(origin, Instant::now()),
+        at_ns: ns(origin, Instant::now()),
         dispatchers: dispatchers.into_values().collect(),
         vms,
     }
-}
-
-fn ns_since(origin: Instant, at: Instant) -> u64 {
-    at.saturating_duration_since(origin).as_nanos() as u64
 }
 
 fn vm_live(vm: &Arc<VmShared>, origin: Instant) -> VmLive {
@@ -115,7 +112,7 @@ fn vm_live(vm: &Arc<VmShared>, origin: Instant) -> VmLive {
         .enumerate()
         .map(|(id, (view, counters))| {
             let times = counters.time().at(now, view.woken_at);
-            let costop_ns = view.costop_ns.min(times.ready_ns);
+            let (ready_ns, costop_ns) = split_costop(times.ready_ns, view.costop_ns);
             let (calls, other) = counters.exits();
             let exits = Hypercall::ALL
                 .iter()
@@ -126,7 +123,7 @@ fn vm_live(vm: &Arc<VmShared>, origin: Instant) -> VmLive {
                 id: id as u32,
                 state: view.state,
                 run_ns: times.run_ns,
-                ready_ns: times.ready_ns - costop_ns,
+                ready_ns,
                 costop_ns,
                 wait_ns: times.wait_ns,
                 offline_ns: times.offline_ns,
@@ -139,7 +136,7 @@ fn vm_live(vm: &Arc<VmShared>, origin: Instant) -> VmLive {
         id: vm.id,
         name: vm.name.clone(),
         dispatcher: vm.seat.dispatcher.id(),
-        started_ns: ns_since(origin, vm.created),
+        started_ns: ns(origin, vm.created),
         grant: view.grant,
         demand: view.demand,
         vcpus,

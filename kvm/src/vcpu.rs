@@ -14,7 +14,7 @@ use pv_abi::hypercall::{BLOCK_KICKED, BLOCK_TIMED_OUT, Hypercall, NO_DEADLINE, e
 use sched::VcpuId;
 use tandem_core::metrics::VcpuTimes;
 
-use crate::accounting::VcpuCounters;
+use crate::accounting::{VcpuCounters, split_costop};
 use crate::dispatch::{Dispatcher, VmStopped};
 use crate::hypercall::{Caller, Leave, decode, execute};
 use crate::kick::Kicker;
@@ -156,8 +156,7 @@ impl VcpuThread {
     /// was spent held back for siblings.
     fn times(&self) -> VcpuTimes {
         let mut times = self.counters().time().times();
-        times.costop_ns = self.dispatcher().costop_ns(self.seat).min(times.ready_ns);
-        times.ready_ns -= times.costop_ns;
+        (times.ready_ns, times.costop_ns) = split_costop(times.ready_ns, self.dispatcher().costop_ns(self.seat));
         times
     }
 

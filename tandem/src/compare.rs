@@ -141,9 +141,9 @@ pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<S
                 break;
             }
             let result = measured?;
-            if let Some(failed) = result.vms.iter().find(|vm| !vm.ok && !vm.timed_out) {
+            if let Err(failed) = check(scenario, &result) {
                 bar.abandon();
-                bail!("{} under {}: {}", name(scenario), scenario.policy, failed.outcome);
+                return Err(failed);
             }
             results.push(result);
             bar.inc(1);
@@ -151,6 +151,15 @@ pub fn measure(args: &Selection, scenarios: &[Scenario]) -> anyhow::Result<Vec<S
     }
     bar.finish_and_clear();
     Ok(results)
+}
+
+/// An error naming the first VM that failed in `result`, a run of `scenario` (one stopped at
+/// the timeout counts as 0, not as a failure).
+pub fn check(scenario: &Scenario, result: &ScenarioResult) -> anyhow::Result<()> {
+    match result.vms.iter().find(|vm| !vm.ok && !vm.timed_out) {
+        Some(failed) => bail!("{} under {}: {}", name(scenario), scenario.policy, failed.outcome),
+        None => Ok(()),
+    }
 }
 
 /// Every scenario under every policy of `args` that can run it (a VM wider than the pCPUs

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tandem_core::experiment::{Cell, cells, name};
 use tandem_core::live::Snapshot;
-use tandem_core::results::{References, ScenarioResult};
+use tandem_core::results::References;
 use tandem_core::stats::{Percentiles, Summary, median};
 use tandem_kvm::{image, open_kvm, runner, stop};
 
@@ -95,7 +95,7 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
                 } else {
                     run()?
                 };
-                check(&result)?;
+                compare::check(scenario, &result)?;
                 if read { &mut with } else { &mut without }.push(result);
             }
             bar.inc(1);
@@ -106,14 +106,6 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
         (cells(&scenarios, &selection.policies, &without), cells(&scenarios, &selection.policies, &with));
     print!("{}", table(&without, &with, &Percentiles::of(snapshots_ns)));
     Ok(())
-}
-
-/// Fails on a VM that failed, as `compare` does.
-fn check(result: &ScenarioResult) -> anyhow::Result<()> {
-    match result.vms.iter().find(|vm| !vm.ok && !vm.timed_out) {
-        Some(failed) => anyhow::bail!("{} under {}: {}", result.scenario, result.policy, failed.outcome),
-        None => Ok(()),
-    }
 }
 
 /// Each VM's median ratio without and with the reader, their quotient, and a summary: the

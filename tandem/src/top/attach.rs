@@ -33,7 +33,7 @@ pub enum Sample {
 pub fn locate(pid: Option<u32>) -> anyhow::Result<Source> {
     let Some(pid) = pid else { return only_running(&live::socket_dir()) };
     let path = live::socket_path(pid);
-    if !alive(pid) {
+    if !live::process_alive(pid) {
         bail!("no process {pid} is running");
     }
     if !path.exists() {
@@ -73,17 +73,12 @@ fn running(dir: &Path) -> anyhow::Result<Vec<Source>> {
     let mut sources = Vec::new();
     for entry in entries {
         let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
-        if let Some(pid) = live::socket_pid(&path).filter(|pid| alive(*pid)) {
+        if let Some(pid) = live::socket_pid(&path).filter(|pid| live::process_alive(*pid)) {
             sources.push(Source { pid, path });
         }
     }
     sources.sort_by_key(|source| source.pid);
     Ok(sources)
-}
-
-/// Whether process `pid` exists.
-fn alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 impl Source {
@@ -102,7 +97,7 @@ impl Source {
     }
 
     fn ended(&self) -> bool {
-        !alive(self.pid)
+        !live::process_alive(self.pid)
             || !self.path.exists()
             || UnixStream::connect(&self.path).is_err_and(|error| error.kind() == ErrorKind::ConnectionRefused)
     }
